@@ -1,0 +1,665 @@
+//! One database's shipping state machine: where its chain stands, the connections that pin its
+//! WAL while it is active, the segments captured but not yet uploaded.
+//!
+//! The rules that make a restore never silently wrong (SPEC sections 4 and 4a):
+//!
+//! * **Pinned.** While a database is active, one of two connections always holds a read
+//!   transaction ("leapfrog": the next one begins before the previous one ends). SQLite never
+//!   restarts, truncates or deletes a WAL while a reader uses it, so no frame we have not
+//!   captured can vanish. A restart can only happen while our reader sits on read-mark 0, which
+//!   SQLite grants only when the WAL is fully checkpointed *and* (by the leapfrog order) fully
+//!   captured; so a WAL whose header is the restart of ours (sequence + 1, salt-1 + 1) continues
+//!   the chain exactly at our position, as a new generation.
+//! * **Pinning** (after idling, or at start) takes SQLite's writer lock for a moment
+//!   (`BEGIN IMMEDIATE` on one connection, a read transaction on the other) so that the reader
+//!   sits at an exact, known WAL position, and the tail is captured before the lock is released.
+//!   The chain continues only if the WAL still has the header we last shipped and still holds
+//!   our last frame with the same running checksum; anything else (restarted, truncated, deleted,
+//!   replaced, the database file replaced) starts a new generation with a fresh snapshot, and
+//!   the log says why.
+//! * **Idle.** After `IDLE_RELEASE` without new frames, once everything is uploaded, both
+//!   connections are closed (no file descriptors, no page cache) with `SQLITE_FCNTL_PERSIST_WAL`,
+//!   so our close never deletes the WAL we would need to prove continuity with.
+//! * Only frames up to the last commit frame are captured; segments are standalone WAL files
+//!   (see `wal::segment`), each naming the SHA-256 of the object before it in the chain.
+
+use std::collections::VecDeque;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use rusqlite::{Connection, OpenFlags};
+use sha2::Sha256;
+
+use crate::digest::{self, hex};
+use crate::error::{is_busy, Error, Result};
+use crate::layout::{self, Kind, Meta, Position};
+use crate::snapshot;
+use crate::storage::Storage;
+use crate::time;
+use crate::wal::reader;
+use crate::wal::segment::SegmentWriter;
+use crate::wal::WalHeader;
+
+/// How long a database must see no new frames before its pin is released.
+pub const IDLE_RELEASE: Duration = Duration::from_secs(3);
+/// Busy timeout on our connections; SPEC section 4 promises the app's writes never fail while it
+/// uses the same.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Tunables of one database.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// Run our own PASSIVE checkpoint once the WAL holds more frames than this.
+    pub checkpoint_frames: u32,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions { checkpoint_frames: 1000 }
+    }
+}
+
+/// The chain as shipped (or captured for shipping): its position and the hash of its last object.
+#[derive(Debug, Clone)]
+struct Chain {
+    pos: Position,
+    /// SHA-256 of the last object in the chain: the `prev` of the next segment.
+    last_sha: String,
+}
+
+/// A captured object waiting in the spool for upload, in chain order.
+#[derive(Debug)]
+struct Pending {
+    file: PathBuf,
+    key: String,
+    meta: Meta,
+    len: u64,
+}
+
+struct Pin {
+    conns: [Connection; 2],
+    /// Which connection holds the pinning read transaction.
+    reader: usize,
+    /// Identity of the WAL file we read, to notice a deleted or replaced WAL.
+    wal_id: Option<(u64, u64)>,
+}
+
+/// What a step did, for the scheduler and the logs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StepReport {
+    pub segments: u32,
+    pub frames: u32,
+    pub snapshot: bool,
+    /// True while the database is pinned (it wants another step after IDLE_RELEASE).
+    pub pinned: bool,
+    /// Objects still waiting for upload (it wants a retry).
+    pub pending: usize,
+}
+
+pub struct Shipper {
+    pub path: PathBuf,
+    wal_path: PathBuf,
+    /// Namespace of this database in the replica (`<prefix>/<name>`).
+    pub ns: String,
+    storage: Arc<dyn Storage>,
+    spool: PathBuf,
+    opts: DbOptions,
+    chain: Option<Chain>,
+    loaded: bool,
+    pin: Option<Pin>,
+    pending: VecDeque<Pending>,
+    last_ts: u64,
+    db_id: Option<(u64, u64)>,
+    last_frames_at: Instant,
+    changed_since_snapshot: bool,
+    pub last_snapshot_at: Option<Instant>,
+    /// Frames in the WAL at our last read (for the checkpoint threshold).
+    wal_frames: u32,
+    /// Highest generation seen in the replica; a new generation is always above it.
+    max_gen: u32,
+}
+
+fn db_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
+    move |e| Error::sqlite(op, path, e)
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl Shipper {
+    pub fn new(path: &Path, ns: String, storage: Arc<dyn Storage>, opts: DbOptions) -> Self {
+        let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        Shipper {
+            path: path.to_path_buf(),
+            wal_path: PathBuf::from(wal),
+            ns,
+            storage,
+            spool: dir.join(format!(".{file}-walsync")),
+            opts,
+            chain: None,
+            loaded: false,
+            pin: None,
+            pending: VecDeque::new(),
+            last_ts: 0,
+            db_id: None,
+            last_frames_at: Instant::now(),
+            changed_since_snapshot: false,
+            last_snapshot_at: None,
+            wal_frames: 0,
+            max_gen: 0,
+        }
+    }
+
+    pub fn is_pinned(&self) -> bool {
+        self.pin.is_some()
+    }
+
+    pub fn idle_for(&self) -> Duration {
+        self.last_frames_at.elapsed()
+    }
+
+    pub fn changed_since_snapshot(&self) -> bool {
+        self.changed_since_snapshot
+    }
+
+    /// The database must exist, be SQLite, and be in WAL mode.
+    pub fn check_source(&self) -> Result<()> {
+        let md = fs::metadata(&self.path).map_err(|e| Error::io("open database", &self.path, e))?;
+        if !md.is_file() {
+            return Err(Error::other(format!("database {} is not a regular file", self.path.display())));
+        }
+        let mut hdr = [0u8; 100];
+        let n = {
+            use std::io::Read;
+            let mut f = File::open(&self.path).map_err(|e| Error::io("open database", &self.path, e))?;
+            f.read(&mut hdr).map_err(|e| Error::io("read database", &self.path, e))?
+        };
+        if n < 100 || &hdr[..16] != b"SQLite format 3\0" {
+            return Err(Error::other(format!("{} is not a SQLite database", self.path.display()))
+                .with_hint("point walsync at a SQLite database file"));
+        }
+        if hdr[18] != 2 || hdr[19] != 2 {
+            return Err(Error::other(format!(
+                "database {} is not in WAL mode",
+                self.path.display()
+            ))
+            .with_hint(format!("switch it with: sqlite3 {} 'PRAGMA journal_mode=WAL'", self.path.display())));
+        }
+        Ok(())
+    }
+
+    /// Learn where the chain stands from the newest object in the replica (one LIST, one HEAD).
+    fn load(&mut self) -> Result<()> {
+        if self.loaded {
+            return Ok(());
+        }
+        let mut newest: Option<layout::Object> = None;
+        let mut max_gen = 0;
+        let prefix = format!("{}/", self.ns);
+        let ns = self.ns.clone();
+        self.storage.list(&prefix, &mut |e| {
+            if let Some((n, o)) = layout::parse_key(&e.key, e.size) {
+                if n != ns {
+                    return;
+                }
+                if let Kind::Segment { gen } = o.kind {
+                    max_gen = max_gen.max(gen);
+                }
+                if newest.as_ref().is_none_or(|b| o.ts > b.ts) {
+                    newest = Some(o);
+                }
+            }
+        })?;
+        self.max_gen = max_gen;
+        if let Some(o) = newest {
+            self.last_ts = o.ts;
+            let meta = self.storage.head(&o.key)?;
+            match (meta.get(layout::SHA256), layout::get_position(&meta)) {
+                (Some(sha), Some(pos)) => {
+                    let last_sha = match o.kind {
+                        Kind::Snapshot => meta.get(layout::PREV).unwrap_or(sha).clone(),
+                        Kind::Segment { .. } => sha.clone(),
+                    };
+                    self.max_gen = self.max_gen.max(pos.gen);
+                    info!("db={} found chain ending at {} (generation {})", self.path.display(), o.key, pos.gen);
+                    self.chain = Some(Chain { pos, last_sha });
+                }
+                _ => warn!(
+                    "db={} newest object {} has no chain metadata; a new generation will start",
+                    self.path.display(),
+                    o.key
+                ),
+            }
+        }
+        self.loaded = true;
+        Ok(())
+    }
+
+    fn open_conn(&self) -> Result<Connection> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let c = Connection::open_with_flags(&self.path, flags).map_err(db_err("open database", &self.path))?;
+        c.busy_timeout(BUSY_TIMEOUT).map_err(db_err("configure", &self.path))?;
+        // A tiny page cache: we read pages only to take snapshots, which stream.
+        c.execute_batch("PRAGMA cache_size=-64; PRAGMA wal_autocheckpoint=0;")
+            .map_err(db_err("configure", &self.path))?;
+        let mode: String =
+            c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).map_err(db_err("read journal mode of", &self.path))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::other(format!("database {} is not in WAL mode (journal_mode={mode})", self.path.display()))
+                .with_hint(format!("switch it with: sqlite3 {} 'PRAGMA journal_mode=WAL'", self.path.display())));
+        }
+        // Our close must never delete the WAL (SPEC 4a): keep it for the continuity proof.
+        let mut persist: std::os::raw::c_int = 1;
+        // SAFETY: a valid open handle, the "main" schema, and a pointer to an int, as
+        // SQLITE_FCNTL_PERSIST_WAL documents.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_file_control(
+                c.handle(),
+                c"main".as_ptr(),
+                rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+                (&mut persist as *mut std::os::raw::c_int).cast(),
+            )
+        };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            warn!("db={} could not set PERSIST_WAL (rc={rc})", self.path.display());
+        }
+        Ok(c)
+    }
+
+    fn begin_read(c: &Connection, path: &Path) -> Result<()> {
+        c.execute_batch("BEGIN").map_err(db_err("begin read on", path))?;
+        if let Err(e) = c.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())) {
+            let _ = c.execute_batch("ROLLBACK");
+            return Err(Error::sqlite("read", path, e));
+        }
+        Ok(())
+    }
+
+    fn end_txn(c: &Connection, path: &Path) -> Result<()> {
+        if !c.is_autocommit() {
+            c.execute_batch("ROLLBACK").map_err(db_err("end transaction on", path))?;
+        }
+        Ok(())
+    }
+
+    /// Pin at an exact position: take the writer lock on one connection, (re)begin the reader
+    /// on the other. Returns the index of the writer, whose lock the caller must release.
+    fn pin_exact(&mut self) -> Result<usize> {
+        if self.pin.is_none() {
+            let conns = [self.open_conn()?, self.open_conn()?];
+            self.pin = Some(Pin { conns, reader: usize::MAX, wal_id: None });
+        }
+        let pin = self.pin.as_mut().expect("opened above");
+        let w = if pin.reader == 0 { 1 } else { 0 };
+        let r = 1 - w;
+        pin.conns[w].execute_batch("BEGIN IMMEDIATE").map_err(db_err("lock", &self.path))?;
+        // The writer's own read transaction pins the WAL while the reader switches over.
+        let res = Self::end_txn(&pin.conns[r], &self.path).and_then(|_| Self::begin_read(&pin.conns[r], &self.path));
+        if let Err(e) = res {
+            let _ = Self::end_txn(&pin.conns[w], &self.path);
+            self.release();
+            return Err(e);
+        }
+        pin.reader = r;
+        Ok(w)
+    }
+
+    fn leapfrog(&mut self) -> Result<()> {
+        let path = &self.path;
+        let pin = self.pin.as_mut().expect("pinned");
+        let o = 1 - pin.reader;
+        Self::begin_read(&pin.conns[o], path)?;
+        Self::end_txn(&pin.conns[pin.reader], path)?;
+        pin.reader = o;
+        Ok(())
+    }
+
+    /// Close both connections: no pin, no file descriptors, no page cache.
+    pub fn release(&mut self) {
+        if let Some(pin) = self.pin.take() {
+            for c in pin.conns {
+                let _ = Self::end_txn(&c, &self.path);
+                if let Err((_, e)) = c.close() {
+                    warn!("db={} close: {e}", self.path.display());
+                }
+            }
+            debug!("db={} released", self.path.display());
+        }
+    }
+
+    fn next_ts(&mut self) -> u64 {
+        self.last_ts = time::now_ms().max(self.last_ts + 1);
+        self.last_ts
+    }
+
+    fn new_gen(&mut self) -> u32 {
+        let g = self.max_gen.max(self.chain.as_ref().map_or(0, |c| c.pos.gen)) + 1;
+        self.max_gen = g;
+        g
+    }
+
+    /// Why the chain cannot continue from the current WAL, when it cannot. Called right after
+    /// (re)pinning, under the writer lock.
+    fn continuity_break(&self, cur: &Option<(File, WalHeader)>) -> Result<Option<String>> {
+        let Some(chain) = &self.chain else {
+            return Ok(Some("no chain in the replica yet".into()));
+        };
+        if let Some(id) = self.db_id {
+            if file_id(&self.path) != Some(id) {
+                return Ok(Some("the database file was replaced".into()));
+            }
+        }
+        match (&chain.pos.wal, cur) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Ok(Some("a WAL appeared that walsync did not see start".into())),
+            (Some((h, _)), None) => Ok(Some(format!(
+                "the WAL (checkpoint sequence {}) was checkpointed and truncated or deleted while not pinned",
+                h.seq
+            ))),
+            (Some((h, end)), Some((f, cur))) => {
+                if !cur.same_wal(h) {
+                    return Ok(Some(format!(
+                        "the WAL was restarted while not pinned (checkpoint sequence {} -> {})",
+                        h.seq, cur.seq
+                    )));
+                }
+                if !reader::holds(f, &self.wal_path, cur, end)? {
+                    return Ok(Some(format!("the WAL no longer holds shipped frame {} unchanged", end.frame)));
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Capture the committed frames after the chain's position into a spooled segment.
+    /// `restart` is true when `hdr` begins a new WAL cycle continuing the chain.
+    fn capture(&mut self, f: &File, hdr: &WalHeader, restart: bool) -> Result<u32> {
+        let chain = self.chain.as_ref().expect("capture needs a chain").clone();
+        let from = match (&chain.pos.wal, restart) {
+            (Some((_, end)), false) => *end,
+            _ => reader::start(hdr),
+        };
+        fs::create_dir_all(&self.spool).map_err(|e| Error::io("create spool directory", &self.spool, e))?;
+        let gen = if restart && chain.pos.wal.is_some() { self.new_gen() } else { chain.pos.gen };
+        let tmp = self.spool.join(format!("capture-{}.tmp", std::process::id()));
+        let file = File::create(&tmp).map_err(|e| Error::io("create spool file", &tmp, e))?;
+        let mut out = digest::HashingWriter::new(BufWriter::with_capacity(64 * 1024, file));
+        let mut seg = SegmentWriter::new(hdr, &mut out).map_err(|e| Error::io("write spool file", &tmp, e))?;
+        let mut at_commit: Sha256 = out.hasher.clone();
+        let mut first = 0;
+        let walk = reader::walk(f, &self.wal_path, hdr, from, None, |i, fh, page| {
+            if first == 0 {
+                first = i;
+            }
+            seg.frame(&mut out, fh, page).map_err(|e| Error::io("write spool file", &tmp, e))?;
+            if fh.is_commit() {
+                at_commit = out.hasher.clone();
+            }
+            Ok(())
+        })?;
+        self.wal_frames = walk.end.frame.max(self.wal_frames);
+        let n = seg.committed_frames;
+        let mut w = out.inner.into_inner().map_err(|e| Error::io("write spool file", &tmp, e.into_error()))?;
+        if n == 0 {
+            drop(w);
+            let _ = fs::remove_file(&tmp);
+            if restart && chain.pos.wal.is_some() {
+                self.max_gen -= 1; // nothing captured under the new generation yet
+            }
+            return Ok(0);
+        }
+        w.set_len(seg.committed_len).map_err(|e| Error::io("truncate spool file", &tmp, e))?;
+        w.flush().map_err(|e| Error::io("write spool file", &tmp, e))?;
+        drop(w);
+        let sha = hex(at_commit);
+        let ts = self.next_ts();
+        let key = layout::segment_key(&self.ns, gen, ts);
+        let dst = self.spool.join(format!("{gen:08x}-{}.wal", time::key_ts(ts)));
+        fs::rename(&tmp, &dst).map_err(|e| Error::io("rename spool file", &dst, e))?;
+        let pos = Position { gen, wal: Some((*hdr, walk.end)) };
+        let mut meta = Meta::new();
+        meta.insert(layout::SHA256.into(), sha.clone());
+        meta.insert(layout::PREV.into(), chain.last_sha.clone());
+        meta.insert("first".into(), first.to_string());
+        layout::put_position(&mut meta, &pos);
+        debug!("db={} captured {key}: frames {first}..{} ({} frames)", self.path.display(), walk.end.frame, n);
+        self.pending.push_back(Pending { file: dst, key, meta, len: seg.committed_len });
+        self.chain = Some(Chain { pos, last_sha: sha });
+        self.changed_since_snapshot = true;
+        self.last_frames_at = Instant::now();
+        Ok(n)
+    }
+
+    /// Read the WAL while pinned and capture what is new; a restart of our WAL continues the
+    /// chain (see the module docs), anything else unexpected breaks it.
+    fn capture_pinned(&mut self, report: &mut StepReport) -> Result<Option<String>> {
+        let cur = reader::read_header(&self.wal_path)?;
+        let wal_id = file_id(&self.wal_path);
+        let pin = self.pin.as_mut().expect("pinned");
+        if let (Some(old), Some(_)) = (pin.wal_id, &cur) {
+            if wal_id != Some(old) {
+                return Ok(Some("the WAL file was deleted or replaced while the database was open".into()));
+            }
+        }
+        if cur.is_none() && pin.wal_id.is_some() && wal_id.is_none() {
+            return Ok(Some("the WAL file was deleted while the database was open".into()));
+        }
+        if wal_id.is_some() {
+            pin.wal_id = wal_id;
+        }
+        let Some((f, hdr)) = cur else {
+            return Ok(None); // truncated (or never written): nothing new
+        };
+        let chain = self.chain.as_ref().expect("pinned implies a chain");
+        let restart = match &chain.pos.wal {
+            None => true,
+            Some((h, _)) if hdr.same_wal(h) => false,
+            Some((h, _)) if hdr.is_restart_of(h) => true,
+            Some((h, _)) => {
+                return Ok(Some(format!(
+                    "unexpected WAL header while pinned (checkpoint sequence {} -> {})",
+                    h.seq, hdr.seq
+                )))
+            }
+        };
+        if restart {
+            self.wal_frames = 0;
+        }
+        let n = self.capture(&f, &hdr, restart)?;
+        if n > 0 {
+            report.segments += 1;
+            report.frames += n;
+        }
+        Ok(None)
+    }
+
+    /// (Re)pin under the writer lock and check continuity; capture the tail when it holds.
+    /// Returns the reason when a new generation is needed.
+    fn pin_and_check(&mut self, report: &mut StepReport) -> Result<Option<String>> {
+        let w = self.pin_exact()?;
+        let res = (|| -> Result<Option<String>> {
+            let cur = reader::read_header(&self.wal_path)?;
+            if let Some(why) = self.continuity_break(&cur)? {
+                return Ok(Some(why));
+            }
+            if let Some((f, hdr)) = &cur {
+                let n = self.capture(f, hdr, false)?;
+                if n > 0 {
+                    report.segments += 1;
+                    report.frames += n;
+                }
+            }
+            let pin = self.pin.as_mut().expect("pinned");
+            pin.wal_id = file_id(&self.wal_path);
+            Ok(None)
+        })();
+        let pin = self.pin.as_ref().expect("pinned");
+        let unlock = Self::end_txn(&pin.conns[w], &self.path);
+        let why = res?;
+        unlock?;
+        Ok(why)
+    }
+
+    /// Start a new generation: a fresh snapshot at an exact position, under a new pin.
+    fn new_generation(&mut self, why: &str) -> Result<()> {
+        let w = self.pin_exact()?;
+        let res = (|| -> Result<Position> {
+            let cur = reader::read_header(&self.wal_path)?;
+            let wal = match &cur {
+                Some((f, hdr)) => {
+                    let walk = reader::walk(f, &self.wal_path, hdr, reader::start(hdr), None, |_, _, _| Ok(()))?;
+                    self.wal_frames = walk.end.frame;
+                    if walk.end.frame == 0 {
+                        None
+                    } else {
+                        Some((*hdr, walk.end))
+                    }
+                }
+                None => None,
+            };
+            let pin = self.pin.as_mut().expect("pinned");
+            pin.wal_id = file_id(&self.wal_path);
+            Ok(Position { gen: 0, wal })
+        })();
+        let pin = self.pin.as_ref().expect("pinned");
+        let unlock = Self::end_txn(&pin.conns[w], &self.path);
+        let mut pos = res?;
+        unlock?;
+        pos.gen = self.new_gen();
+        info!("db={} starting generation {}: {why}", self.path.display(), pos.gen);
+        self.take_snapshot(pos, None)?;
+        self.db_id = file_id(&self.path);
+        Ok(())
+    }
+
+    /// Snapshot the pinned reader's view (which must be exactly at `pos`) into the spool.
+    fn take_snapshot(&mut self, pos: Position, prev: Option<String>) -> Result<()> {
+        fs::create_dir_all(&self.spool).map_err(|e| Error::io("create spool directory", &self.spool, e))?;
+        let ts = self.next_ts();
+        let file = self.spool.join(format!("{}.db", time::key_ts(ts)));
+        let started = Instant::now();
+        let pin = self.pin.as_ref().expect("snapshot needs a pin");
+        let len = snapshot::backup_to_file(&pin.conns[pin.reader], &self.path, &file)?;
+        let sha = digest::file_sha256(&file).map_err(|e| Error::io("read snapshot", &file, e))?;
+        let key = layout::snapshot_key(&self.ns, ts);
+        let mut meta = Meta::new();
+        meta.insert(layout::SHA256.into(), sha.clone());
+        if let Some(p) = &prev {
+            meta.insert(layout::PREV.into(), p.clone());
+        }
+        layout::put_position(&mut meta, &pos);
+        let secs = started.elapsed().as_secs_f64();
+        info!(
+            "db={} snapshot {key}: {len} bytes in {:.3}s ({:.1} MB/s)",
+            self.path.display(),
+            secs,
+            len as f64 / 1e6 / secs.max(1e-6)
+        );
+        self.pending.push_back(Pending { file, key, meta, len });
+        let last_sha = prev.unwrap_or(sha);
+        self.chain = Some(Chain { pos, last_sha });
+        self.changed_since_snapshot = false;
+        self.last_snapshot_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// A periodic snapshot of a continuing chain, at the exact position the chain has reached.
+    fn periodic_snapshot(&mut self, report: &mut StepReport) -> Result<()> {
+        if let Some(why) = self.pin_and_check(report)? {
+            return self.new_generation(&why);
+        }
+        let chain = self.chain.clone().expect("chain after pin");
+        self.take_snapshot(chain.pos, Some(chain.last_sha))
+    }
+
+    /// Upload spooled objects in chain order; stops at the first failure (kept for retry).
+    pub fn upload(&mut self) -> Result<()> {
+        while let Some(p) = self.pending.front() {
+            let mut f = File::open(&p.file).map_err(|e| Error::io("open spool file", &p.file, e))?;
+            self.storage.put(&p.key, &mut f, p.len, &p.meta)?;
+            debug!("db={} uploaded {} ({} bytes)", self.path.display(), p.key, p.len);
+            let _ = fs::remove_file(&p.file);
+            self.pending.pop_front();
+        }
+        Ok(())
+    }
+
+    fn checkpoint_if_large(&mut self) {
+        if self.wal_frames <= self.opts.checkpoint_frames {
+            return;
+        }
+        let Some(pin) = &self.pin else { return };
+        // Backfilling is always safe: it never destroys WAL frames; only a restart does, and
+        // our pin prevents that until everything is captured.
+        let c = &pin.conns[1 - pin.reader];
+        match c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        }) {
+            Ok((busy, log, done)) => {
+                debug!("db={} checkpoint PASSIVE: busy={busy} log={log} checkpointed={done}", self.path.display())
+            }
+            Err(e) if is_busy(&e) => {}
+            Err(e) => warn!("db={} checkpoint: {e}", self.path.display()),
+        }
+    }
+
+    /// One round of work: pin if needed, capture new frames (or start a new generation),
+    /// upload, snapshot when asked, checkpoint when the WAL is large, release when idle
+    /// (or when `release` is set, after everything is uploaded).
+    pub fn step(&mut self, want_snapshot: bool, release: bool) -> Result<StepReport> {
+        let mut report = StepReport::default();
+        let res = self.step_inner(want_snapshot, release, &mut report);
+        if res.is_err() && self.pending.is_empty() {
+            // Whatever failed, a fresh pin re-proves continuity next time.
+            self.release();
+        }
+        report.pinned = self.pin.is_some();
+        report.pending = self.pending.len();
+        res.map(|_| report)
+    }
+
+    fn step_inner(&mut self, want_snapshot: bool, release: bool, report: &mut StepReport) -> Result<()> {
+        self.load()?;
+        // Objects captured earlier go first: the chain is uploaded strictly in order.
+        self.upload()?;
+        if self.pin.is_none() {
+            self.check_source()?;
+            if let Some(why) = self.pin_and_check(report)? {
+                self.new_generation(&why)?;
+                report.snapshot = true;
+            }
+            if self.db_id.is_none() {
+                self.db_id = file_id(&self.path);
+            }
+        } else if let Some(why) = self.capture_pinned(report)? {
+            self.new_generation(&why)?;
+            report.snapshot = true;
+        }
+        if want_snapshot && self.changed_since_snapshot && !report.snapshot {
+            self.periodic_snapshot(report)?;
+            report.snapshot = true;
+        }
+        self.leapfrog()?;
+        self.checkpoint_if_large();
+        self.upload()?;
+        if release || self.idle_for() >= IDLE_RELEASE {
+            self.release();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Shipper {
+    fn drop(&mut self) {
+        self.release();
+    }
+}

@@ -1,0 +1,4 @@
+//! Replication: the per-database state machine (`db`) and the daemon that drives many of them
+//! (`daemon`).
+
+pub mod db;

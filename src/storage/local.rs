@@ -1,0 +1,230 @@
+//! The local-directory replica (the embedded default). An object `k` is the file `<root>/k`;
+//! its metadata is the sidecar `<root>/k.meta` (`name=value` lines), written first.
+//!
+//! Atomicity: both files are written to a temporary name, fsynced, renamed, and the directory
+//! fsynced, so a reader sees an object only once it and its sidecar are complete and durable.
+//! Listing skips temporary files and sidecars; an object without a sidecar is listed (restore
+//! then fails on its missing checksum, naming it).
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{Body, Entry, Storage};
+use crate::error::{Error, Result, StorageKind};
+use crate::layout::Meta;
+
+const META_SUFFIX: &str = ".meta";
+const TMP_MARK: &str = ".tmp-";
+
+pub struct LocalStorage {
+    root: PathBuf,
+    seq: AtomicU64,
+}
+
+impl LocalStorage {
+    /// Open (creating if needed) a replica directory.
+    pub fn open(root: &Path) -> Result<Self> {
+        fs::create_dir_all(root).map_err(|e| Error::io("create replica directory", root, e))?;
+        let md = fs::metadata(root).map_err(|e| Error::io("open replica directory", root, e))?;
+        if !md.is_dir() {
+            return Err(Error::other(format!("replica {} is not a directory", root.display()))
+                .with_hint("point -b at a directory"));
+        }
+        Ok(LocalStorage { root: root.to_path_buf(), seq: AtomicU64::new(0) })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        if key.is_empty() || key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+            return Err(self.err(key, StorageKind::Permanent, "invalid key".into()));
+        }
+        Ok(self.root.join(key))
+    }
+
+    fn err(&self, key: &str, kind: StorageKind, msg: String) -> Error {
+        Error::Storage { backend: self.describe(), key: key.into(), kind, msg }
+    }
+
+    fn io_err(&self, key: &str, e: io::Error) -> Error {
+        let kind = if e.kind() == ErrorKind::NotFound { StorageKind::NotFound } else { StorageKind::Permanent };
+        self.err(key, kind, e.to_string())
+    }
+
+    /// Write `src` to `dst` atomically and durably.
+    fn write_atomic(&self, key: &str, dst: &Path, src: &mut dyn Read, len: Option<u64>) -> Result<()> {
+        let dir = dst.parent().expect("object paths have a parent");
+        fs::create_dir_all(dir).map_err(|e| self.io_err(key, e))?;
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let name = dst.file_name().expect("object paths have a name").to_string_lossy();
+        let tmp = dir.join(format!(".{name}{TMP_MARK}{}-{n}", std::process::id()));
+        let res = (|| -> Result<()> {
+            let mut f = File::create(&tmp).map_err(|e| self.io_err(key, e))?;
+            let copied = io::copy(src, &mut f).map_err(|e| self.io_err(key, e))?;
+            if let Some(len) = len {
+                if copied != len {
+                    return Err(self.err(key, StorageKind::Permanent, format!("short write: {copied} of {len} bytes")));
+                }
+            }
+            f.sync_all().map_err(|e| self.io_err(key, e))?;
+            fs::rename(&tmp, dst).map_err(|e| self.io_err(key, e))?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| self.io_err(key, e))
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
+    }
+
+    fn read_meta(&self, key: &str, path: &Path) -> Result<Meta> {
+        let mp = meta_path(path);
+        let f = File::open(&mp).map_err(|e| match e.kind() {
+            ErrorKind::NotFound if path.exists() => {
+                self.err(key, StorageKind::Permanent, "metadata sidecar is missing".into())
+            }
+            _ => self.io_err(key, e),
+        })?;
+        let mut m = Meta::new();
+        for line in BufReader::new(f).lines() {
+            let line = line.map_err(|e| self.io_err(key, e))?;
+            if let Some((k, v)) = line.split_once('=') {
+                m.insert(k.to_string(), v.to_string());
+            }
+        }
+        Ok(m)
+    }
+
+    fn walk(&self, dir: &Path, rel: &str, prefix: &str, f: &mut dyn FnMut(Entry)) -> Result<()> {
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.io_err(rel, e)),
+        };
+        let mut names: Vec<(String, bool, u64)> = Vec::new();
+        for ent in rd {
+            let ent = ent.map_err(|e| self.io_err(rel, e))?;
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if name.contains(TMP_MARK) || name.ends_with(META_SUFFIX) {
+                continue;
+            }
+            let md = ent.metadata().map_err(|e| self.io_err(rel, e))?;
+            names.push((name, md.is_dir(), md.len()));
+        }
+        names.sort();
+        for (name, is_dir, size) in names {
+            let key = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            let in_prefix = key.starts_with(prefix) || prefix.starts_with(&format!("{key}/"));
+            if !in_prefix {
+                continue;
+            }
+            if is_dir {
+                self.walk(&dir.join(&name), &key, prefix, f)?;
+            } else if key.starts_with(prefix) {
+                f(Entry { key, size });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn meta_path(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(META_SUFFIX);
+    PathBuf::from(s)
+}
+
+impl Storage for LocalStorage {
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    fn put(&self, key: &str, src: &mut dyn Read, len: u64, meta: &Meta) -> Result<()> {
+        let path = self.path(key)?;
+        let mut text = String::new();
+        for (k, v) in meta {
+            if k.contains(['=', '\n']) || v.contains('\n') {
+                return Err(self.err(key, StorageKind::Permanent, format!("invalid metadata {k}")));
+            }
+            text.push_str(&format!("{k}={v}\n"));
+        }
+        // Sidecar first: an object is never visible without its checksum.
+        self.write_atomic(key, &meta_path(&path), &mut text.as_bytes(), None)?;
+        self.write_atomic(key, &path, src, Some(len))
+    }
+
+    fn get(&self, key: &str) -> Result<Body> {
+        let path = self.path(key)?;
+        let f = File::open(&path).map_err(|e| self.io_err(key, e))?;
+        let size = f.metadata().map_err(|e| self.io_err(key, e))?.len();
+        let meta = self.read_meta(key, &path)?;
+        Ok(Body { meta, size, reader: Box::new(f) })
+    }
+
+    fn head(&self, key: &str) -> Result<Meta> {
+        let path = self.path(key)?;
+        if !path.exists() {
+            return Err(self.err(key, StorageKind::NotFound, "not found".into()));
+        }
+        self.read_meta(key, &path)
+    }
+
+    fn list(&self, prefix: &str, f: &mut dyn FnMut(Entry)) -> Result<()> {
+        self.walk(&self.root, "", prefix, f)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        for p in [path.clone(), meta_path(&path)] {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(self.io_err(key, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Conformance checks every backend must pass; run against each backend by the tests.
+pub fn check_storage(s: &dyn Storage) -> Result<()> {
+    let mut meta = Meta::new();
+    meta.insert("sha256".into(), "ab".repeat(32));
+    let body = b"hello object".to_vec();
+    s.put("conf/a/one.bin", &mut &body[..], body.len() as u64, &meta)?;
+    s.put("conf/a/two.bin", &mut &b"x"[..], 1, &Meta::new())?;
+    s.put("conf/b.bin", &mut &b""[..], 0, &Meta::new())?;
+    let mut got = Body { meta: Meta::new(), size: 0, reader: Box::new(io::empty()) };
+    std::mem::swap(&mut got, &mut s.get("conf/a/one.bin")?);
+    let mut buf = Vec::new();
+    got.reader.read_to_end(&mut buf).map_err(|e| Error::io("read", "conf/a/one.bin", e))?;
+    assert_eq!(buf, body, "get returns what put stored");
+    assert_eq!(got.meta, meta, "metadata round-trips");
+    assert_eq!(s.head("conf/a/one.bin")?, meta);
+    let mut keys = Vec::new();
+    s.list("conf/a/", &mut |e| keys.push((e.key, e.size)))?;
+    assert_eq!(keys, vec![("conf/a/one.bin".to_string(), 12), ("conf/a/two.bin".to_string(), 1)]);
+    let mut all = Vec::new();
+    s.list("conf/", &mut |e| all.push(e.key))?;
+    assert_eq!(all.len(), 3);
+    assert!(s.get("conf/missing").err().is_some_and(|e| e.is_not_found()));
+    assert!(s.head("conf/missing").err().is_some_and(|e| e.is_not_found()));
+    for k in ["conf/a/one.bin", "conf/a/two.bin", "conf/b.bin", "conf/missing"] {
+        s.delete(k)?;
+    }
+    let mut left = 0;
+    s.list("conf/", &mut |_| left += 1)?;
+    assert_eq!(left, 0, "delete removes objects");
+    let _ = Write::flush(&mut io::sink());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn local_conformance() {
+        let dir = std::env::temp_dir().join(format!("walsync-local-{}", std::process::id()));
+        let s = super::LocalStorage::open(&dir).unwrap();
+        super::check_storage(&s).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,114 @@
+//! Where replicas live. One small blocking, byte-level trait; what the bytes mean (WAL,
+//! segments, chains) stays in `layout` and `replicate`. Backends are shared as
+//! `Arc<dyn Storage>` between all databases and worker threads.
+
+pub mod local;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::layout::Meta;
+
+/// A listed object: its key and size.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub key: String,
+    pub size: u64,
+}
+
+/// An object being read: its metadata and a stream of its bytes.
+pub struct Body {
+    pub meta: Meta,
+    pub size: u64,
+    pub reader: Box<dyn Read + Send>,
+}
+
+pub trait Storage: Send + Sync {
+    /// Human name for messages, e.g. `file:///var/backups` or `s3://bucket/prefix`.
+    fn describe(&self) -> String;
+
+    /// Store `len` bytes from `src` under `key` with `meta`. Atomic for readers: a `get` or
+    /// `list` sees either nothing or the whole object with its metadata. Overwrites.
+    fn put(&self, key: &str, src: &mut dyn Read, len: u64, meta: &Meta) -> Result<()>;
+
+    /// Open an object for reading. A missing key returns `StorageKind::NotFound`.
+    fn get(&self, key: &str) -> Result<Body>;
+
+    /// An object's metadata without its bytes. A missing key returns `NotFound`.
+    fn head(&self, key: &str) -> Result<Meta>;
+
+    /// Call `f` for every object whose key starts with `prefix`, in key order. Memory does not
+    /// grow with the number of objects.
+    fn list(&self, prefix: &str, f: &mut dyn FnMut(Entry)) -> Result<()>;
+
+    /// Remove an object; removing a missing key is not an error.
+    fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// A replica location parsed from `-b URL` or the config's `bucket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Url {
+    Local { dir: PathBuf },
+    S3 { bucket: String, prefix: String },
+}
+
+pub fn parse_url(s: &str) -> Result<Url> {
+    let bad = |why: &str| {
+        Error::usage(format!("invalid replica URL '{s}': {why}"))
+            .with_hint("use s3://bucket[/prefix], file:///absolute/dir or a directory path")
+    };
+    if s.is_empty() {
+        return Err(bad("empty"));
+    }
+    if let Some(rest) = s.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("no bucket name"));
+        }
+        return Ok(Url::S3 { bucket: bucket.into(), prefix: prefix.trim_matches('/').into() });
+    }
+    if let Some(rest) = s.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            return Err(bad("a file:// URL needs an absolute path (file:///dir)"));
+        }
+        return Ok(Url::Local { dir: PathBuf::from(rest) });
+    }
+    if s.contains("://") {
+        return Err(bad("unknown scheme"));
+    }
+    Ok(Url::Local { dir: PathBuf::from(s) })
+}
+
+/// Open the backend for a URL; returns it and the key prefix inside it.
+pub fn open(url: &Url) -> Result<(Arc<dyn Storage>, String)> {
+    match url {
+        Url::Local { dir } => Ok((Arc::new(local::LocalStorage::open(dir)?), String::new())),
+        Url::S3 { bucket, .. } => Err(Error::other(format!(
+            "s3://{bucket}: the S3 backend is not built into this version of walsync"
+        ))
+        .with_hint("use a local replica (-b file:///dir) for now")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let ok = [
+            ("s3://b", Url::S3 { bucket: "b".into(), prefix: "".into() }),
+            ("s3://b/x/y/", Url::S3 { bucket: "b".into(), prefix: "x/y".into() }),
+            ("file:///var/b", Url::Local { dir: "/var/b".into() }),
+            ("./rel", Url::Local { dir: "./rel".into() }),
+        ];
+        for (s, want) in ok {
+            assert_eq!(parse_url(s).unwrap(), want, "{s}");
+        }
+        for s in ["", "s3://", "file://rel", "gs://b"] {
+            assert!(parse_url(s).is_err(), "{s}");
+        }
+    }
+}
