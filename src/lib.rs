@@ -12,3 +12,6 @@ pub mod snapshot;
 pub mod storage;
 pub mod time;
 pub mod wal;
+pub mod cli;
+pub mod restore;
+pub mod watch;

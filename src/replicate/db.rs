@@ -171,6 +171,11 @@ impl Shipper {
         self.changed_since_snapshot
     }
 
+    /// Make the next step take a snapshot even if nothing changed (`walsync snapshot`).
+    pub fn request_snapshot(&mut self) {
+        self.changed_since_snapshot = true;
+    }
+
     /// The database must exist, be SQLite, and be in WAL mode.
     pub fn check_source(&self) -> Result<()> {
         let md = fs::metadata(&self.path).map_err(|e| Error::io("open database", &self.path, e))?;

@@ -1,0 +1,241 @@
+//! Command-line parsing (lexopt) into validated `Args`. Flag lookup and help text come from
+//! `defs`; validators return messages without the flag name, and the parser adds it.
+
+pub mod defs;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::time;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cmd {
+    Help(Option<&'static str>),
+    Version,
+    Watch,
+    Snapshot,
+    Restore,
+    List,
+    Verify,
+}
+
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub cmd: Cmd,
+    pub positional: Vec<String>,
+    pub bucket: Option<String>,
+    pub endpoint: Option<String>,
+    pub sync_interval: Duration,
+    pub snapshot_interval: Duration,
+    pub output: Option<PathBuf>,
+    pub point_in_time: Option<u64>,
+    pub force: bool,
+}
+
+/// Parse a duration: `250ms`, `1s`, `5m`, `1h`, `1d`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("invalid duration '{s}' (use e.g. 250ms, 1s, 5m, 1h, 1d or 3600)"))?;
+    let mult = match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => return Err(format!("invalid duration '{s}': unknown unit '{unit}' (use ms, s, m, h or d)")),
+    };
+    let secs = v * mult;
+    if !secs.is_finite() || secs < 0.0 || secs > 10.0 * 365.0 * 86400.0 {
+        return Err(format!("invalid duration '{s}'"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn cmd_of(name: &str) -> Option<Cmd> {
+    Some(match name {
+        "watch" => Cmd::Watch,
+        "snapshot" => Cmd::Snapshot,
+        "restore" => Cmd::Restore,
+        "list" => Cmd::List,
+        "verify" => Cmd::Verify,
+        _ => return None,
+    })
+}
+
+pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_args(argv);
+    let mut args = Args {
+        cmd: Cmd::Help(None),
+        positional: vec![],
+        bucket: None,
+        endpoint: None,
+        sync_interval: Duration::from_secs(1),
+        snapshot_interval: Duration::from_secs(3600),
+        output: None,
+        point_in_time: None,
+        force: false,
+    };
+    let mut name: Option<&'static str> = None;
+    let uerr = |e: lexopt::Error| Error::usage(e.to_string());
+    while let Some(arg) = p.next().map_err(uerr)? {
+        let (long, short) = match &arg {
+            Long(l) => (Some(*l), None),
+            Short(c) => (None, Some(*c)),
+            Value(v) => {
+                let v = v.to_string_lossy().into_owned();
+                if name.is_none() {
+                    match v.as_str() {
+                        "help" => {
+                            args.cmd = Cmd::Help(None);
+                            return Ok(args);
+                        }
+                        _ => {
+                            let c = cmd_of(&v).ok_or_else(|| Error::usage(format!("unknown command '{v}'")))?;
+                            name = Some(defs::command(&v).expect("every Cmd has a definition").name);
+                            args.cmd = c;
+                        }
+                    }
+                } else {
+                    args.positional.push(v);
+                }
+                continue;
+            }
+        };
+        if name.is_none() {
+            match (long, short) {
+                (Some("help"), _) | (_, Some('h')) => return Ok(args),
+                (Some("version"), _) | (_, Some('V')) => {
+                    args.cmd = Cmd::Version;
+                    return Ok(args);
+                }
+                _ => {}
+            }
+        }
+        let cmd = name.unwrap_or("");
+        let shown = long.map(|l| format!("--{l}")).unwrap_or_else(|| format!("-{}", short.unwrap_or('?')));
+        let Some(f) = defs::flag(cmd, long, short) else {
+            return Err(if name.is_none() {
+                Error::usage(format!("option {shown} needs a command before it"))
+            } else {
+                Error::usage(format!("unknown option {shown} for '{cmd}'"))
+                    .with_hint(format!("run 'walsync {cmd} --help' for its options"))
+            });
+        };
+        if f.value.is_none() {
+            match f.long {
+                "help" => {
+                    args.cmd = Cmd::Help(name);
+                    return Ok(args);
+                }
+                "force" => args.force = true,
+                _ => unreachable!("switch --{} has no handler", f.long),
+            }
+            continue;
+        }
+        let v = p.value().map_err(|_| Error::usage(format!("option --{} needs a value ({})", f.long, f.value.unwrap_or(""))))?;
+        let v = v.to_string_lossy().into_owned();
+        let bad = |m: String| Error::usage(format!("option --{}: {m}", f.long));
+        match f.long {
+            "bucket" => args.bucket = Some(v),
+            "endpoint" => args.endpoint = Some(v),
+            "sync-interval" => args.sync_interval = parse_duration(&v).map_err(bad)?,
+            "snapshot-interval" => {
+                let d = parse_duration(&v).map_err(bad)?;
+                if d.is_zero() {
+                    return Err(bad("must be greater than 0".into()));
+                }
+                args.snapshot_interval = d;
+            }
+            "output" => args.output = Some(PathBuf::from(v)),
+            "point-in-time" => {
+                args.point_in_time = Some(time::parse_iso(&v).ok_or_else(|| {
+                    bad(format!("invalid time '{v}' (use ISO 8601, e.g. 2026-11-22T10:00:00Z)"))
+                })?)
+            }
+            other => unreachable!("flag --{other} has no handler"),
+        }
+    }
+    if name.is_none() {
+        return Ok(args);
+    }
+    validate(&args)?;
+    Ok(args)
+}
+
+fn validate(a: &Args) -> Result<()> {
+    let cmd = match a.cmd {
+        Cmd::Watch => "watch",
+        Cmd::Snapshot => "snapshot",
+        Cmd::Restore => "restore",
+        Cmd::List => "list",
+        Cmd::Verify => "verify",
+        _ => return Ok(()),
+    };
+    let hint = format!("run 'walsync {cmd} --help' for usage");
+    if a.bucket.is_none() {
+        return Err(Error::usage(format!("'{cmd}' needs a replica: -b URL")).with_hint(hint));
+    }
+    match a.cmd {
+        Cmd::Watch | Cmd::Snapshot if a.positional.is_empty() => {
+            Err(Error::usage(format!("'{cmd}' needs at least one database path")).with_hint(hint))
+        }
+        Cmd::Restore | Cmd::Verify if a.positional.len() != 1 => {
+            Err(Error::usage(format!("'{cmd}' needs exactly one database NAME")).with_hint(hint))
+        }
+        Cmd::Restore if a.output.is_none() => {
+            Err(Error::usage("'restore' needs an output file: -o FILE").with_hint(hint))
+        }
+        Cmd::List if !a.positional.is_empty() => {
+            Err(Error::usage(format!("'list' takes no arguments, got '{}'", a.positional[0])).with_hint(hint))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Args> {
+        parse(s.split_whitespace().map(OsString::from))
+    }
+
+    #[test]
+    fn durations() {
+        let cases = [("250ms", 250), ("1s", 1000), ("5m", 300_000), ("1h", 3_600_000), ("1d", 86_400_000), ("3600", 3_600_000), ("0", 0)];
+        for (s, ms) in cases {
+            assert_eq!(parse_duration(s).unwrap(), Duration::from_millis(ms), "{s}");
+        }
+        for s in ["", "1x", "-1s", "s", "1.5.2s"] {
+            assert!(parse_duration(s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn command_lines() {
+        let a = p("watch a.db b.db -b /tmp/r --sync-interval 0").unwrap();
+        assert_eq!(a.cmd, Cmd::Watch);
+        assert_eq!(a.positional, vec!["a.db", "b.db"]);
+        assert_eq!(a.sync_interval, Duration::ZERO);
+        let a = p("restore app -o out.db -b /tmp/r --point-in-time 2026-11-22T10:00:00Z -f").unwrap();
+        assert!(a.force && a.point_in_time.is_some());
+        let errs = [
+            ("watch a.db", "'watch' needs a replica: -b URL"),
+            ("watch -b /r", "'watch' needs at least one database path"),
+            ("restore app -b /r", "'restore' needs an output file: -o FILE"),
+            ("watch a.db -b /r --sync-interval 1x", "option --sync-interval: invalid duration '1x': unknown unit 'x' (use ms, s, m, h or d)"),
+            ("frobnicate", "unknown command 'frobnicate'"),
+            ("list -b /r --output x", "unknown option --output for 'list'"),
+        ];
+        for (line, want) in errs {
+            assert_eq!(p(line).unwrap_err().to_string(), want, "{line}");
+        }
+        assert_eq!(p("--version").unwrap().cmd, Cmd::Version);
+        assert_eq!(p("restore --help").unwrap().cmd, Cmd::Help(Some("restore")));
+    }
+}

@@ -1,0 +1,394 @@
+//! The way back: plan from a LIST alone, then fetch the snapshot and the segments after it,
+//! verifying every object's SHA-256, the segment format, and the chain (each segment names the
+//! hash of the object before it, and its WAL position continues the previous one). The result is
+//! written to a temporary file, checked with `PRAGMA integrity_check`, and only then renamed
+//! onto the output. Also `list` and `verify`, which read the same chain.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use log::info;
+use rusqlite::Connection;
+
+use crate::digest::HashingReader;
+use crate::error::{Error, Result};
+use crate::layout::{self, Kind, Meta, Object, Position};
+use crate::storage::Storage;
+use crate::time;
+use crate::wal::segment::read_segment;
+
+/// Every object of one namespace, in replay order.
+pub fn objects(storage: &dyn Storage, ns: &str) -> Result<Vec<Object>> {
+    let mut objs = Vec::new();
+    storage.list(&format!("{ns}/"), &mut |e| {
+        if let Some((n, o)) = layout::parse_key(&e.key, e.size) {
+            if n == ns {
+                objs.push(o);
+            }
+        }
+    })?;
+    layout::sort(&mut objs);
+    Ok(objs)
+}
+
+/// What a restore (or verify) needs to walk: the snapshot and the segments after it.
+pub struct Plan {
+    pub snapshot: Object,
+    pub segments: Vec<Object>,
+}
+
+/// The latest snapshot at or before `pit` (or the latest), and the segments after it up to `pit`.
+pub fn plan(storage: &dyn Storage, ns: &str, pit: Option<u64>) -> Result<Plan> {
+    let objs = objects(storage, ns)?;
+    if objs.is_empty() {
+        return Err(Error::other(format!("no backup of '{ns}' in {}", storage.describe()))
+            .with_hint(format!("check the name with 'walsync list -b {}'", storage.describe())));
+    }
+    let limit = pit.unwrap_or(u64::MAX);
+    let snap = objs.iter().rfind(|o| o.kind == Kind::Snapshot && o.ts <= limit).cloned();
+    let Some(snapshot) = snap else {
+        let first = objs.iter().find(|o| o.kind == Kind::Snapshot);
+        let msg = match (pit, first) {
+            (Some(t), Some(f)) => format!(
+                "no snapshot of '{ns}' at or before {}; the earliest is at {}",
+                time::iso(t),
+                time::iso(f.ts)
+            ),
+            _ => format!("no snapshot of '{ns}' in {}", storage.describe()),
+        };
+        return Err(Error::other(msg).with_hint("choose a later --point-in-time, or run 'walsync snapshot'"));
+    };
+    let segments = objs
+        .into_iter()
+        .filter(|o| matches!(o.kind, Kind::Segment { .. }) && o.ts > snapshot.ts && o.ts <= limit)
+        .collect();
+    Ok(Plan { snapshot, segments })
+}
+
+fn need<'a>(m: &'a Meta, key: &str, field: &str) -> Result<&'a String> {
+    m.get(field).ok_or_else(|| Error::integrity(key, format!("has no {field} metadata")))
+}
+
+fn check_sha(key: &str, want: &str, got: &str) -> Result<()> {
+    if want != got {
+        return Err(Error::integrity(key, format!("SHA-256 mismatch: stored {want}, computed {got}")));
+    }
+    Ok(())
+}
+
+/// Walks a chain object by object, checking hashes, links and positions.
+pub struct ChainCheck {
+    anchor: String,
+    pos: Position,
+    pub page_size: u32,
+}
+
+impl ChainCheck {
+    /// Start from a snapshot's metadata and its verified hash.
+    pub fn start(key: &str, meta: &Meta, sha: &str, page_size: u32) -> Result<Self> {
+        let pos = layout::get_position(meta).ok_or_else(|| Error::integrity(key, "has no chain position metadata"))?;
+        let anchor = meta.get(layout::PREV).cloned().unwrap_or_else(|| sha.to_string());
+        Ok(ChainCheck { anchor, pos, page_size })
+    }
+
+    /// Check a segment's metadata against the chain before its bytes are applied.
+    pub fn check_links(&self, key: &str, meta: &Meta) -> Result<Position> {
+        let prev = need(meta, key, layout::PREV)?;
+        if *prev != self.anchor {
+            return Err(Error::integrity(
+                key,
+                "does not follow the object before it (a gap in the chain, or an object of another chain)",
+            ));
+        }
+        let pos = layout::get_position(meta).ok_or_else(|| Error::integrity(key, "has no chain position metadata"))?;
+        let first: u32 = need(meta, key, "first")?.parse().map_err(|_| Error::integrity(key, "bad 'first' metadata"))?;
+        let Some((h, e)) = pos.wal else {
+            return Err(Error::integrity(key, "has no WAL position metadata"));
+        };
+        let ok = match &self.pos.wal {
+            Some((ph, pe)) if h.same_wal(ph) => first == pe.frame + 1 && pos.gen == self.pos.gen,
+            Some((ph, _)) => h.is_restart_of(ph) && first == 1 && pos.gen > self.pos.gen,
+            None => first == 1,
+        };
+        if !ok || e.frame < first {
+            return Err(Error::integrity(key, "its WAL position does not continue the object before it"));
+        }
+        if h.page_size != self.page_size {
+            return Err(Error::integrity(
+                key,
+                format!("page size {} differs from the snapshot's {}", h.page_size, self.page_size),
+            ));
+        }
+        Ok(pos)
+    }
+
+    pub fn advance(&mut self, sha: String, pos: Position) {
+        self.anchor = sha;
+        self.pos = pos;
+    }
+}
+
+/// Page size from a database header (offset 16, big-endian u16, 1 meaning 65536).
+fn db_page_size(path: &Path) -> Result<u32> {
+    let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut b = [0u8; 2];
+    f.read_exact_at(&mut b, 16).map_err(|e| Error::io("read", path, e))?;
+    let v = u16::from_be_bytes(b) as u32;
+    Ok(if v == 1 { 65536 } else { v })
+}
+
+/// Fetch, verify and apply one segment onto the database file `out`.
+fn apply_segment(storage: &dyn Storage, key: &str, chain: &mut ChainCheck, out: &File) -> Result<u32> {
+    let body = storage.get(key)?;
+    let want = need(&body.meta, key, layout::SHA256)?.clone();
+    let pos = chain.check_links(key, &body.meta)?;
+    let ps = chain.page_size as u64;
+    let mut r = HashingReader::new(body.reader);
+    let res = read_segment(&mut r, |fh, page| {
+        out.write_all_at(page, (fh.pgno as u64 - 1) * ps)?;
+        if fh.is_commit() {
+            out.set_len(fh.commit as u64 * ps)?;
+        }
+        Ok(())
+    });
+    // Drain what the parser did not read so the hash covers the whole object.
+    let drained = io::copy(&mut r, &mut io::sink());
+    let got = r.hex();
+    check_sha(key, &want, &got)?;
+    drained.map_err(|e| Error::integrity(key, format!("read failed: {e}")))?;
+    let (hdr, frames) = res.map_err(|why| Error::integrity(key, format!("invalid segment: {why}")))?;
+    let (mh, _) = pos.wal.expect("checked by check_links");
+    if !hdr.same_wal(&mh) {
+        return Err(Error::integrity(key, "segment header does not match its metadata"));
+    }
+    chain.advance(got, pos);
+    Ok(frames)
+}
+
+pub struct Restored {
+    pub snapshot: String,
+    pub segments: usize,
+    pub frames: u64,
+    pub bytes: u64,
+    pub restored_to: u64,
+}
+
+fn temp_path(out: &Path) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    out.with_file_name(format!(".{name}.walsync-restore-{}", std::process::id()))
+}
+
+fn side_files(p: &Path) -> [PathBuf; 2] {
+    let mut w = p.as_os_str().to_owned();
+    w.push("-wal");
+    let mut s = p.as_os_str().to_owned();
+    s.push("-shm");
+    [PathBuf::from(w), PathBuf::from(s)]
+}
+
+/// Restore namespace `ns` into `out` (latest, or the state at `pit`).
+pub fn restore(storage: &dyn Storage, ns: &str, out: &Path, pit: Option<u64>, force: bool) -> Result<Restored> {
+    if out.exists() && !force {
+        return Err(Error::other(format!("output {} already exists", out.display()))
+            .with_hint("choose another -o path, or pass --force to replace it"));
+    }
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(Error::other(format!("output directory {} does not exist", dir.display()))
+                .with_hint("create it first"));
+        }
+    }
+    let plan = plan(storage, ns, pit)?;
+    let tmp = temp_path(out);
+    let res = restore_into(storage, &plan, &tmp);
+    let restored = match res {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            for p in side_files(&tmp) {
+                let _ = fs::remove_file(p);
+            }
+            return Err(e);
+        }
+    };
+    for p in side_files(out) {
+        // A stale WAL beside the output would be replayed onto the restored database.
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove stale", p, e)),
+        }
+    }
+    fs::rename(&tmp, out).map_err(|e| Error::io("rename restored database to", out, e))?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(restored)
+}
+
+fn restore_into(storage: &dyn Storage, plan: &Plan, tmp: &Path) -> Result<Restored> {
+    let skey = &plan.snapshot.key;
+    let body = storage.get(skey)?;
+    let want = need(&body.meta, skey, layout::SHA256)?.clone();
+    let mut r = HashingReader::new(body.reader);
+    {
+        let mut f = File::create(tmp).map_err(|e| Error::io("create", tmp, e))?;
+        io::copy(&mut r, &mut f).map_err(|e| Error::integrity(skey, format!("read failed: {e}")))?;
+        f.flush().map_err(|e| Error::io("write", tmp, e))?;
+    }
+    let bytes = r.bytes;
+    let sha = r.hex();
+    check_sha(skey, &want, &sha)?;
+    let page_size = db_page_size(tmp)?;
+    let mut chain = ChainCheck::start(skey, &body.meta, &sha, page_size)?;
+    let out = OpenOptions::new().write(true).open(tmp).map_err(|e| Error::io("open", tmp, e))?;
+    let mut frames = 0u64;
+    let mut restored_to = plan.snapshot.ts;
+    for seg in &plan.segments {
+        frames += apply_segment(storage, &seg.key, &mut chain, &out)? as u64;
+        restored_to = seg.ts;
+    }
+    out.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
+    drop(out);
+    integrity_check(tmp)?;
+    info!(
+        "restored {} + {} segments ({frames} frames), state as of {}",
+        skey,
+        plan.segments.len(),
+        time::iso(restored_to)
+    );
+    Ok(Restored { snapshot: skey.clone(), segments: plan.segments.len(), frames, bytes, restored_to })
+}
+
+/// `PRAGMA integrity_check` must say "ok".
+pub fn integrity_check(path: &Path) -> Result<()> {
+    let c = Connection::open(path).map_err(|e| Error::sqlite("open restored database", path, e))?;
+    let mut stmt = c.prepare("PRAGMA integrity_check").map_err(|e| Error::sqlite("check", path, e))?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .and_then(|it| it.collect())
+        .map_err(|e| Error::sqlite("check", path, e))?;
+    drop(stmt);
+    c.close().map_err(|(_, e)| Error::sqlite("close", path, e))?;
+    if rows != ["ok"] {
+        let first = rows.first().cloned().unwrap_or_default();
+        return Err(Error::other(format!(
+            "restored database failed integrity_check ({} problems, first: {first})",
+            rows.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Summary of one database namespace for `list`.
+pub struct Summary {
+    pub ns: String,
+    pub snapshots: Vec<(u64, u64)>,
+    pub segments: usize,
+    pub generations: (u32, u32),
+    pub bytes: u64,
+    pub latest: u64,
+}
+
+/// Every database under `prefix`, with its snapshots, segment count and newest restorable time.
+pub fn list(storage: &dyn Storage, prefix: &str) -> Result<Vec<Summary>> {
+    let mut by_ns: std::collections::BTreeMap<String, Summary> = Default::default();
+    let p = if prefix.is_empty() { String::new() } else { format!("{}/", prefix.trim_matches('/')) };
+    storage.list(&p, &mut |e| {
+        let Some((ns, o)) = layout::parse_key(&e.key, e.size) else { return };
+        let s = by_ns.entry(ns.clone()).or_insert(Summary {
+            ns,
+            snapshots: vec![],
+            segments: 0,
+            generations: (u32::MAX, 0),
+            bytes: 0,
+            latest: 0,
+        });
+        s.bytes += o.size;
+        match o.kind {
+            Kind::Snapshot => s.snapshots.push((o.ts, o.size)),
+            Kind::Segment { gen } => {
+                s.segments += 1;
+                s.generations = (s.generations.0.min(gen), s.generations.1.max(gen));
+            }
+        }
+        if !s.snapshots.is_empty() {
+            s.latest = s.latest.max(o.ts);
+        }
+    })?;
+    Ok(by_ns.into_values().collect())
+}
+
+/// Result of `verify`.
+pub struct Verified {
+    pub objects: usize,
+    pub snapshots: usize,
+    pub segments: usize,
+    pub latest: u64,
+}
+
+/// Check every object's SHA-256 and format, and that the chain has no gap: each snapshot either
+/// starts a chain or continues the current one, each segment follows the object before it.
+pub fn verify(storage: &dyn Storage, ns: &str) -> Result<Verified> {
+    let objs = objects(storage, ns)?;
+    if objs.is_empty() {
+        return Err(Error::other(format!("no backup of '{ns}' in {}", storage.describe()))
+            .with_hint(format!("check the name with 'walsync list -b {}'", storage.describe())));
+    }
+    let mut chain: Option<ChainCheck> = None;
+    let (mut snaps, mut segs) = (0, 0);
+    for o in &objs {
+        let body = storage.get(&o.key)?;
+        let want = need(&body.meta, &o.key, layout::SHA256)?.clone();
+        match o.kind {
+            Kind::Snapshot => {
+                let mut r = HashingReader::new(body.reader);
+                let mut head = [0u8; 100];
+                let n = read_up_to(&mut r, &mut head).map_err(|e| Error::integrity(&o.key, format!("read failed: {e}")))?;
+                io::copy(&mut r, &mut io::sink()).map_err(|e| Error::integrity(&o.key, format!("read failed: {e}")))?;
+                let got = r.hex();
+                check_sha(&o.key, &want, &got)?;
+                if n < 100 || &head[..16] != b"SQLite format 3\0" {
+                    return Err(Error::integrity(&o.key, "is not a SQLite database"));
+                }
+                let ps = u16::from_be_bytes([head[16], head[17]]) as u32;
+                let ps = if ps == 1 { 65536 } else { ps };
+                if let (Some(c), Some(prev)) = (&chain, body.meta.get(layout::PREV)) {
+                    if *prev != c.anchor {
+                        return Err(Error::integrity(&o.key, "does not follow the object before it (a gap in the chain)"));
+                    }
+                }
+                chain = Some(ChainCheck::start(&o.key, &body.meta, &got, ps)?);
+                snaps += 1;
+            }
+            Kind::Segment { .. } => {
+                let Some(c) = chain.as_mut() else {
+                    return Err(Error::integrity(&o.key, "comes before any snapshot"));
+                };
+                let pos = c.check_links(&o.key, &body.meta)?;
+                let mut r = HashingReader::new(body.reader);
+                let res = read_segment(&mut r, |_, _| Ok(()));
+                let _ = io::copy(&mut r, &mut io::sink());
+                let got = r.hex();
+                check_sha(&o.key, &want, &got)?;
+                res.map_err(|why| Error::integrity(&o.key, format!("invalid segment: {why}")))?;
+                c.advance(got, pos);
+                segs += 1;
+            }
+        }
+    }
+    Ok(Verified { objects: objs.len(), snapshots: snaps, segments: segs, latest: objs.last().map_or(0, |o| o.ts) })
+}
+
+fn read_up_to(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
