@@ -18,7 +18,11 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Sha256::new(), bytes: 0 }
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
     }
     pub fn hex(self) -> String {
         hex(self.hasher)
@@ -42,7 +46,10 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new() }
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+        }
     }
 }
 

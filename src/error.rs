@@ -13,17 +13,40 @@ pub enum Error {
     /// Bad command line: exit code 2.
     Usage { msg: String, hint: Option<String> },
     /// Bad configuration (file, key, message): exit code 2.
-    Config { file: String, key: String, msg: String },
+    Config {
+        file: String,
+        key: String,
+        msg: String,
+    },
     /// A local file operation failed.
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     /// SQLite refused an operation on a database.
-    Sqlite { op: &'static str, path: PathBuf, source: rusqlite::Error },
+    Sqlite {
+        op: &'static str,
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     /// A WAL file (or a segment, which is a WAL file) is malformed.
-    WalFormat { path: String, offset: u64, reason: String },
+    WalFormat {
+        path: String,
+        offset: u64,
+        reason: String,
+    },
     /// A storage backend failed for one key.
-    Storage { backend: String, key: String, kind: StorageKind, msg: String },
+    Storage {
+        backend: String,
+        key: String,
+        kind: StorageKind,
+        msg: String,
+    },
     /// Stored data failed verification (checksum, chain, format).
     Integrity { key: String, msg: String },
+    /// The database is too busy for this attempt; retried later.
+    Busy { what: String },
     /// Anything else that stops one operation, with its own message and hint.
     Other { msg: String, hint: Option<String> },
 }
@@ -40,26 +63,49 @@ pub enum StorageKind {
 
 impl Error {
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io { op, path: path.into(), source }
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
     pub fn sqlite(op: &'static str, path: impl Into<PathBuf>, source: rusqlite::Error) -> Self {
-        Error::Sqlite { op, path: path.into(), source }
+        Error::Sqlite {
+            op,
+            path: path.into(),
+            source,
+        }
     }
     pub fn usage(msg: impl Into<String>) -> Self {
-        Error::Usage { msg: msg.into(), hint: Some("run 'walsync --help' for usage".into()) }
+        Error::Usage {
+            msg: msg.into(),
+            hint: Some("run 'walsync --help' for usage".into()),
+        }
     }
     pub fn other(msg: impl Into<String>) -> Self {
-        Error::Other { msg: msg.into(), hint: None }
+        Error::Other {
+            msg: msg.into(),
+            hint: None,
+        }
     }
     pub fn with_hint(self, h: impl Into<String>) -> Self {
         match self {
-            Error::Other { msg, .. } => Error::Other { msg, hint: Some(h.into()) },
-            Error::Usage { msg, .. } => Error::Usage { msg, hint: Some(h.into()) },
+            Error::Other { msg, .. } => Error::Other {
+                msg,
+                hint: Some(h.into()),
+            },
+            Error::Usage { msg, .. } => Error::Usage {
+                msg,
+                hint: Some(h.into()),
+            },
             e => e,
         }
     }
     pub fn integrity(key: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Integrity { key: key.into(), msg: msg.into() }
+        Error::Integrity {
+            key: key.into(),
+            msg: msg.into(),
+        }
     }
 
     /// Exit code for `main`: 2 for usage or configuration errors, 1 otherwise.
@@ -79,12 +125,19 @@ impl Error {
                 io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
             ),
             Error::Sqlite { source, .. } => is_busy(source),
+            Error::Busy { .. } => true,
             _ => false,
         }
     }
 
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::Storage { kind: StorageKind::NotFound, .. })
+        matches!(
+            self,
+            Error::Storage {
+                kind: StorageKind::NotFound,
+                ..
+            }
+        )
     }
 
     /// One line of advice printed under the error, when there is something useful to say.
@@ -121,17 +174,29 @@ impl fmt::Display for Error {
             Error::Usage { msg, .. } => write!(f, "{msg}"),
             Error::Config { file, key, msg } if key.is_empty() => write!(f, "config {file}: {msg}"),
             Error::Config { file, key, msg } => write!(f, "config {file}: {key}: {msg}"),
-            Error::Io { op, path, source } => write!(f, "{op} {}: {}", path.display(), io_msg(source)),
+            Error::Io { op, path, source } => {
+                write!(f, "{op} {}: {}", path.display(), io_msg(source))
+            }
             Error::Sqlite { op, path, source } => write!(f, "{op} {}: {source}", path.display()),
-            Error::WalFormat { path, offset, reason } => {
+            Error::WalFormat {
+                path,
+                offset,
+                reason,
+            } => {
                 write!(f, "invalid WAL {path} at offset {offset}: {reason}")
             }
-            Error::Storage { backend, key, kind, msg } => match kind {
+            Error::Storage {
+                backend,
+                key,
+                kind,
+                msg,
+            } => match kind {
                 StorageKind::NotFound => write!(f, "{backend}: object {key} not found"),
                 _ => write!(f, "{backend}: {key}: {msg}"),
             },
             Error::Integrity { key, msg } => write!(f, "object {key}: {msg}"),
             Error::Other { msg, .. } => write!(f, "{msg}"),
+            Error::Busy { what } => write!(f, "{what}"),
         }
     }
 }

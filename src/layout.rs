@@ -58,7 +58,15 @@ pub fn parse_key(key: &str, size: u64) -> Option<(String, Object)> {
     if let Some(i) = key.rfind("/snapshots/") {
         let f = &key[i + 11..];
         let ts = time::parse_key_ts(f.strip_suffix(".db")?)?;
-        return Some((key[..i].into(), Object { key: key.into(), ts, kind: Kind::Snapshot, size }));
+        return Some((
+            key[..i].into(),
+            Object {
+                key: key.into(),
+                ts,
+                kind: Kind::Snapshot,
+                size,
+            },
+        ));
     }
     if let Some(i) = key.rfind("/wal/") {
         let f = key[i + 5..].strip_suffix(".wal")?;
@@ -68,7 +76,15 @@ pub fn parse_key(key: &str, size: u64) -> Option<(String, Object)> {
         }
         let gen = u32::from_str_radix(g, 16).ok()?;
         let ts = time::parse_key_ts(t)?;
-        return Some((key[..i].into(), Object { key: key.into(), ts, kind: Kind::Segment { gen }, size }));
+        return Some((
+            key[..i].into(),
+            Object {
+                key: key.into(),
+                ts,
+                kind: Kind::Segment { gen },
+                size,
+            },
+        ));
     }
     None
 }
@@ -99,9 +115,15 @@ pub fn put_position(m: &mut Meta, p: &Position) {
         m.insert("page-size".into(), h.page_size.to_string());
         m.insert("seq".into(), h.seq.to_string());
         m.insert("salt".into(), format!("{:08x}{:08x}", h.salt1, h.salt2));
-        m.insert("hdr-cksum".into(), format!("{:08x}{:08x}", h.cksum.0, h.cksum.1));
+        m.insert(
+            "hdr-cksum".into(),
+            format!("{:08x}{:08x}", h.cksum.0, h.cksum.1),
+        );
         m.insert("frame".into(), e.frame.to_string());
-        m.insert("cksum".into(), format!("{:08x}{:08x}", e.cksum.0, e.cksum.1));
+        m.insert(
+            "cksum".into(),
+            format!("{:08x}{:08x}", e.cksum.0, e.cksum.1),
+        );
         m.insert("db-pages".into(), e.db_pages.to_string());
     }
 }
@@ -110,7 +132,10 @@ fn hex_pair(s: &str) -> Option<(u32, u32)> {
     if s.len() != 16 {
         return None;
     }
-    Some((u32::from_str_radix(&s[..8], 16).ok()?, u32::from_str_radix(&s[8..], 16).ok()?))
+    Some((
+        u32::from_str_radix(&s[..8], 16).ok()?,
+        u32::from_str_radix(&s[8..], 16).ok()?,
+    ))
 }
 
 /// Read a position back; `None` when the metadata lacks or garbles it.
@@ -135,12 +160,17 @@ pub fn get_position(m: &Meta) -> Option<Position> {
         cksum: Checksum(c1, c2),
         db_pages: m.get("db-pages")?.parse().ok()?,
     };
-    Some(Position { gen, wal: Some((h, e)) })
+    Some(Position {
+        gen,
+        wal: Some((h, e)),
+    })
 }
 
 /// A database's NAME: its file stem (`app.db` -> `app`).
 pub fn stem(path: &Path) -> String {
-    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "db".into())
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "db".into())
 }
 
 /// Names for many databases: the stem, or where stems collide, the shortest path suffix that
@@ -151,7 +181,11 @@ pub fn unique_names(paths: &[PathBuf]) -> Vec<String> {
         .map(|p| {
             let mut c: Vec<String> = p
                 .parent()
-                .map(|d| d.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect())
+                .map(|d| {
+                    d.components()
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .collect()
+                })
                 .unwrap_or_default();
             c.retain(|s| s != "/" && !s.is_empty() && s != ".");
             c.push(stem(p));
@@ -165,7 +199,10 @@ pub fn unique_names(paths: &[PathBuf]) -> Vec<String> {
             let mut k = 1;
             loop {
                 let mine = name(c, k);
-                let clash = comps.iter().filter(|o| !std::ptr::eq(*o, c)).any(|o| name(o, k) == mine);
+                let clash = comps
+                    .iter()
+                    .filter(|o| !std::ptr::eq(*o, c))
+                    .any(|o| name(o, k) == mine);
                 if !clash || k >= c.len() {
                     return mine;
                 }
@@ -182,7 +219,11 @@ mod tests {
     #[test]
     fn keys_parse_back_and_sort_in_replay_order() {
         let ns = "backups/app";
-        let keys = [segment_key(ns, 2, 5000), snapshot_key(ns, 1000), segment_key(ns, 1, 2000)];
+        let keys = [
+            segment_key(ns, 2, 5000),
+            snapshot_key(ns, 1000),
+            segment_key(ns, 1, 2000),
+        ];
         let mut objs: Vec<Object> = keys.iter().map(|k| parse_key(k, 0).unwrap().1).collect();
         sort(&mut objs);
         let got: Vec<u64> = objs.iter().map(|o| o.ts).collect();
@@ -196,8 +237,14 @@ mod tests {
     #[test]
     fn names_are_unique() {
         let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
-            (vec!["/srv/a/app.db", "/srv/b/app.db", "/srv/c/users.db"], vec!["a/app", "b/app", "users"]),
-            (vec!["/x/a/app.db", "/y/a/app.db"], vec!["x/a/app", "y/a/app"]),
+            (
+                vec!["/srv/a/app.db", "/srv/b/app.db", "/srv/c/users.db"],
+                vec!["a/app", "b/app", "users"],
+            ),
+            (
+                vec!["/x/a/app.db", "/y/a/app.db"],
+                vec!["x/a/app", "y/a/app"],
+            ),
             (vec!["app.db"], vec!["app"]),
         ];
         for (paths, want) in cases {
@@ -208,9 +255,26 @@ mod tests {
 
     #[test]
     fn position_round_trip() {
-        let h = WalHeader { magic: 0x377f0682, page_size: 4096, seq: 3, salt1: 1, salt2: 2, cksum: Checksum(7, 8) };
-        let e = WalEnd { frame: 9, cksum: Checksum(u32::MAX, 0), db_pages: 12 };
-        for p in [Position { gen: 4, wal: Some((h, e)) }, Position { gen: 0, wal: None }] {
+        let h = WalHeader {
+            magic: 0x377f0682,
+            page_size: 4096,
+            seq: 3,
+            salt1: 1,
+            salt2: 2,
+            cksum: Checksum(7, 8),
+        };
+        let e = WalEnd {
+            frame: 9,
+            cksum: Checksum(u32::MAX, 0),
+            db_pages: 12,
+        };
+        for p in [
+            Position {
+                gen: 4,
+                wal: Some((h, e)),
+            },
+            Position { gen: 0, wal: None },
+        ] {
             let mut m = Meta::new();
             put_position(&mut m, &p);
             assert_eq!(get_position(&m), Some(p));

@@ -4,14 +4,14 @@
 //! Layout: `wal` knows the SQLite WAL format, `layout` the object keys, `storage` the backends,
 //! `replicate` the shipping state machine and daemon, `restore` the way back.
 
+pub mod cli;
 pub mod digest;
 pub mod error;
 pub mod layout;
 pub mod replicate;
+pub mod restore;
 pub mod snapshot;
 pub mod storage;
 pub mod time;
 pub mod wal;
-pub mod cli;
-pub mod restore;
 pub mod watch;

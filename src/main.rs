@@ -20,7 +20,11 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => return fail(&e),
     };
-    let level = if args.cmd == Cmd::Watch { "info" } else { "warn" };
+    let level = if args.cmd == Cmd::Watch {
+        "info"
+    } else {
+        "warn"
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -53,14 +57,22 @@ fn databases(a: &Args, prefix: &str, storage: &Arc<dyn Storage>) -> Result<Vec<S
         let path = Path::new(p);
         let abs = std::fs::canonicalize(path).map_err(|e| Error::io("open database", path, e))?;
         if paths.contains(&abs) {
-            return Err(Error::usage(format!("database {} is given twice", abs.display())));
+            return Err(Error::usage(format!(
+                "database {} is given twice",
+                abs.display()
+            )));
         }
         paths.push(abs);
     }
     let names = layout::unique_names(&paths);
     let mut out = Vec::new();
     for (p, n) in paths.iter().zip(names) {
-        let s = Shipper::new(p, layout::join(prefix, &n), Arc::clone(storage), DbOptions::default());
+        let s = Shipper::new(
+            p,
+            layout::join(prefix, &n),
+            Arc::clone(storage),
+            DbOptions::default(),
+        );
         s.check_source()?;
         out.push(s);
     }
@@ -70,13 +82,18 @@ fn databases(a: &Args, prefix: &str, storage: &Arc<dyn Storage>) -> Result<Vec<S
 fn run(a: Args) -> Result<()> {
     match a.cmd {
         Cmd::Help(None) => print!("{}", defs::main_help()),
-        Cmd::Help(Some(c)) => print!("{}", defs::command_help(defs::command(c).expect("known command"))),
+        Cmd::Help(Some(c)) => print!(
+            "{}",
+            defs::command_help(defs::command(c).expect("known command"))
+        ),
         Cmd::Version => println!("walsync {}", env!("CARGO_PKG_VERSION")),
         Cmd::Watch => {
             let (storage, prefix) = open_storage(&a)?;
             let shippers = databases(&a, &prefix, &storage)?;
             let signals = signal_channel()?;
-            let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4);
+            let workers = std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .clamp(2, 4);
             daemon::run(
                 shippers,
                 DaemonConfig {
@@ -102,14 +119,22 @@ fn run(a: Args) -> Result<()> {
                 }
             }
             if failed > 0 {
-                return Err(Error::other(format!("{failed} database(s) failed to snapshot")));
+                return Err(Error::other(format!(
+                    "{failed} database(s) failed to snapshot"
+                )));
             }
         }
         Cmd::Restore => {
             let (storage, prefix) = open_storage(&a)?;
             let name = &a.positional[0];
             let out = a.output.as_deref().expect("validated: -o is required");
-            let r = restore::restore(storage.as_ref(), &layout::join(&prefix, name), out, a.point_in_time, a.force)?;
+            let r = restore::restore(
+                storage.as_ref(),
+                &layout::join(&prefix, name),
+                out,
+                a.point_in_time,
+                a.force,
+            )?;
             println!(
                 "restored {name} to {}: {} + {} segment(s), {} frame(s); state as of {}",
                 out.display(),
@@ -131,7 +156,11 @@ fn run(a: Args) -> Result<()> {
                 } else {
                     format!("{}..{}", s.generations.0, s.generations.1)
                 };
-                let latest = if s.latest == 0 { "none".into() } else { time::iso(s.latest) };
+                let latest = if s.latest == 0 {
+                    "none".into()
+                } else {
+                    time::iso(s.latest)
+                };
                 let name = s.ns.strip_prefix(&format!("{prefix}/")).unwrap_or(&s.ns);
                 println!(
                     "{name}\tsnapshots={} segments={} generations={gens} bytes={} latest_restorable={latest}",

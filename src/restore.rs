@@ -43,11 +43,20 @@ pub struct Plan {
 pub fn plan(storage: &dyn Storage, ns: &str, pit: Option<u64>) -> Result<Plan> {
     let objs = objects(storage, ns)?;
     if objs.is_empty() {
-        return Err(Error::other(format!("no backup of '{ns}' in {}", storage.describe()))
-            .with_hint(format!("check the name with 'walsync list -b {}'", storage.describe())));
+        return Err(
+            Error::other(format!("no backup of '{ns}' in {}", storage.describe())).with_hint(
+                format!(
+                    "check the name with 'walsync list -b {}'",
+                    storage.describe()
+                ),
+            ),
+        );
     }
     let limit = pit.unwrap_or(u64::MAX);
-    let snap = objs.iter().rfind(|o| o.kind == Kind::Snapshot && o.ts <= limit).cloned();
+    let snap = objs
+        .iter()
+        .rfind(|o| o.kind == Kind::Snapshot && o.ts <= limit)
+        .cloned();
     let Some(snapshot) = snap else {
         let first = objs.iter().find(|o| o.kind == Kind::Snapshot);
         let msg = match (pit, first) {
@@ -58,7 +67,8 @@ pub fn plan(storage: &dyn Storage, ns: &str, pit: Option<u64>) -> Result<Plan> {
             ),
             _ => format!("no snapshot of '{ns}' in {}", storage.describe()),
         };
-        return Err(Error::other(msg).with_hint("choose a later --point-in-time, or run 'walsync snapshot'"));
+        return Err(Error::other(msg)
+            .with_hint("choose a later --point-in-time, or run 'walsync snapshot'"));
     };
     let segments = objs
         .into_iter()
@@ -68,12 +78,16 @@ pub fn plan(storage: &dyn Storage, ns: &str, pit: Option<u64>) -> Result<Plan> {
 }
 
 fn need<'a>(m: &'a Meta, key: &str, field: &str) -> Result<&'a String> {
-    m.get(field).ok_or_else(|| Error::integrity(key, format!("has no {field} metadata")))
+    m.get(field)
+        .ok_or_else(|| Error::integrity(key, format!("has no {field} metadata")))
 }
 
 fn check_sha(key: &str, want: &str, got: &str) -> Result<()> {
     if want != got {
-        return Err(Error::integrity(key, format!("SHA-256 mismatch: stored {want}, computed {got}")));
+        return Err(Error::integrity(
+            key,
+            format!("SHA-256 mismatch: stored {want}, computed {got}"),
+        ));
     }
     Ok(())
 }
@@ -88,9 +102,17 @@ pub struct ChainCheck {
 impl ChainCheck {
     /// Start from a snapshot's metadata and its verified hash.
     pub fn start(key: &str, meta: &Meta, sha: &str, page_size: u32) -> Result<Self> {
-        let pos = layout::get_position(meta).ok_or_else(|| Error::integrity(key, "has no chain position metadata"))?;
-        let anchor = meta.get(layout::PREV).cloned().unwrap_or_else(|| sha.to_string());
-        Ok(ChainCheck { anchor, pos, page_size })
+        let pos = layout::get_position(meta)
+            .ok_or_else(|| Error::integrity(key, "has no chain position metadata"))?;
+        let anchor = meta
+            .get(layout::PREV)
+            .cloned()
+            .unwrap_or_else(|| sha.to_string());
+        Ok(ChainCheck {
+            anchor,
+            pos,
+            page_size,
+        })
     }
 
     /// Check a segment's metadata against the chain before its bytes are applied.
@@ -102,8 +124,11 @@ impl ChainCheck {
                 "does not follow the object before it (a gap in the chain, or an object of another chain)",
             ));
         }
-        let pos = layout::get_position(meta).ok_or_else(|| Error::integrity(key, "has no chain position metadata"))?;
-        let first: u32 = need(meta, key, "first")?.parse().map_err(|_| Error::integrity(key, "bad 'first' metadata"))?;
+        let pos = layout::get_position(meta)
+            .ok_or_else(|| Error::integrity(key, "has no chain position metadata"))?;
+        let first: u32 = need(meta, key, "first")?
+            .parse()
+            .map_err(|_| Error::integrity(key, "bad 'first' metadata"))?;
         let Some((h, e)) = pos.wal else {
             return Err(Error::integrity(key, "has no WAL position metadata"));
         };
@@ -113,12 +138,18 @@ impl ChainCheck {
             None => first == 1,
         };
         if !ok || e.frame < first {
-            return Err(Error::integrity(key, "its WAL position does not continue the object before it"));
+            return Err(Error::integrity(
+                key,
+                "its WAL position does not continue the object before it",
+            ));
         }
         if h.page_size != self.page_size {
             return Err(Error::integrity(
                 key,
-                format!("page size {} differs from the snapshot's {}", h.page_size, self.page_size),
+                format!(
+                    "page size {} differs from the snapshot's {}",
+                    h.page_size, self.page_size
+                ),
             ));
         }
         Ok(pos)
@@ -134,13 +165,19 @@ impl ChainCheck {
 fn db_page_size(path: &Path) -> Result<u32> {
     let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut b = [0u8; 2];
-    f.read_exact_at(&mut b, 16).map_err(|e| Error::io("read", path, e))?;
+    f.read_exact_at(&mut b, 16)
+        .map_err(|e| Error::io("read", path, e))?;
     let v = u16::from_be_bytes(b) as u32;
     Ok(if v == 1 { 65536 } else { v })
 }
 
 /// Fetch, verify and apply one segment onto the database file `out`.
-fn apply_segment(storage: &dyn Storage, key: &str, chain: &mut ChainCheck, out: &File) -> Result<u32> {
+fn apply_segment(
+    storage: &dyn Storage,
+    key: &str,
+    chain: &mut ChainCheck,
+    out: &File,
+) -> Result<u32> {
     let body = storage.get(key)?;
     let want = need(&body.meta, key, layout::SHA256)?.clone();
     let pos = chain.check_links(key, &body.meta)?;
@@ -158,10 +195,14 @@ fn apply_segment(storage: &dyn Storage, key: &str, chain: &mut ChainCheck, out: 
     let got = r.hex();
     check_sha(key, &want, &got)?;
     drained.map_err(|e| Error::integrity(key, format!("read failed: {e}")))?;
-    let (hdr, frames) = res.map_err(|why| Error::integrity(key, format!("invalid segment: {why}")))?;
+    let (hdr, frames) =
+        res.map_err(|why| Error::integrity(key, format!("invalid segment: {why}")))?;
     let (mh, _) = pos.wal.expect("checked by check_links");
     if !hdr.same_wal(&mh) {
-        return Err(Error::integrity(key, "segment header does not match its metadata"));
+        return Err(Error::integrity(
+            key,
+            "segment header does not match its metadata",
+        ));
     }
     chain.advance(got, pos);
     Ok(frames)
@@ -176,7 +217,10 @@ pub struct Restored {
 }
 
 fn temp_path(out: &Path) -> PathBuf {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     out.with_file_name(format!(".{name}.walsync-restore-{}", std::process::id()))
 }
 
@@ -189,15 +233,25 @@ fn side_files(p: &Path) -> [PathBuf; 2] {
 }
 
 /// Restore namespace `ns` into `out` (latest, or the state at `pit`).
-pub fn restore(storage: &dyn Storage, ns: &str, out: &Path, pit: Option<u64>, force: bool) -> Result<Restored> {
+pub fn restore(
+    storage: &dyn Storage,
+    ns: &str,
+    out: &Path,
+    pit: Option<u64>,
+    force: bool,
+) -> Result<Restored> {
     if out.exists() && !force {
-        return Err(Error::other(format!("output {} already exists", out.display()))
-            .with_hint("choose another -o path, or pass --force to replace it"));
+        return Err(
+            Error::other(format!("output {} already exists", out.display()))
+                .with_hint("choose another -o path, or pass --force to replace it"),
+        );
     }
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
-            return Err(Error::other(format!("output directory {} does not exist", dir.display()))
-                .with_hint("create it first"));
+            return Err(
+                Error::other(format!("output directory {} does not exist", dir.display()))
+                    .with_hint("create it first"),
+            );
         }
     }
     let plan = plan(storage, ns, pit)?;
@@ -235,7 +289,8 @@ fn restore_into(storage: &dyn Storage, plan: &Plan, tmp: &Path) -> Result<Restor
     let mut r = HashingReader::new(body.reader);
     {
         let mut f = File::create(tmp).map_err(|e| Error::io("create", tmp, e))?;
-        io::copy(&mut r, &mut f).map_err(|e| Error::integrity(skey, format!("read failed: {e}")))?;
+        io::copy(&mut r, &mut f)
+            .map_err(|e| Error::integrity(skey, format!("read failed: {e}")))?;
         f.flush().map_err(|e| Error::io("write", tmp, e))?;
     }
     let bytes = r.bytes;
@@ -243,7 +298,10 @@ fn restore_into(storage: &dyn Storage, plan: &Plan, tmp: &Path) -> Result<Restor
     check_sha(skey, &want, &sha)?;
     let page_size = db_page_size(tmp)?;
     let mut chain = ChainCheck::start(skey, &body.meta, &sha, page_size)?;
-    let out = OpenOptions::new().write(true).open(tmp).map_err(|e| Error::io("open", tmp, e))?;
+    let out = OpenOptions::new()
+        .write(true)
+        .open(tmp)
+        .map_err(|e| Error::io("open", tmp, e))?;
     let mut frames = 0u64;
     let mut restored_to = plan.snapshot.ts;
     for seg in &plan.segments {
@@ -259,19 +317,28 @@ fn restore_into(storage: &dyn Storage, plan: &Plan, tmp: &Path) -> Result<Restor
         plan.segments.len(),
         time::iso(restored_to)
     );
-    Ok(Restored { snapshot: skey.clone(), segments: plan.segments.len(), frames, bytes, restored_to })
+    Ok(Restored {
+        snapshot: skey.clone(),
+        segments: plan.segments.len(),
+        frames,
+        bytes,
+        restored_to,
+    })
 }
 
 /// `PRAGMA integrity_check` must say "ok".
 pub fn integrity_check(path: &Path) -> Result<()> {
     let c = Connection::open(path).map_err(|e| Error::sqlite("open restored database", path, e))?;
-    let mut stmt = c.prepare("PRAGMA integrity_check").map_err(|e| Error::sqlite("check", path, e))?;
+    let mut stmt = c
+        .prepare("PRAGMA integrity_check")
+        .map_err(|e| Error::sqlite("check", path, e))?;
     let rows: Vec<String> = stmt
         .query_map([], |r| r.get(0))
         .and_then(|it| it.collect())
         .map_err(|e| Error::sqlite("check", path, e))?;
     drop(stmt);
-    c.close().map_err(|(_, e)| Error::sqlite("close", path, e))?;
+    c.close()
+        .map_err(|(_, e)| Error::sqlite("close", path, e))?;
     if rows != ["ok"] {
         let first = rows.first().cloned().unwrap_or_default();
         return Err(Error::other(format!(
@@ -295,9 +362,15 @@ pub struct Summary {
 /// Every database under `prefix`, with its snapshots, segment count and newest restorable time.
 pub fn list(storage: &dyn Storage, prefix: &str) -> Result<Vec<Summary>> {
     let mut by_ns: std::collections::BTreeMap<String, Summary> = Default::default();
-    let p = if prefix.is_empty() { String::new() } else { format!("{}/", prefix.trim_matches('/')) };
+    let p = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", prefix.trim_matches('/'))
+    };
     storage.list(&p, &mut |e| {
-        let Some((ns, o)) = layout::parse_key(&e.key, e.size) else { return };
+        let Some((ns, o)) = layout::parse_key(&e.key, e.size) else {
+            return;
+        };
         let s = by_ns.entry(ns.clone()).or_insert(Summary {
             ns,
             snapshots: vec![],
@@ -334,8 +407,14 @@ pub struct Verified {
 pub fn verify(storage: &dyn Storage, ns: &str) -> Result<Verified> {
     let objs = objects(storage, ns)?;
     if objs.is_empty() {
-        return Err(Error::other(format!("no backup of '{ns}' in {}", storage.describe()))
-            .with_hint(format!("check the name with 'walsync list -b {}'", storage.describe())));
+        return Err(
+            Error::other(format!("no backup of '{ns}' in {}", storage.describe())).with_hint(
+                format!(
+                    "check the name with 'walsync list -b {}'",
+                    storage.describe()
+                ),
+            ),
+        );
     }
     let mut chain: Option<ChainCheck> = None;
     let (mut snaps, mut segs) = (0, 0);
@@ -346,8 +425,10 @@ pub fn verify(storage: &dyn Storage, ns: &str) -> Result<Verified> {
             Kind::Snapshot => {
                 let mut r = HashingReader::new(body.reader);
                 let mut head = [0u8; 100];
-                let n = read_up_to(&mut r, &mut head).map_err(|e| Error::integrity(&o.key, format!("read failed: {e}")))?;
-                io::copy(&mut r, &mut io::sink()).map_err(|e| Error::integrity(&o.key, format!("read failed: {e}")))?;
+                let n = read_up_to(&mut r, &mut head)
+                    .map_err(|e| Error::integrity(&o.key, format!("read failed: {e}")))?;
+                io::copy(&mut r, &mut io::sink())
+                    .map_err(|e| Error::integrity(&o.key, format!("read failed: {e}")))?;
                 let got = r.hex();
                 check_sha(&o.key, &want, &got)?;
                 if n < 100 || &head[..16] != b"SQLite format 3\0" {
@@ -357,7 +438,10 @@ pub fn verify(storage: &dyn Storage, ns: &str) -> Result<Verified> {
                 let ps = if ps == 1 { 65536 } else { ps };
                 if let (Some(c), Some(prev)) = (&chain, body.meta.get(layout::PREV)) {
                     if *prev != c.anchor {
-                        return Err(Error::integrity(&o.key, "does not follow the object before it (a gap in the chain)"));
+                        return Err(Error::integrity(
+                            &o.key,
+                            "does not follow the object before it (a gap in the chain)",
+                        ));
                     }
                 }
                 chain = Some(ChainCheck::start(&o.key, &body.meta, &got, ps)?);
@@ -379,7 +463,12 @@ pub fn verify(storage: &dyn Storage, ns: &str) -> Result<Verified> {
             }
         }
     }
-    Ok(Verified { objects: objs.len(), snapshots: snaps, segments: segs, latest: objs.last().map_or(0, |o| o.ts) })
+    Ok(Verified {
+        objects: objs.len(),
+        snapshots: snaps,
+        segments: segs,
+        latest: objs.last().map_or(0, |o| o.ts),
+    })
 }
 
 fn read_up_to(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {

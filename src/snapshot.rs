@@ -22,9 +22,13 @@ pub fn backup_to_file(src: &Connection, src_path: &Path, dst: &Path) -> Result<u
     out.execute_batch("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-256;")
         .map_err(|e| Error::sqlite("prepare snapshot", dst, e))?;
     {
-        let b = Backup::new(src, &mut out).map_err(|e| Error::sqlite("start backup of", src_path, e))?;
+        let b = Backup::new(src, &mut out)
+            .map_err(|e| Error::sqlite("start backup of", src_path, e))?;
         loop {
-            match b.step(PAGES_PER_STEP).map_err(|e| Error::sqlite("back up", src_path, e))? {
+            match b
+                .step(PAGES_PER_STEP)
+                .map_err(|e| Error::sqlite("back up", src_path, e))?
+            {
                 StepResult::Done => break,
                 StepResult::More => {}
                 StepResult::Busy | StepResult::Locked => thread::sleep(Duration::from_millis(10)),
@@ -32,9 +36,17 @@ pub fn backup_to_file(src: &Connection, src_path: &Path, dst: &Path) -> Result<u
             }
         }
     }
-    out.close().map_err(|(_, e)| Error::sqlite("close snapshot", dst, e))?;
-    let f = std::fs::OpenOptions::new().write(true).open(dst).map_err(|e| Error::io("open snapshot", dst, e))?;
-    f.sync_all().map_err(|e| Error::io("fsync snapshot", dst, e))?;
-    let len = f.metadata().map_err(|e| Error::io("stat snapshot", dst, e))?.len();
+    out.close()
+        .map_err(|(_, e)| Error::sqlite("close snapshot", dst, e))?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dst)
+        .map_err(|e| Error::io("open snapshot", dst, e))?;
+    f.sync_all()
+        .map_err(|e| Error::io("fsync snapshot", dst, e))?;
+    let len = f
+        .metadata()
+        .map_err(|e| Error::io("stat snapshot", dst, e))?
+        .len();
     Ok(len)
 }

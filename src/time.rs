@@ -6,7 +6,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch, UTC.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
@@ -46,19 +49,33 @@ fn parts(ms: u64) -> Parts {
     let secs = (ms / 1000) as i64;
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400) as u32;
-    Parts { y, mo, d, h: sod / 3600, mi: sod / 60 % 60, s: sod % 60, ms: (ms % 1000) as u32 }
+    Parts {
+        y,
+        mo,
+        d,
+        h: sod / 3600,
+        mi: sod / 60 % 60,
+        s: sod % 60,
+        ms: (ms % 1000) as u32,
+    }
 }
 
 /// `YYYYMMDDHHMMSSmmm`, the timestamp inside object keys.
 pub fn key_ts(ms: u64) -> String {
     let p = parts(ms);
-    format!("{:04}{:02}{:02}{:02}{:02}{:02}{:03}", p.y, p.mo, p.d, p.h, p.mi, p.s, p.ms)
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}{:03}",
+        p.y, p.mo, p.d, p.h, p.mi, p.s, p.ms
+    )
 }
 
 /// `2026-11-22T10:04:05.123Z`
 pub fn iso(ms: u64) -> String {
     let p = parts(ms);
-    format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", p.y, p.mo, p.d, p.h, p.mi, p.s, p.ms)
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        p.y, p.mo, p.d, p.h, p.mi, p.s, p.ms
+    )
 }
 
 fn num(s: &str) -> Option<u32> {
@@ -69,7 +86,8 @@ fn num(s: &str) -> Option<u32> {
 }
 
 fn to_ms(y: i64, mo: u32, d: u32, h: u32, mi: u32, s: u32, ms: u32) -> Option<u64> {
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 || ms > 999 {
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 || ms > 999
+    {
         return None;
     }
     let days = days_from_civil(y, mo, d);
@@ -86,7 +104,15 @@ pub fn parse_key_ts(s: &str) -> Option<u64> {
         return None;
     }
     let n = |a: usize, b: usize| num(&s[a..b]);
-    to_ms(n(0, 4)? as i64, n(4, 6)?, n(6, 8)?, n(8, 10)?, n(10, 12)?, n(12, 14)?, n(14, 17)?)
+    to_ms(
+        n(0, 4)? as i64,
+        n(4, 6)?,
+        n(6, 8)?,
+        n(8, 10)?,
+        n(10, 12)?,
+        n(12, 14)?,
+        n(14, 17)?,
+    )
 }
 
 /// Parse ISO 8601: `2026-11-22T10:04:05Z`, with optional fraction (`.123`, up to ms precision
@@ -143,8 +169,16 @@ mod tests {
     fn key_and_iso_round_trip() {
         let cases = [
             (0u64, "19700101000000000", "1970-01-01T00:00:00.000Z"),
-            (1_795_305_845_123, "20261122000405123", "2026-11-22T00:04:05.123Z"),
-            (951_782_400_000, "20000229000000000", "2000-02-29T00:00:00.000Z"),
+            (
+                1_795_305_845_123,
+                "20261122000405123",
+                "2026-11-22T00:04:05.123Z",
+            ),
+            (
+                951_782_400_000,
+                "20000229000000000",
+                "2000-02-29T00:00:00.000Z",
+            ),
         ];
         for (ms, key, isos) in cases {
             assert_eq!(key_ts(ms), key);

@@ -107,7 +107,8 @@ pub fn command(name: &str) -> Option<&'static Command> {
 
 pub fn flag(cmd: &str, long: Option<&str>, short: Option<char>) -> Option<&'static Flag> {
     FLAGS.iter().find(|f| {
-        f.cmds.contains(&cmd) && (long.is_some_and(|l| l == f.long) || (short.is_some() && short == f.short))
+        f.cmds.contains(&cmd)
+            && (long.is_some_and(|l| l == f.long) || (short.is_some() && short == f.short))
     })
 }
 
@@ -130,7 +131,10 @@ fn wrap(text: &str, indent: usize, width: usize) -> String {
 }
 
 fn flag_label(f: &Flag) -> String {
-    let short = f.short.map(|c| format!("-{c}, ")).unwrap_or_else(|| "    ".into());
+    let short = f
+        .short
+        .map(|c| format!("-{c}, "))
+        .unwrap_or_else(|| "    ".into());
     match f.value {
         Some(v) => format!("{short}--{} {v}", f.long),
         None => format!("{short}--{}", f.long),
@@ -143,7 +147,11 @@ pub fn command_help(c: &Command) -> String {
     s.push_str(&wrap(c.doc, 0, 80));
     s.push_str("\n\nOptions:\n");
     for f in FLAGS.iter().filter(|f| f.cmds.contains(&c.name)) {
-        s.push_str(&format!("  {:<28}{}\n", flag_label(f), wrap(f.doc, 30, 100)));
+        s.push_str(&format!(
+            "  {:<28}{}\n",
+            flag_label(f),
+            wrap(f.doc, 30, 100)
+        ));
     }
     s
 }
@@ -183,7 +191,11 @@ mod tests {
         }
         for f in FLAGS {
             for c in f.cmds {
-                assert!(command(c).is_some(), "--{} names unknown command {c}", f.long);
+                assert!(
+                    command(c).is_some(),
+                    "--{} names unknown command {c}",
+                    f.long
+                );
             }
         }
     }

@@ -37,19 +37,27 @@ pub struct Args {
 /// Parse a duration: `250ms`, `1s`, `5m`, `1h`, `1d`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let v: f64 = num.parse().map_err(|_| format!("invalid duration '{s}' (use e.g. 250ms, 1s, 5m, 1h, 1d or 3600)"))?;
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration '{s}' (use e.g. 250ms, 1s, 5m, 1h, 1d or 3600)"))?;
     let mult = match unit {
         "" | "s" => 1.0,
         "ms" => 0.001,
         "m" => 60.0,
         "h" => 3600.0,
         "d" => 86400.0,
-        _ => return Err(format!("invalid duration '{s}': unknown unit '{unit}' (use ms, s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "invalid duration '{s}': unknown unit '{unit}' (use ms, s, m, h or d)"
+            ))
+        }
     };
     let secs = v * mult;
-    if !secs.is_finite() || secs < 0.0 || secs > 10.0 * 365.0 * 86400.0 {
+    if !secs.is_finite() || !(0.0..=10.0 * 365.0 * 86400.0).contains(&secs) {
         return Err(format!("invalid duration '{s}'"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -95,8 +103,10 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
                             return Ok(args);
                         }
                         _ => {
-                            let c = cmd_of(&v).ok_or_else(|| Error::usage(format!("unknown command '{v}'")))?;
-                            name = Some(defs::command(&v).expect("every Cmd has a definition").name);
+                            let c = cmd_of(&v)
+                                .ok_or_else(|| Error::usage(format!("unknown command '{v}'")))?;
+                            name =
+                                Some(defs::command(&v).expect("every Cmd has a definition").name);
                             args.cmd = c;
                         }
                     }
@@ -117,7 +127,9 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
             }
         }
         let cmd = name.unwrap_or("");
-        let shown = long.map(|l| format!("--{l}")).unwrap_or_else(|| format!("-{}", short.unwrap_or('?')));
+        let shown = long
+            .map(|l| format!("--{l}"))
+            .unwrap_or_else(|| format!("-{}", short.unwrap_or('?')));
         let Some(f) = defs::flag(cmd, long, short) else {
             return Err(if name.is_none() {
                 Error::usage(format!("option {shown} needs a command before it"))
@@ -137,7 +149,13 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
             }
             continue;
         }
-        let v = p.value().map_err(|_| Error::usage(format!("option --{} needs a value ({})", f.long, f.value.unwrap_or(""))))?;
+        let v = p.value().map_err(|_| {
+            Error::usage(format!(
+                "option --{} needs a value ({})",
+                f.long,
+                f.value.unwrap_or("")
+            ))
+        })?;
         let v = v.to_string_lossy().into_owned();
         let bad = |m: String| Error::usage(format!("option --{}: {m}", f.long));
         match f.long {
@@ -154,7 +172,9 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
             "output" => args.output = Some(PathBuf::from(v)),
             "point-in-time" => {
                 args.point_in_time = Some(time::parse_iso(&v).ok_or_else(|| {
-                    bad(format!("invalid time '{v}' (use ISO 8601, e.g. 2026-11-22T10:00:00Z)"))
+                    bad(format!(
+                        "invalid time '{v}' (use ISO 8601, e.g. 2026-11-22T10:00:00Z)"
+                    ))
                 })?)
             }
             other => unreachable!("flag --{other} has no handler"),
@@ -190,9 +210,11 @@ fn validate(a: &Args) -> Result<()> {
         Cmd::Restore if a.output.is_none() => {
             Err(Error::usage("'restore' needs an output file: -o FILE").with_hint(hint))
         }
-        Cmd::List if !a.positional.is_empty() => {
-            Err(Error::usage(format!("'list' takes no arguments, got '{}'", a.positional[0])).with_hint(hint))
-        }
+        Cmd::List if !a.positional.is_empty() => Err(Error::usage(format!(
+            "'list' takes no arguments, got '{}'",
+            a.positional[0]
+        ))
+        .with_hint(hint)),
         _ => Ok(()),
     }
 }
@@ -207,7 +229,15 @@ mod tests {
 
     #[test]
     fn durations() {
-        let cases = [("250ms", 250), ("1s", 1000), ("5m", 300_000), ("1h", 3_600_000), ("1d", 86_400_000), ("3600", 3_600_000), ("0", 0)];
+        let cases = [
+            ("250ms", 250),
+            ("1s", 1000),
+            ("5m", 300_000),
+            ("1h", 3_600_000),
+            ("1d", 86_400_000),
+            ("3600", 3_600_000),
+            ("0", 0),
+        ];
         for (s, ms) in cases {
             assert_eq!(parse_duration(s).unwrap(), Duration::from_millis(ms), "{s}");
         }
@@ -222,7 +252,8 @@ mod tests {
         assert_eq!(a.cmd, Cmd::Watch);
         assert_eq!(a.positional, vec!["a.db", "b.db"]);
         assert_eq!(a.sync_interval, Duration::ZERO);
-        let a = p("restore app -o out.db -b /tmp/r --point-in-time 2026-11-22T10:00:00Z -f").unwrap();
+        let a =
+            p("restore app -o out.db -b /tmp/r --point-in-time 2026-11-22T10:00:00Z -f").unwrap();
         assert!(a.force && a.point_in_time.is_some());
         let errs = [
             ("watch a.db", "'watch' needs a replica: -b URL"),

@@ -66,8 +66,13 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 /// Run until a signal; returns Ok when everything pending was shipped.
 pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) -> Result<()> {
     let paths: Vec<PathBuf> = shippers.iter().map(|s| s.path.clone()).collect();
-    let index: HashMap<PathBuf, usize> = paths.iter().enumerate().map(|(i, p)| (p.clone(), i)).collect();
-    let shippers: Arc<Vec<Mutex<Shipper>>> = Arc::new(shippers.into_iter().map(Mutex::new).collect());
+    let index: HashMap<PathBuf, usize> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.clone(), i))
+        .collect();
+    let shippers: Arc<Vec<Mutex<Shipper>>> =
+        Arc::new(shippers.into_iter().map(Mutex::new).collect());
 
     let (watch_tx, watch_rx) = bounded::<WatchEvent>(1024);
     let _watcher = watch::spawn(&paths, watch_tx)?;
@@ -88,7 +93,14 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
                     let result = s.step(job.snapshot, job.release);
                     let changed_since_snapshot = s.changed_since_snapshot();
                     drop(s);
-                    if tx.send(Done { idx: job.idx, result, changed_since_snapshot }).is_err() {
+                    if tx
+                        .send(Done {
+                            idx: job.idx,
+                            result,
+                            changed_since_snapshot,
+                        })
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -100,7 +112,11 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
 
     let now = Instant::now();
     let mut sched: Vec<Sched> = (0..paths.len())
-        .map(|_| Sched { dirty_since: Some(now), last_snapshot: Some(now), ..Default::default() })
+        .map(|_| Sched {
+            dirty_since: Some(now),
+            last_snapshot: Some(now),
+            ..Default::default()
+        })
         .collect();
     info!("watching {} database(s) with {workers} worker(s), sync_interval={:?} snapshot_interval={:?}", paths.len(), cfg.sync_interval, cfg.snapshot_interval);
 
@@ -112,7 +128,9 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
             if s.in_flight || s.final_done {
                 continue;
             }
-            let due_dirty = s.dirty_since.is_some_and(|t| stopping.is_some() || t + cfg.sync_interval <= now);
+            let due_dirty = s
+                .dirty_since
+                .is_some_and(|t| stopping.is_some() || t + cfg.sync_interval <= now);
             let due_wake = s.wake_at.is_some_and(|t| t <= now);
             let due_final = stopping.is_some();
             if !(due_dirty || due_wake || due_final) {
@@ -120,8 +138,13 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
             }
             let snapshot = stopping.is_none()
                 && s.changed_since_snapshot
-                && s.last_snapshot.is_some_and(|t| t + cfg.snapshot_interval <= now);
-            let job = Job { idx: i, snapshot, release: stopping.is_some() };
+                && s.last_snapshot
+                    .is_some_and(|t| t + cfg.snapshot_interval <= now);
+            let job = Job {
+                idx: i,
+                snapshot,
+                release: stopping.is_some(),
+            };
             if job_tx.try_send(job).is_ok() {
                 s.in_flight = true;
                 s.dirty_since = None;
@@ -135,7 +158,10 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
                 break;
             }
             if t0.elapsed() > cfg.shutdown_deadline {
-                error!("shutdown: gave up after {:?} with work pending", cfg.shutdown_deadline);
+                error!(
+                    "shutdown: gave up after {:?} with work pending",
+                    cfg.shutdown_deadline
+                );
                 break;
             }
         }
@@ -238,7 +264,9 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
     }
     let unfinished = sched.iter().filter(|s| !s.final_done).count();
     if unfinished > 0 {
-        return Err(Error::other(format!("{unfinished} database(s) had unshipped changes at exit")));
+        return Err(Error::other(format!(
+            "{unfinished} database(s) had unshipped changes at exit"
+        )));
     }
     info!("all databases shipped; exiting");
     Ok(())

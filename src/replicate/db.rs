@@ -10,13 +10,14 @@
 //!   SQLite grants only when the WAL is fully checkpointed *and* (by the leapfrog order) fully
 //!   captured; so a WAL whose header is the restart of ours (sequence + 1, salt-1 + 1) continues
 //!   the chain exactly at our position, as a new generation.
-//! * **Pinning** (after idling, or at start) takes SQLite's writer lock for a moment
-//!   (`BEGIN IMMEDIATE` on one connection, a read transaction on the other) so that the reader
-//!   sits at an exact, known WAL position, and the tail is captured before the lock is released.
-//!   The chain continues only if the WAL still has the header we last shipped and still holds
-//!   our last frame with the same running checksum; anything else (restarted, truncated, deleted,
-//!   replaced, the database file replaced) starts a new generation with a fresh snapshot, and
-//!   the log says why.
+//! * **Pinning** (after idling, at start, for a snapshot) begins a read transaction between two
+//!   reads of SQLite's wal-index header (`wal::shm`): equal headers give the exact last frame
+//!   our reader sees, with its running checksum, without any lock that could make an
+//!   application's write fail. The tail up to that frame is captured and must end on exactly
+//!   that checksum. The chain continues only if the WAL still has the header we last shipped
+//!   and still holds our last frame with the same running checksum; anything else (restarted,
+//!   truncated, deleted, replaced, the database file replaced) starts a new generation with a
+//!   fresh snapshot, and the log says why.
 //! * **Idle.** After `IDLE_RELEASE` without new frames, once everything is uploaded, both
 //!   connections are closed (no file descriptors, no page cache) with `SQLITE_FCNTL_PERSIST_WAL`,
 //!   so our close never deletes the WAL we would need to prove continuity with.
@@ -43,7 +44,8 @@ use crate::storage::Storage;
 use crate::time;
 use crate::wal::reader;
 use crate::wal::segment::SegmentWriter;
-use crate::wal::WalHeader;
+use crate::wal::shm::{self, WalIndex};
+use crate::wal::{WalEnd, WalHeader};
 
 /// How long a database must see no new frames before its pin is released.
 pub const IDLE_RELEASE: Duration = Duration::from_secs(3);
@@ -60,7 +62,9 @@ pub struct DbOptions {
 
 impl Default for DbOptions {
     fn default() -> Self {
-        DbOptions { checkpoint_frames: 1000 }
+        DbOptions {
+            checkpoint_frames: 1000,
+        }
     }
 }
 
@@ -83,6 +87,8 @@ struct Pending {
 
 struct Pin {
     conns: [Connection; 2],
+    /// The `-shm` file, open for as long as the connections are (see `wal::shm::read`).
+    shm: File,
     /// Which connection holds the pinning read transaction.
     reader: usize,
     /// Identity of the WAL file we read, to notice a deleted or replaced WAL.
@@ -104,6 +110,7 @@ pub struct StepReport {
 pub struct Shipper {
     pub path: PathBuf,
     wal_path: PathBuf,
+    shm_path: PathBuf,
     /// Namespace of this database in the replica (`<prefix>/<name>`).
     pub ns: String,
     storage: Arc<dyn Storage>,
@@ -120,6 +127,8 @@ pub struct Shipper {
     pub last_snapshot_at: Option<Instant>,
     /// Frames in the WAL at our last read (for the checkpoint threshold).
     wal_frames: u32,
+    /// `wal_frames` when we last checkpointed: no second attempt until the WAL grows.
+    checkpointed_at: u32,
     /// Highest generation seen in the replica; a new generation is always above it.
     max_gen: u32,
 }
@@ -134,13 +143,19 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
 
 impl Shipper {
     pub fn new(path: &Path, ns: String, storage: Arc<dyn Storage>, opts: DbOptions) -> Self {
-        let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
+        let mut shm = path.as_os_str().to_owned();
+        shm.push("-shm");
         Shipper {
             path: path.to_path_buf(),
             wal_path: PathBuf::from(wal),
+            shm_path: PathBuf::from(shm),
             ns,
             storage,
             spool: dir.join(format!(".{file}-walsync")),
@@ -155,6 +170,7 @@ impl Shipper {
             changed_since_snapshot: false,
             last_snapshot_at: None,
             wal_frames: 0,
+            checkpointed_at: 0,
             max_gen: 0,
         }
     }
@@ -180,24 +196,34 @@ impl Shipper {
     pub fn check_source(&self) -> Result<()> {
         let md = fs::metadata(&self.path).map_err(|e| Error::io("open database", &self.path, e))?;
         if !md.is_file() {
-            return Err(Error::other(format!("database {} is not a regular file", self.path.display())));
+            return Err(Error::other(format!(
+                "database {} is not a regular file",
+                self.path.display()
+            )));
         }
         let mut hdr = [0u8; 100];
         let n = {
             use std::io::Read;
-            let mut f = File::open(&self.path).map_err(|e| Error::io("open database", &self.path, e))?;
-            f.read(&mut hdr).map_err(|e| Error::io("read database", &self.path, e))?
+            let mut f =
+                File::open(&self.path).map_err(|e| Error::io("open database", &self.path, e))?;
+            f.read(&mut hdr)
+                .map_err(|e| Error::io("read database", &self.path, e))?
         };
         if n < 100 || &hdr[..16] != b"SQLite format 3\0" {
-            return Err(Error::other(format!("{} is not a SQLite database", self.path.display()))
-                .with_hint("point walsync at a SQLite database file"));
+            return Err(
+                Error::other(format!("{} is not a SQLite database", self.path.display()))
+                    .with_hint("point walsync at a SQLite database file"),
+            );
         }
         if hdr[18] != 2 || hdr[19] != 2 {
             return Err(Error::other(format!(
                 "database {} is not in WAL mode",
                 self.path.display()
             ))
-            .with_hint(format!("switch it with: sqlite3 {} 'PRAGMA journal_mode=WAL'", self.path.display())));
+            .with_hint(format!(
+                "switch it with: sqlite3 {} 'PRAGMA journal_mode=WAL'",
+                self.path.display()
+            )));
         }
         Ok(())
     }
@@ -235,7 +261,12 @@ impl Shipper {
                         Kind::Segment { .. } => sha.clone(),
                     };
                     self.max_gen = self.max_gen.max(pos.gen);
-                    info!("db={} found chain ending at {} (generation {})", self.path.display(), o.key, pos.gen);
+                    info!(
+                        "db={} found chain ending at {} (generation {})",
+                        self.path.display(),
+                        o.key,
+                        pos.gen
+                    );
                     self.chain = Some(Chain { pos, last_sha });
                 }
                 _ => warn!(
@@ -251,16 +282,25 @@ impl Shipper {
 
     fn open_conn(&self) -> Result<Connection> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let c = Connection::open_with_flags(&self.path, flags).map_err(db_err("open database", &self.path))?;
-        c.busy_timeout(BUSY_TIMEOUT).map_err(db_err("configure", &self.path))?;
+        let c = Connection::open_with_flags(&self.path, flags)
+            .map_err(db_err("open database", &self.path))?;
+        c.busy_timeout(BUSY_TIMEOUT)
+            .map_err(db_err("configure", &self.path))?;
         // A tiny page cache: we read pages only to take snapshots, which stream.
         c.execute_batch("PRAGMA cache_size=-64; PRAGMA wal_autocheckpoint=0;")
             .map_err(db_err("configure", &self.path))?;
-        let mode: String =
-            c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).map_err(db_err("read journal mode of", &self.path))?;
+        let mode: String = c
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(db_err("read journal mode of", &self.path))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::other(format!("database {} is not in WAL mode (journal_mode={mode})", self.path.display()))
-                .with_hint(format!("switch it with: sqlite3 {} 'PRAGMA journal_mode=WAL'", self.path.display())));
+            return Err(Error::other(format!(
+                "database {} is not in WAL mode (journal_mode={mode})",
+                self.path.display()
+            ))
+            .with_hint(format!(
+                "switch it with: sqlite3 {} 'PRAGMA journal_mode=WAL'",
+                self.path.display()
+            )));
         }
         // Our close must never delete the WAL (SPEC 4a): keep it for the continuity proof.
         let mut persist: std::os::raw::c_int = 1;
@@ -275,13 +315,17 @@ impl Shipper {
             )
         };
         if rc != rusqlite::ffi::SQLITE_OK {
-            warn!("db={} could not set PERSIST_WAL (rc={rc})", self.path.display());
+            warn!(
+                "db={} could not set PERSIST_WAL (rc={rc})",
+                self.path.display()
+            );
         }
         Ok(c)
     }
 
     fn begin_read(c: &Connection, path: &Path) -> Result<()> {
-        c.execute_batch("BEGIN").map_err(db_err("begin read on", path))?;
+        c.execute_batch("BEGIN")
+            .map_err(db_err("begin read on", path))?;
         if let Err(e) = c.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())) {
             let _ = c.execute_batch("ROLLBACK");
             return Err(Error::sqlite("read", path, e));
@@ -291,33 +335,56 @@ impl Shipper {
 
     fn end_txn(c: &Connection, path: &Path) -> Result<()> {
         if !c.is_autocommit() {
-            c.execute_batch("ROLLBACK").map_err(db_err("end transaction on", path))?;
+            c.execute_batch("ROLLBACK")
+                .map_err(db_err("end transaction on", path))?;
         }
         Ok(())
     }
 
-    /// Pin at an exact position: take the writer lock on one connection, (re)begin the reader
-    /// on the other. Returns the index of the writer, whose lock the caller must release.
-    fn pin_exact(&mut self) -> Result<usize> {
+    /// Pin at an exact, known position without taking any lock the application could trip on:
+    /// begin a read transaction on the spare connection, bracketed by two reads of the
+    /// wal-index header; equal headers mean no commit slipped in, so our reader sees exactly
+    /// that header's last frame. Then the previous reader (if any) lets go.
+    fn pin_exact(&mut self) -> Result<WalIndex> {
         if self.pin.is_none() {
             let conns = [self.open_conn()?, self.open_conn()?];
-            self.pin = Some(Pin { conns, reader: usize::MAX, wal_id: None });
+            // A first read makes SQLite create and initialise the -shm file.
+            Self::begin_read(&conns[0], &self.path)?;
+            Self::end_txn(&conns[0], &self.path)?;
+            let shm =
+                File::open(&self.shm_path).map_err(|e| Error::io("open", &self.shm_path, e))?;
+            self.pin = Some(Pin {
+                conns,
+                shm,
+                reader: usize::MAX,
+                wal_id: None,
+            });
         }
         let pin = self.pin.as_mut().expect("opened above");
-        let w = if pin.reader == 0 { 1 } else { 0 };
-        let r = 1 - w;
-        pin.conns[w].execute_batch("BEGIN IMMEDIATE").map_err(db_err("lock", &self.path))?;
-        // The writer's own read transaction pins the WAL while the reader switches over.
-        let res = Self::end_txn(&pin.conns[r], &self.path).and_then(|_| Self::begin_read(&pin.conns[r], &self.path));
-        if let Err(e) = res {
-            let _ = Self::end_txn(&pin.conns[w], &self.path);
-            self.release();
-            return Err(e);
+        let r = if pin.reader == 0 { 1 } else { 0 };
+        for attempt in 0..200u64 {
+            let before = shm::read(&pin.shm, &self.shm_path)?;
+            Self::begin_read(&pin.conns[r], &self.path)?;
+            let after = shm::read(&pin.shm, &self.shm_path)?;
+            if let (Some(b), Some(a)) = (before, after) {
+                if a == b {
+                    if pin.reader != usize::MAX {
+                        Self::end_txn(&pin.conns[pin.reader], &self.path)?;
+                    }
+                    pin.reader = r;
+                    return Ok(a);
+                }
+            }
+            Self::end_txn(&pin.conns[r], &self.path)?;
+            std::thread::sleep(Duration::from_micros(50 * attempt.min(40)));
         }
-        pin.reader = r;
-        Ok(w)
+        Err(Error::Busy {
+            what: format!(
+                "database {} is committing too fast to pin an exact position",
+                self.path.display()
+            ),
+        })
     }
-
     fn leapfrog(&mut self) -> Result<()> {
         let path = &self.path;
         let pin = self.pin.as_mut().expect("pinned");
@@ -337,6 +404,8 @@ impl Shipper {
                     warn!("db={} close: {e}", self.path.display());
                 }
             }
+            // Only now: closing it earlier would drop SQLite's locks (see `wal::shm::read`).
+            drop(pin.shm);
             debug!("db={} released", self.path.display());
         }
     }
@@ -347,14 +416,21 @@ impl Shipper {
     }
 
     fn new_gen(&mut self) -> u32 {
-        let g = self.max_gen.max(self.chain.as_ref().map_or(0, |c| c.pos.gen)) + 1;
+        let g = self
+            .max_gen
+            .max(self.chain.as_ref().map_or(0, |c| c.pos.gen))
+            + 1;
         self.max_gen = g;
         g
     }
 
     /// Why the chain cannot continue from the current WAL, when it cannot. Called right after
-    /// (re)pinning, under the writer lock.
-    fn continuity_break(&self, cur: &Option<(File, WalHeader)>) -> Result<Option<String>> {
+    /// (re)pinning at `idx`.
+    fn continuity_break(
+        &self,
+        idx: &WalIndex,
+        cur: &Option<(File, WalHeader)>,
+    ) -> Result<Option<String>> {
         let Some(chain) = &self.chain else {
             return Ok(Some("no chain in the replica yet".into()));
         };
@@ -363,49 +439,66 @@ impl Shipper {
                 return Ok(Some("the database file was replaced".into()));
             }
         }
-        match (&chain.pos.wal, cur) {
-            (None, None) => Ok(None),
-            (None, Some(_)) => Ok(Some("a WAL appeared that walsync did not see start".into())),
-            (Some((h, _)), None) => Ok(Some(format!(
-                "the WAL (checkpoint sequence {}) was checkpointed and truncated or deleted while not pinned",
+        let why = match (&chain.pos.wal, idx.max_frame) {
+            (None, 0) => return Ok(None),
+            (None, _) => "a WAL appeared that walsync did not see start".to_string(),
+            (Some((h, _)), 0) => format!(
+                "the WAL (checkpoint sequence {}) was checkpointed and restarted, truncated or deleted while not pinned",
                 h.seq
-            ))),
-            (Some((h, end)), Some((f, cur))) => {
-                if !cur.same_wal(h) {
-                    return Ok(Some(format!(
-                        "the WAL was restarted while not pinned (checkpoint sequence {} -> {})",
-                        h.seq, cur.seq
-                    )));
+            ),
+            (Some((h, end)), m) => {
+                let Some((f, cur)) = cur else {
+                    return Ok(Some("the WAL file is missing although SQLite lists frames in it".into()));
+                };
+                if cur.salt1 != idx.salt1 || cur.salt2 != idx.salt2 {
+                    "the WAL header does not match SQLite's wal-index".to_string()
+                } else if !cur.same_wal(h) {
+                    format!("the WAL was restarted while not pinned (checkpoint sequence {} -> {})", h.seq, cur.seq)
+                } else if end.frame > m || !reader::holds(f, &self.wal_path, cur, end)? {
+                    format!("the WAL no longer holds shipped frame {} unchanged", end.frame)
+                } else {
+                    return Ok(None);
                 }
-                if !reader::holds(f, &self.wal_path, cur, end)? {
-                    return Ok(Some(format!("the WAL no longer holds shipped frame {} unchanged", end.frame)));
-                }
-                Ok(None)
             }
-        }
+        };
+        Ok(Some(why))
     }
-
     /// Capture the committed frames after the chain's position into a spooled segment.
     /// `restart` is true when `hdr` begins a new WAL cycle continuing the chain.
-    fn capture(&mut self, f: &File, hdr: &WalHeader, restart: bool) -> Result<u32> {
+    fn capture(
+        &mut self,
+        f: &File,
+        hdr: &WalHeader,
+        restart: bool,
+        limit: Option<u32>,
+    ) -> Result<(u32, WalEnd)> {
         let chain = self.chain.as_ref().expect("capture needs a chain").clone();
         let from = match (&chain.pos.wal, restart) {
             (Some((_, end)), false) => *end,
             _ => reader::start(hdr),
         };
-        fs::create_dir_all(&self.spool).map_err(|e| Error::io("create spool directory", &self.spool, e))?;
-        let gen = if restart && chain.pos.wal.is_some() { self.new_gen() } else { chain.pos.gen };
-        let tmp = self.spool.join(format!("capture-{}.tmp", std::process::id()));
+        fs::create_dir_all(&self.spool)
+            .map_err(|e| Error::io("create spool directory", &self.spool, e))?;
+        let gen = if restart && chain.pos.wal.is_some() {
+            self.new_gen()
+        } else {
+            chain.pos.gen
+        };
+        let tmp = self
+            .spool
+            .join(format!("capture-{}.tmp", std::process::id()));
         let file = File::create(&tmp).map_err(|e| Error::io("create spool file", &tmp, e))?;
         let mut out = digest::HashingWriter::new(BufWriter::with_capacity(64 * 1024, file));
-        let mut seg = SegmentWriter::new(hdr, &mut out).map_err(|e| Error::io("write spool file", &tmp, e))?;
+        let mut seg = SegmentWriter::new(hdr, &mut out)
+            .map_err(|e| Error::io("write spool file", &tmp, e))?;
         let mut at_commit: Sha256 = out.hasher.clone();
         let mut first = 0;
-        let walk = reader::walk(f, &self.wal_path, hdr, from, None, |i, fh, page| {
+        let walk = reader::walk(f, &self.wal_path, hdr, from, limit, |i, fh, page| {
             if first == 0 {
                 first = i;
             }
-            seg.frame(&mut out, fh, page).map_err(|e| Error::io("write spool file", &tmp, e))?;
+            seg.frame(&mut out, fh, page)
+                .map_err(|e| Error::io("write spool file", &tmp, e))?;
             if fh.is_commit() {
                 at_commit = out.hasher.clone();
             }
@@ -413,35 +506,55 @@ impl Shipper {
         })?;
         self.wal_frames = walk.end.frame.max(self.wal_frames);
         let n = seg.committed_frames;
-        let mut w = out.inner.into_inner().map_err(|e| Error::io("write spool file", &tmp, e.into_error()))?;
+        let mut w = out
+            .inner
+            .into_inner()
+            .map_err(|e| Error::io("write spool file", &tmp, e.into_error()))?;
         if n == 0 {
             drop(w);
             let _ = fs::remove_file(&tmp);
             if restart && chain.pos.wal.is_some() {
                 self.max_gen -= 1; // nothing captured under the new generation yet
             }
-            return Ok(0);
+            return Ok((0, walk.end));
         }
-        w.set_len(seg.committed_len).map_err(|e| Error::io("truncate spool file", &tmp, e))?;
-        w.flush().map_err(|e| Error::io("write spool file", &tmp, e))?;
+        w.set_len(seg.committed_len)
+            .map_err(|e| Error::io("truncate spool file", &tmp, e))?;
+        w.flush()
+            .map_err(|e| Error::io("write spool file", &tmp, e))?;
         drop(w);
         let sha = hex(at_commit);
         let ts = self.next_ts();
         let key = layout::segment_key(&self.ns, gen, ts);
-        let dst = self.spool.join(format!("{gen:08x}-{}.wal", time::key_ts(ts)));
+        let dst = self
+            .spool
+            .join(format!("{gen:08x}-{}.wal", time::key_ts(ts)));
         fs::rename(&tmp, &dst).map_err(|e| Error::io("rename spool file", &dst, e))?;
-        let pos = Position { gen, wal: Some((*hdr, walk.end)) };
+        let pos = Position {
+            gen,
+            wal: Some((*hdr, walk.end)),
+        };
         let mut meta = Meta::new();
         meta.insert(layout::SHA256.into(), sha.clone());
         meta.insert(layout::PREV.into(), chain.last_sha.clone());
         meta.insert("first".into(), first.to_string());
         layout::put_position(&mut meta, &pos);
-        debug!("db={} captured {key}: frames {first}..{} ({} frames)", self.path.display(), walk.end.frame, n);
-        self.pending.push_back(Pending { file: dst, key, meta, len: seg.committed_len });
+        debug!(
+            "db={} captured {key}: frames {first}..{} ({} frames)",
+            self.path.display(),
+            walk.end.frame,
+            n
+        );
+        self.pending.push_back(Pending {
+            file: dst,
+            key,
+            meta,
+            len: seg.committed_len,
+        });
         self.chain = Some(Chain { pos, last_sha: sha });
         self.changed_since_snapshot = true;
         self.last_frames_at = Instant::now();
-        Ok(n)
+        Ok((n, walk.end))
     }
 
     /// Read the WAL while pinned and capture what is new; a restart of our WAL continues the
@@ -452,11 +565,15 @@ impl Shipper {
         let pin = self.pin.as_mut().expect("pinned");
         if let (Some(old), Some(_)) = (pin.wal_id, &cur) {
             if wal_id != Some(old) {
-                return Ok(Some("the WAL file was deleted or replaced while the database was open".into()));
+                return Ok(Some(
+                    "the WAL file was deleted or replaced while the database was open".into(),
+                ));
             }
         }
         if cur.is_none() && pin.wal_id.is_some() && wal_id.is_none() {
-            return Ok(Some("the WAL file was deleted while the database was open".into()));
+            return Ok(Some(
+                "the WAL file was deleted while the database was open".into(),
+            ));
         }
         if wal_id.is_some() {
             pin.wal_id = wal_id;
@@ -478,8 +595,9 @@ impl Shipper {
         };
         if restart {
             self.wal_frames = 0;
+            self.checkpointed_at = 0;
         }
-        let n = self.capture(&f, &hdr, restart)?;
+        let (n, _) = self.capture(&f, &hdr, restart, None)?;
         if n > 0 {
             report.segments += 1;
             report.frames += n;
@@ -487,68 +605,82 @@ impl Shipper {
         Ok(None)
     }
 
-    /// (Re)pin under the writer lock and check continuity; capture the tail when it holds.
+    /// (Re)pin at an exact position and check continuity; capture the tail when it holds.
     /// Returns the reason when a new generation is needed.
     fn pin_and_check(&mut self, report: &mut StepReport) -> Result<Option<String>> {
-        let w = self.pin_exact()?;
-        let res = (|| -> Result<Option<String>> {
-            let cur = reader::read_header(&self.wal_path)?;
-            if let Some(why) = self.continuity_break(&cur)? {
-                return Ok(Some(why));
+        let idx = self.pin_exact()?;
+        let cur = reader::read_header(&self.wal_path)?;
+        if let Some(why) = self.continuity_break(&idx, &cur)? {
+            return Ok(Some(why));
+        }
+        if let (Some((f, hdr)), true) = (&cur, idx.max_frame > 0) {
+            let (n, end) = self.capture(f, hdr, false, Some(idx.max_frame))?;
+            if n > 0 {
+                report.segments += 1;
+                report.frames += n;
             }
-            if let Some((f, hdr)) = &cur {
-                let n = self.capture(f, hdr, false)?;
-                if n > 0 {
-                    report.segments += 1;
-                    report.frames += n;
-                }
+            if end.frame != idx.max_frame || end.cksum != idx.cksum {
+                // Only possible if SQLite restarted the WAL under a read-mark-0 pin before we
+                // read frames we had not shipped.
+                return Ok(Some(format!(
+                    "the WAL changed while walsync read it (frame {} of {})",
+                    end.frame, idx.max_frame
+                )));
             }
-            let pin = self.pin.as_mut().expect("pinned");
-            pin.wal_id = file_id(&self.wal_path);
-            Ok(None)
-        })();
-        let pin = self.pin.as_ref().expect("pinned");
-        let unlock = Self::end_txn(&pin.conns[w], &self.path);
-        let why = res?;
-        unlock?;
-        Ok(why)
+        }
+        let wal_id = file_id(&self.wal_path);
+        self.pin.as_mut().expect("pinned").wal_id = wal_id;
+        Ok(None)
     }
 
     /// Start a new generation: a fresh snapshot at an exact position, under a new pin.
     fn new_generation(&mut self, why: &str) -> Result<()> {
-        let w = self.pin_exact()?;
-        let res = (|| -> Result<Position> {
-            let cur = reader::read_header(&self.wal_path)?;
-            let wal = match &cur {
-                Some((f, hdr)) => {
-                    let walk = reader::walk(f, &self.wal_path, hdr, reader::start(hdr), None, |_, _, _| Ok(()))?;
-                    self.wal_frames = walk.end.frame;
-                    if walk.end.frame == 0 {
-                        None
-                    } else {
-                        Some((*hdr, walk.end))
-                    }
-                }
-                None => None,
-            };
-            let pin = self.pin.as_mut().expect("pinned");
-            pin.wal_id = file_id(&self.wal_path);
-            Ok(Position { gen: 0, wal })
-        })();
-        let pin = self.pin.as_ref().expect("pinned");
-        let unlock = Self::end_txn(&pin.conns[w], &self.path);
-        let mut pos = res?;
-        unlock?;
-        pos.gen = self.new_gen();
-        info!("db={} starting generation {}: {why}", self.path.display(), pos.gen);
+        let idx = self.pin_exact()?;
+        let wal = if idx.max_frame == 0 {
+            None
+        } else {
+            let (f, hdr) = reader::read_header(&self.wal_path)?.ok_or_else(|| Error::Busy {
+                what: format!("WAL {} vanished while pinning", self.wal_path.display()),
+            })?;
+            let walk = reader::walk(
+                &f,
+                &self.wal_path,
+                &hdr,
+                reader::start(&hdr),
+                Some(idx.max_frame),
+                |_, _, _| Ok(()),
+            )?;
+            if walk.end.frame != idx.max_frame
+                || walk.end.cksum != idx.cksum
+                || hdr.salt1 != idx.salt1
+            {
+                return Err(Error::Busy {
+                    what: format!("WAL {} changed while pinning", self.wal_path.display()),
+                });
+            }
+            Some((hdr, walk.end))
+        };
+        self.wal_frames = idx.max_frame;
+        self.checkpointed_at = 0;
+        let wal_id = file_id(&self.wal_path);
+        self.pin.as_mut().expect("pinned").wal_id = wal_id;
+        let pos = Position {
+            gen: self.new_gen(),
+            wal,
+        };
+        info!(
+            "db={} starting generation {}: {why}",
+            self.path.display(),
+            pos.gen
+        );
         self.take_snapshot(pos, None)?;
         self.db_id = file_id(&self.path);
         Ok(())
     }
-
     /// Snapshot the pinned reader's view (which must be exactly at `pos`) into the spool.
     fn take_snapshot(&mut self, pos: Position, prev: Option<String>) -> Result<()> {
-        fs::create_dir_all(&self.spool).map_err(|e| Error::io("create spool directory", &self.spool, e))?;
+        fs::create_dir_all(&self.spool)
+            .map_err(|e| Error::io("create spool directory", &self.spool, e))?;
         let ts = self.next_ts();
         let file = self.spool.join(format!("{}.db", time::key_ts(ts)));
         let started = Instant::now();
@@ -569,7 +701,12 @@ impl Shipper {
             secs,
             len as f64 / 1e6 / secs.max(1e-6)
         );
-        self.pending.push_back(Pending { file, key, meta, len });
+        self.pending.push_back(Pending {
+            file,
+            key,
+            meta,
+            len,
+        });
         let last_sha = prev.unwrap_or(sha);
         self.chain = Some(Chain { pos, last_sha });
         self.changed_since_snapshot = false;
@@ -589,9 +726,15 @@ impl Shipper {
     /// Upload spooled objects in chain order; stops at the first failure (kept for retry).
     pub fn upload(&mut self) -> Result<()> {
         while let Some(p) = self.pending.front() {
-            let mut f = File::open(&p.file).map_err(|e| Error::io("open spool file", &p.file, e))?;
+            let mut f =
+                File::open(&p.file).map_err(|e| Error::io("open spool file", &p.file, e))?;
             self.storage.put(&p.key, &mut f, p.len, &p.meta)?;
-            debug!("db={} uploaded {} ({} bytes)", self.path.display(), p.key, p.len);
+            debug!(
+                "db={} uploaded {} ({} bytes)",
+                self.path.display(),
+                p.key,
+                p.len
+            );
             let _ = fs::remove_file(&p.file);
             self.pending.pop_front();
         }
@@ -599,18 +742,27 @@ impl Shipper {
     }
 
     fn checkpoint_if_large(&mut self) {
-        if self.wal_frames <= self.opts.checkpoint_frames {
+        if self.wal_frames <= self.opts.checkpoint_frames || self.wal_frames <= self.checkpointed_at
+        {
             return;
         }
+        self.checkpointed_at = self.wal_frames;
         let Some(pin) = &self.pin else { return };
         // Backfilling is always safe: it never destroys WAL frames; only a restart does, and
         // our pin prevents that until everything is captured.
         let c = &pin.conns[1 - pin.reader];
         match c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         }) {
             Ok((busy, log, done)) => {
-                debug!("db={} checkpoint PASSIVE: busy={busy} log={log} checkpointed={done}", self.path.display())
+                debug!(
+                    "db={} checkpoint PASSIVE: busy={busy} log={log} checkpointed={done}",
+                    self.path.display()
+                )
             }
             Err(e) if is_busy(&e) => {}
             Err(e) => warn!("db={} checkpoint: {e}", self.path.display()),
@@ -632,7 +784,12 @@ impl Shipper {
         res.map(|_| report)
     }
 
-    fn step_inner(&mut self, want_snapshot: bool, release: bool, report: &mut StepReport) -> Result<()> {
+    fn step_inner(
+        &mut self,
+        want_snapshot: bool,
+        release: bool,
+        report: &mut StepReport,
+    ) -> Result<()> {
         self.load()?;
         // Objects captured earlier go first: the chain is uploaded strictly in order.
         self.upload()?;

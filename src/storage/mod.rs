@@ -67,18 +67,25 @@ pub fn parse_url(s: &str) -> Result<Url> {
         if bucket.is_empty() {
             return Err(bad("no bucket name"));
         }
-        return Ok(Url::S3 { bucket: bucket.into(), prefix: prefix.trim_matches('/').into() });
+        return Ok(Url::S3 {
+            bucket: bucket.into(),
+            prefix: prefix.trim_matches('/').into(),
+        });
     }
     if let Some(rest) = s.strip_prefix("file://") {
         if !rest.starts_with('/') {
             return Err(bad("a file:// URL needs an absolute path (file:///dir)"));
         }
-        return Ok(Url::Local { dir: PathBuf::from(rest) });
+        return Ok(Url::Local {
+            dir: PathBuf::from(rest),
+        });
     }
     if s.contains("://") {
         return Err(bad("unknown scheme"));
     }
-    Ok(Url::Local { dir: PathBuf::from(s) })
+    Ok(Url::Local {
+        dir: PathBuf::from(s),
+    })
 }
 
 /// Open the backend for a URL; returns it and the key prefix inside it.
@@ -99,10 +106,32 @@ mod tests {
     #[test]
     fn urls() {
         let ok = [
-            ("s3://b", Url::S3 { bucket: "b".into(), prefix: "".into() }),
-            ("s3://b/x/y/", Url::S3 { bucket: "b".into(), prefix: "x/y".into() }),
-            ("file:///var/b", Url::Local { dir: "/var/b".into() }),
-            ("./rel", Url::Local { dir: "./rel".into() }),
+            (
+                "s3://b",
+                Url::S3 {
+                    bucket: "b".into(),
+                    prefix: "".into(),
+                },
+            ),
+            (
+                "s3://b/x/y/",
+                Url::S3 {
+                    bucket: "b".into(),
+                    prefix: "x/y".into(),
+                },
+            ),
+            (
+                "file:///var/b",
+                Url::Local {
+                    dir: "/var/b".into(),
+                },
+            ),
+            (
+                "./rel",
+                Url::Local {
+                    dir: "./rel".into(),
+                },
+            ),
         ];
         for (s, want) in ok {
             assert_eq!(parse_url(s).unwrap(), want, "{s}");

@@ -8,7 +8,10 @@ pub struct Checksum(pub u32, pub u32);
 
 /// Extend `seed` over `data` (its length must be a multiple of 8).
 pub fn checksum(big_endian: bool, data: &[u8], seed: Checksum) -> Checksum {
-    debug_assert!(data.len() % 8 == 0, "WAL checksum input must be 8-byte aligned");
+    debug_assert!(
+        data.len().is_multiple_of(8),
+        "WAL checksum input must be 8-byte aligned"
+    );
     let Checksum(mut s0, mut s1) = seed;
     for w in data.chunks_exact(8) {
         let (x0, x1) = if big_endian {
@@ -37,7 +40,11 @@ mod tests {
         let data = [1u8, 0, 0, 0, 2, 0, 0, 0];
         let cases = [
             (false, Checksum(0, 0), Checksum(1, 3)),
-            (true, Checksum(0, 0), Checksum(1 << 24, (2 << 24) + (1 << 24))),
+            (
+                true,
+                Checksum(0, 0),
+                Checksum(1 << 24, (2 << 24) + (1 << 24)),
+            ),
             (false, Checksum(5, 7), Checksum(13, 22)),
         ];
         for (be, seed, want) in cases {

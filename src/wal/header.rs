@@ -66,9 +66,16 @@ impl WalHeader {
     /// The header's 32 bytes, with its checksum recomputed from the first 24.
     pub fn encode(&self) -> [u8; WAL_HEADER_LEN] {
         let mut b = [0u8; WAL_HEADER_LEN];
-        for (i, v) in [self.magic, WAL_VERSION, self.page_size, self.seq, self.salt1, self.salt2]
-            .iter()
-            .enumerate()
+        for (i, v) in [
+            self.magic,
+            WAL_VERSION,
+            self.page_size,
+            self.seq,
+            self.salt1,
+            self.salt2,
+        ]
+        .iter()
+        .enumerate()
         {
             b[i * 4..i * 4 + 4].copy_from_slice(&v.to_be_bytes());
         }
@@ -124,7 +131,14 @@ impl FrameHeader {
 
     pub fn encode(&self) -> [u8; FRAME_HEADER_LEN] {
         let mut b = [0u8; FRAME_HEADER_LEN];
-        let v = [self.pgno, self.commit, self.salt1, self.salt2, self.cksum.0, self.cksum.1];
+        let v = [
+            self.pgno,
+            self.commit,
+            self.salt1,
+            self.salt2,
+            self.cksum.0,
+            self.cksum.1,
+        ];
         for (i, x) in v.iter().enumerate() {
             b[i * 4..i * 4 + 4].copy_from_slice(&x.to_be_bytes());
         }
@@ -166,7 +180,14 @@ mod tests {
     #[test]
     fn header_round_trip_and_restart_rule() {
         for magic in [MAGIC_LE, MAGIC_BE] {
-            let mut h = WalHeader { magic, page_size: 4096, seq: 7, salt1: u32::MAX, salt2: 9, cksum: Checksum(0, 0) };
+            let mut h = WalHeader {
+                magic,
+                page_size: 4096,
+                seq: 7,
+                salt1: u32::MAX,
+                salt2: 9,
+                cksum: Checksum(0, 0),
+            };
             let bytes = h.encode();
             let got = WalHeader::parse(&bytes).expect("valid");
             h.cksum = got.cksum;
@@ -179,13 +200,23 @@ mod tests {
             assert!(!h.is_restart_of(&next));
             let mut bad = bytes;
             bad[13] ^= 1;
-            assert_eq!(WalHeader::parse(&bad), Err("header checksum mismatch".into()));
+            assert_eq!(
+                WalHeader::parse(&bad),
+                Err("header checksum mismatch".into())
+            );
         }
     }
 
     #[test]
     fn header_rejects_bad_fields() {
-        let h = WalHeader { magic: MAGIC_LE, page_size: 1024, seq: 0, salt1: 1, salt2: 2, cksum: Checksum(0, 0) };
+        let h = WalHeader {
+            magic: MAGIC_LE,
+            page_size: 1024,
+            seq: 0,
+            salt1: 1,
+            salt2: 2,
+            cksum: Checksum(0, 0),
+        };
         let cases: [(usize, u32, &str); 3] = [
             (0, 0xdead_beef, "bad magic"),
             (4, 3_007_001, "unsupported WAL format version"),

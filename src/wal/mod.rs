@@ -5,6 +5,7 @@ pub mod checksum;
 pub mod header;
 pub mod reader;
 pub mod segment;
+pub mod shm;
 
 pub use checksum::Checksum;
 pub use header::{FrameHeader, WalHeader};

@@ -79,21 +79,39 @@ pub fn walk(
             Err(e) => return Err(Error::io("read WAL", path, e)),
         }
         let fh = FrameHeader::parse(&buf[..FRAME_HEADER_LEN]);
-        match fh.verify(hdr, cksum, &buf[..FRAME_HEADER_LEN], &buf[FRAME_HEADER_LEN..]) {
+        match fh.verify(
+            hdr,
+            cksum,
+            &buf[..FRAME_HEADER_LEN],
+            &buf[FRAME_HEADER_LEN..],
+        ) {
             Ok(c) => cksum = c,
-            Err(why) => return Ok(Walk { end, stop: Some(why) }),
+            Err(why) => {
+                return Ok(Walk {
+                    end,
+                    stop: Some(why),
+                })
+            }
         }
         sink(idx, &fh, &buf[FRAME_HEADER_LEN..])?;
         n = idx;
         if fh.is_commit() {
-            end = WalEnd { frame: idx, cksum, db_pages: fh.commit };
+            end = WalEnd {
+                frame: idx,
+                cksum,
+                db_pages: fh.commit,
+            };
         }
     }
 }
 
 /// The start of a WAL: before frame 1, the running checksum is the header's.
 pub fn start(hdr: &WalHeader) -> WalEnd {
-    WalEnd { frame: 0, cksum: hdr.cksum, db_pages: 0 }
+    WalEnd {
+        frame: 0,
+        cksum: hdr.cksum,
+        db_pages: 0,
+    }
 }
 
 /// Does the WAL still hold, unchanged, the frames up to `pos`? True when commit frame

@@ -39,8 +39,16 @@ impl SegmentWriter {
         })
     }
 
-    pub fn frame(&mut self, out: &mut impl Write, src: &FrameHeader, page: &[u8]) -> std::io::Result<()> {
-        let mut fh = FrameHeader { cksum: Checksum(0, 0), ..*src };
+    pub fn frame(
+        &mut self,
+        out: &mut impl Write,
+        src: &FrameHeader,
+        page: &[u8],
+    ) -> std::io::Result<()> {
+        let mut fh = FrameHeader {
+            cksum: Checksum(0, 0),
+            ..*src
+        };
         let raw = fh.encode();
         let c = checksum(self.hdr.big_endian(), &raw[..8], self.cksum);
         self.cksum = checksum(self.hdr.big_endian(), page, c);
@@ -64,7 +72,8 @@ pub fn read_segment(
     mut apply: impl FnMut(&FrameHeader, &[u8]) -> std::io::Result<()>,
 ) -> Result<(WalHeader, u32), String> {
     let mut hb = [0u8; WAL_HEADER_LEN];
-    r.read_exact(&mut hb).map_err(|e| format!("reading header: {e}"))?;
+    r.read_exact(&mut hb)
+        .map_err(|e| format!("reading header: {e}"))?;
     let hdr = WalHeader::parse(&hb)?;
     let mut buf = vec![0u8; hdr.frame_len() as usize];
     let mut cksum = hdr.cksum;
@@ -76,13 +85,23 @@ pub fn read_segment(
             break;
         }
         if got < buf.len() {
-            return Err(format!("frame {} is torn ({got} of {} bytes)", n + 1, buf.len()));
+            return Err(format!(
+                "frame {} is torn ({got} of {} bytes)",
+                n + 1,
+                buf.len()
+            ));
         }
         let fh = FrameHeader::parse(&buf[..FRAME_HEADER_LEN]);
         cksum = fh
-            .verify(&hdr, cksum, &buf[..FRAME_HEADER_LEN], &buf[FRAME_HEADER_LEN..])
+            .verify(
+                &hdr,
+                cksum,
+                &buf[..FRAME_HEADER_LEN],
+                &buf[FRAME_HEADER_LEN..],
+            )
             .map_err(|e| format!("frame {}: {e}", n + 1))?;
-        apply(&fh, &buf[FRAME_HEADER_LEN..]).map_err(|e| format!("applying frame {}: {e}", n + 1))?;
+        apply(&fh, &buf[FRAME_HEADER_LEN..])
+            .map_err(|e| format!("applying frame {}: {e}", n + 1))?;
         n += 1;
         last_commit = fh.is_commit();
     }
@@ -90,7 +109,9 @@ pub fn read_segment(
         return Err("segment holds no frames".into());
     }
     if !last_commit {
-        return Err(format!("segment ends with frame {n}, which is not a commit frame"));
+        return Err(format!(
+            "segment ends with frame {n}, which is not a commit frame"
+        ));
     }
     Ok((hdr, n))
 }

@@ -18,15 +18,19 @@ pub fn spawn(files: &[PathBuf], tx: Sender<WatchEvent>) -> Result<JoinHandle<()>
         | WatchMask::CREATE
         | WatchMask::DELETE
         | WatchMask::MOVED_FROM
-        | WatchMask::MOVED_TO
-        | WatchMask::CLOSE_WRITE;
+        | WatchMask::MOVED_TO;
     for f in files {
-        let dir = f.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")).to_path_buf();
+        let dir = f
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf();
         if dirs.values().any(|d| *d == dir) {
             continue;
         }
         let wd = ino.watches().add(&dir, mask).map_err(|e| {
-            Error::io("watch directory", &dir, e).with_hint("raise fs.inotify.max_user_watches if it is exhausted")
+            Error::io("watch directory", &dir, e)
+                .with_hint("raise fs.inotify.max_user_watches if it is exhausted")
         })?;
         dirs.insert(wd, dir);
     }
@@ -48,7 +52,9 @@ pub fn spawn(files: &[PathBuf], tx: Sender<WatchEvent>) -> Result<JoinHandle<()>
                         WatchEvent::Overflow
                     } else {
                         match (dirs.get(&ev.wd), ev.name) {
-                            (Some(d), Some(n)) => WatchEvent::Changed(d.join(n)),
+                            (Some(d), Some(n)) if relevant(ev.mask, n) => {
+                                WatchEvent::Changed(d.join(n))
+                            }
                             _ => continue,
                         }
                     };
@@ -59,4 +65,16 @@ pub fn spawn(files: &[PathBuf], tx: Sender<WatchEvent>) -> Result<JoinHandle<()>
             }
         })
         .map_err(|e| Error::io("spawn thread", "walsync-watch", e))
+}
+
+/// In WAL mode every commit goes through the `-wal` file; the database file itself is written
+/// only by checkpoints (ours included), which change nothing to ship. So content writes count
+/// only on `-wal`, while creations, deletions and renames count for every file (a `-journal`
+/// appearing means the database left WAL mode; a database file replaced is a new database).
+fn relevant(mask: EventMask, name: &std::ffi::OsStr) -> bool {
+    let n = name.to_string_lossy();
+    if n.ends_with("-shm") {
+        return false;
+    }
+    !mask.contains(EventMask::MODIFY) || n.ends_with("-wal")
 }

@@ -31,15 +31,22 @@ pub fn spawn(files: &[PathBuf], tx: Sender<WatchEvent>) -> Result<JoinHandle<()>
     let mut w = Watcher::new().map_err(|e| Error::io("initialise kqueue for", "/", e))?;
     let mut by_dir: HashMap<PathBuf, Vec<PathBuf>> = HashMap::new();
     for f in files {
-        let dir = f.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")).to_path_buf();
+        let dir = f
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf();
         by_dir.entry(dir).or_default().push(f.clone());
-        w.add_filename(f, EventFilter::EVFILT_VNODE, flags()).map_err(|e| Error::io("watch", f, e))?;
+        w.add_filename(f, EventFilter::EVFILT_VNODE, flags())
+            .map_err(|e| Error::io("watch", f, e))?;
         let _ = w.add_filename(wal_of(f), EventFilter::EVFILT_VNODE, flags());
     }
     for d in by_dir.keys() {
-        w.add_filename(d, EventFilter::EVFILT_VNODE, flags()).map_err(|e| Error::io("watch directory", d, e))?;
+        w.add_filename(d, EventFilter::EVFILT_VNODE, flags())
+            .map_err(|e| Error::io("watch directory", d, e))?;
     }
-    w.watch().map_err(|e| Error::io("start kqueue watch", "/", e))?;
+    w.watch()
+        .map_err(|e| Error::io("start kqueue watch", "/", e))?;
     thread::Builder::new()
         .name("walsync-watch".into())
         .spawn(move || loop {

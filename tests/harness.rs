@@ -1,0 +1,284 @@
+//! Shared test parts: temporary directories, the real `walsync` binary as a process, real
+//! SQLite databases written with rusqlite, and a canonical content hash to compare databases.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use rusqlite::types::ValueRef;
+use rusqlite::Connection;
+use sha2::{Digest, Sha256};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_walsync");
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A directory removed when the test passes (kept on failure for inspection).
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(name: &str) -> Self {
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let path = base.join(format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap();
+        TestDir { path }
+    }
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.path.join(p)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Open (creating) a database in WAL mode the way an application would.
+pub fn open_app(path: &Path) -> Connection {
+    let c = Connection::open(path).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mode: String = c
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    c
+}
+
+/// A canonical hash of a database's schema and every row of every table, in rowid order.
+pub fn content_hash(path: &Path) -> String {
+    let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut h = Sha256::new();
+    let mut tables: Vec<(String, String)> = c
+        .prepare("SELECT name, coalesce(sql,'') FROM sqlite_schema WHERE type IN ('table','index','view') AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    tables.sort();
+    for (name, sql) in &tables {
+        h.update(sql.as_bytes());
+        h.update(b"\0");
+        if !sql.starts_with("CREATE TABLE") {
+            continue;
+        }
+        let mut stmt = c
+            .prepare(&format!("SELECT * FROM \"{name}\" ORDER BY rowid"))
+            .unwrap();
+        let n = stmt.column_count();
+        let mut rows = stmt.query([]).unwrap();
+        while let Some(r) = rows.next().unwrap() {
+            for i in 0..n {
+                match r.get_ref(i).unwrap() {
+                    ValueRef::Null => h.update(b"N"),
+                    ValueRef::Integer(v) => h.update(format!("I{v}")),
+                    ValueRef::Real(v) => h.update(format!("R{v}")),
+                    ValueRef::Text(t) => {
+                        h.update(b"T");
+                        h.update(t)
+                    }
+                    ValueRef::Blob(b) => {
+                        h.update(b"B");
+                        h.update(b)
+                    }
+                }
+                h.update(b"|");
+            }
+            h.update(b"\n");
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn integrity_ok(path: &Path) {
+    let c = Connection::open(path).unwrap();
+    let r: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(r, "ok", "integrity_check of {}", path.display());
+}
+
+/// A running `walsync watch`.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(dbs: &[&Path], replica: &Path, extra: &[&str], log: &Path) -> Daemon {
+        let logf = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("watch");
+        for d in dbs {
+            cmd.arg(d);
+        }
+        cmd.arg("-b").arg(replica).args(extra);
+        let child = cmd
+            .env("RUST_LOG", "walsync=debug")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            child,
+            log: log.to_path_buf(),
+        };
+        d.wait_log("watching", Duration::from_secs(10));
+        d
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if self.log_text().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("log never said {needle:?}:\n{}", self.log_text());
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(
+                    st.success(),
+                    "walsync exited with {st}:\n{}",
+                    self.log_text()
+                );
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(40),
+                "walsync did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn walsync(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+pub fn restore(replica: &Path, name: &str, out: &Path, pit: Option<&str>) -> Output {
+    let mut args = vec![
+        "restore",
+        name,
+        "-o",
+        out.to_str().unwrap(),
+        "-b",
+        replica.to_str().unwrap(),
+        "-f",
+    ];
+    if let Some(t) = pit {
+        args.extend(["--point-in-time", t]);
+    }
+    walsync(&args)
+}
+
+pub fn restore_ok(replica: &Path, name: &str, out: &Path, pit: Option<&str>) {
+    let o = restore(replica, name, out, pit);
+    assert!(
+        o.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Keys of one kind ("snapshots" or "wal") of a database in a local replica, sorted.
+pub fn objects(replica: &Path, name: &str, kind: &str) -> Vec<PathBuf> {
+    let dir = replica.join(name).join(kind);
+    let mut v: Vec<PathBuf> = match fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let n = p.file_name().unwrap().to_string_lossy().into_owned();
+                !n.ends_with(".meta") && !n.starts_with('.')
+            })
+            .collect(),
+        Err(_) => vec![],
+    };
+    v.sort();
+    v
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn read(p: &Path) -> Vec<u8> {
+    let mut v = Vec::new();
+    fs::File::open(p).unwrap().read_to_end(&mut v).unwrap();
+    v
+}
+
+/// A deterministic pseudo-random generator (xorshift), so failures replay.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Wait until `f` is true.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

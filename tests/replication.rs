@@ -1,0 +1,370 @@
+//! End-to-end replication scenarios: the real binary, real SQLite files, a local replica.
+//! Each scenario writes, stops walsync with SIGTERM (or kills it), restores, and compares the
+//! restored database's canonical content hash with the source's, plus integrity_check.
+
+use std::path::Path;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use crate::harness::*;
+use crate::workload;
+
+fn assert_restores_equal(replica: &Path, name: &str, src: &Path, out: &Path) {
+    restore_ok(replica, name, out, None);
+    integrity_ok(out);
+    assert_eq!(
+        content_hash(out),
+        content_hash(src),
+        "restored {name} differs from the source"
+    );
+}
+
+/// Issue #2, test 1: random workload (inserts, updates, deletes, >1000-page transactions,
+/// schema changes) while `watch` runs; SIGTERM; restore equals the source.
+#[test]
+fn random_workload_restores_exactly() {
+    for sync in ["0", "1s"] {
+        let t = TestDir::new("random");
+        let db = t.join("app.db");
+        let mut c = open_app(&db);
+        workload::schema(&c);
+        let d = Daemon::start(
+            &[&db],
+            &t.join("replica"),
+            &["--sync-interval", sync],
+            &t.join("log"),
+        );
+        let mut rng = Rng(0x9e3779b97f4a7c15);
+        let t0 = Instant::now();
+        for i in 0..300 {
+            workload::step(&mut c, &mut rng, i % 100 == 50);
+            if i % 50 == 0 {
+                sleep(Duration::from_millis(30));
+            }
+        }
+        let write_secs = t0.elapsed().as_secs_f64();
+        drop(c);
+        d.stop();
+        let segs = objects(&t.join("replica"), "app", "wal").len();
+        eprintln!("sync-interval {sync}: 300 transactions in {write_secs:.2}s, {segs} segments");
+        assert!(segs >= 1);
+        assert_restores_equal(&t.join("replica"), "app", &db, &t.join("restored.db"));
+    }
+}
+
+/// Issue #2, test 2: point in time. After each commit, wait until it is shipped and note the
+/// time; restoring to any noted time gives exactly the state noted with it.
+#[test]
+fn point_in_time_restores_each_recorded_state() {
+    let t = TestDir::new("pit");
+    let db = t.join("app.db");
+    let replica = t.join("replica");
+    let mut c = open_app(&db);
+    workload::schema(&c);
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
+    let mut rng = Rng(42);
+    let mut states = Vec::new();
+    for i in 0..25 {
+        let before = objects(&replica, "app", "wal").len();
+        workload::step(&mut c, &mut rng, i == 10);
+        c.execute("INSERT INTO log(msg) VALUES (?1)", [format!("commit {i}")])
+            .unwrap();
+        wait_until("segment shipped", Duration::from_secs(10), || {
+            objects(&replica, "app", "wal").len() > before
+        });
+        // Copy the source's state as of now, then note the time.
+        let snap = t.join(&format!("state-{i}.db"));
+        c.execute("VACUUM INTO ?1", [snap.to_str().unwrap()])
+            .unwrap();
+        let at = walsync::time::iso(walsync::time::now_ms());
+        states.push((at, content_hash(&snap)));
+        sleep(Duration::from_millis(3));
+    }
+    drop(c);
+    d.stop();
+    for i in [0usize, 1, 7, 10, 11, 18, 24] {
+        let out = t.join(&format!("pit-{i}.db"));
+        restore_ok(&replica, "app", &out, Some(&states[i].0));
+        integrity_ok(&out);
+        assert_eq!(
+            content_hash(&out),
+            states[i].1,
+            "state at commit {i} ({})",
+            states[i].0
+        );
+    }
+}
+
+fn checkpoint(c: &Connection, mode: &str) -> (i64, i64, i64) {
+    c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+    .unwrap()
+}
+
+/// Retry a statement that needs every other connection to let go (walsync releases its pin
+/// after it has been idle for a few seconds).
+fn retry_exclusive(c: &Connection, sql: &str) {
+    let t0 = Instant::now();
+    loop {
+        match c.execute_batch(sql) {
+            Ok(()) => return,
+            Err(e) if t0.elapsed() < Duration::from_secs(20) => {
+                let _ = e;
+                sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
+}
+
+/// Issue #2, test 3: application checkpoints in every mode, VACUUM, a page-size change, and the
+/// application closing its last connection (SQLite deletes the WAL), during replication.
+#[test]
+fn checkpoints_vacuum_page_size_and_close() {
+    let t = TestDir::new("ckpt");
+    let db = t.join("app.db");
+    let replica = t.join("replica");
+    let mut c = open_app(&db);
+    workload::schema(&c);
+    let d = Daemon::start(
+        &[&db],
+        &replica,
+        &["--sync-interval", "100ms"],
+        &t.join("log"),
+    );
+    let mut rng = Rng(7);
+    let mut burst = |c: &mut Connection, n: usize| {
+        for i in 0..n {
+            workload::step(c, &mut rng, i == 0 && n > 20);
+        }
+    };
+    for mode in ["PASSIVE", "FULL", "RESTART", "TRUNCATE"] {
+        burst(&mut c, 30);
+        // Busy is allowed while walsync pins the WAL; the restore must be right either way.
+        let r = checkpoint(&c, mode);
+        eprintln!("app checkpoint {mode} while active: {r:?}");
+        burst(&mut c, 5);
+        sleep(Duration::from_millis(300));
+    }
+    // Idle long enough for walsync to release, then every mode again.
+    for mode in ["PASSIVE", "FULL", "RESTART", "TRUNCATE"] {
+        burst(&mut c, 10);
+        sleep(Duration::from_secs(4));
+        let r = checkpoint(&c, mode);
+        eprintln!("app checkpoint {mode} after idle: {r:?}");
+        burst(&mut c, 10);
+    }
+    burst(&mut c, 20);
+    c.execute_batch("DELETE FROM log WHERE id % 2 = 0; VACUUM;")
+        .unwrap();
+    burst(&mut c, 5);
+    // Page-size change: leave WAL mode, change, vacuum, come back.
+    retry_exclusive(&c, "PRAGMA journal_mode=DELETE");
+    c.execute_batch("PRAGMA page_size=8192; VACUUM;").unwrap();
+    let mode: String = c
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let ps: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+    assert_eq!(ps, 8192);
+    burst(&mut c, 20);
+    // The application's last connection closes: SQLite checkpoints and deletes the WAL.
+    sleep(Duration::from_secs(4));
+    drop(c);
+    let mut c = open_app(&db);
+    burst(&mut c, 20);
+    drop(c);
+    sleep(Duration::from_millis(500));
+    d.wait_log("starting generation 2", Duration::from_secs(10));
+    let log = d.log_text();
+    d.stop();
+    assert_restores_equal(&replica, "app", &db, &t.join("restored.db"));
+    let gens: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("starting generation"))
+        .collect();
+    eprintln!("{}", gens.join("\n"));
+}
+
+/// Issue #2, test 4 (deterministic part): kill -9 and restart with the WAL intact resumes the
+/// chain without a new snapshot; kill -9 while the app checkpoints and truncates the WAL
+/// starts a new generation and the log says why.
+#[test]
+fn kill9_resume_and_new_generation() {
+    let t = TestDir::new("kill9");
+    let db = t.join("app.db");
+    let replica = t.join("replica");
+    let mut c = open_app(&db);
+    c.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
+    workload::schema(&c);
+    let mut rng = Rng(99);
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log1"));
+    for _ in 0..20 {
+        workload::step(&mut c, &mut rng, false);
+    }
+    d.wait_log("captured", Duration::from_secs(10));
+    sleep(Duration::from_millis(300));
+    d.kill9();
+    for _ in 0..20 {
+        workload::step(&mut c, &mut rng, false);
+    }
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log2"));
+    for _ in 0..10 {
+        workload::step(&mut c, &mut rng, false);
+    }
+    sleep(Duration::from_millis(500));
+    d.kill9();
+    assert_eq!(
+        objects(&replica, "app", "snapshots").len(),
+        1,
+        "resuming must not take a new snapshot"
+    );
+    assert!(!std::fs::read_to_string(t.join("log2"))
+        .unwrap()
+        .contains("starting generation"));
+
+    // While walsync is down the application writes, checkpoints and truncates the WAL.
+    for _ in 0..10 {
+        workload::step(&mut c, &mut rng, false);
+    }
+    let r = checkpoint(&c, "TRUNCATE");
+    assert_eq!(r.0, 0, "TRUNCATE must succeed with walsync down");
+    for _ in 0..10 {
+        workload::step(&mut c, &mut rng, false);
+    }
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log3"));
+    d.wait_log("starting generation 2", Duration::from_secs(10));
+    let log = d.log_text();
+    assert!(
+        log.contains("was checkpointed and truncated or deleted while not pinned")
+            || log.contains("restarted while not pinned"),
+        "log must say why: {log}"
+    );
+    for _ in 0..10 {
+        workload::step(&mut c, &mut rng, false);
+    }
+    drop(c);
+    d.stop();
+    assert_eq!(objects(&replica, "app", "snapshots").len(), 2);
+    assert_restores_equal(&replica, "app", &db, &t.join("restored.db"));
+}
+
+/// Issue #2, test 4 (random part): a writer thread commits continuously while walsync is
+/// killed with SIGKILL at random moments and restarted; at the end nothing is lost.
+#[test]
+fn kill9_at_random_moments_loses_nothing() {
+    let t = TestDir::new("kill9r");
+    let db = t.join("app.db");
+    let replica = t.join("replica");
+    let c = open_app(&db);
+    workload::schema(&c);
+    drop(c);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let db = db.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut c = open_app(&db);
+            let mut rng = Rng(1234);
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                workload::step(&mut c, &mut rng, n % 97 == 13);
+                n += 1;
+                if n.is_multiple_of(10) {
+                    sleep(Duration::from_millis(2));
+                }
+            }
+            n
+        })
+    };
+    let mut rng = Rng(5);
+    for round in 0..6 {
+        let d = Daemon::start(
+            &[&db],
+            &replica,
+            &["--sync-interval", "50ms"],
+            &t.join(&format!("log{round}")),
+        );
+        sleep(Duration::from_millis(200 + rng.below(800)));
+        d.kill9();
+        sleep(Duration::from_millis(rng.below(300)));
+    }
+    let d = Daemon::start(
+        &[&db],
+        &replica,
+        &["--sync-interval", "50ms"],
+        &t.join("log-final"),
+    );
+    sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let commits = writer.join().unwrap();
+    d.stop();
+    let snaps = objects(&replica, "app", "snapshots").len();
+    let segs = objects(&replica, "app", "wal").len();
+    eprintln!("{commits} commits, 6 kills, {snaps} snapshots, {segs} segments");
+    assert_restores_equal(&replica, "app", &db, &t.join("restored.db"));
+}
+
+/// Issue #2, test 5: the README's manual recovery with the sqlite3 CLI alone gives the same
+/// database as `walsync restore`.
+#[test]
+fn manual_recovery_with_sqlite3_cli() {
+    let t = TestDir::new("manual");
+    let db = t.join("app.db");
+    let replica = t.join("replica");
+    let mut c = open_app(&db);
+    workload::schema(&c);
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
+    let mut rng = Rng(3);
+    for i in 0..60 {
+        workload::step(&mut c, &mut rng, i == 30);
+        if i % 10 == 0 {
+            sleep(Duration::from_millis(20));
+        }
+    }
+    drop(c);
+    d.stop();
+    let snaps = objects(&replica, "app", "snapshots");
+    let segs = objects(&replica, "app", "wal");
+    assert!(segs.len() > 3);
+    // The procedure: copy the latest snapshot, then for each later segment in key order save it
+    // as <db>-wal and run PRAGMA wal_checkpoint(TRUNCATE).
+    let manual = t.join("manual.db");
+    let snap = snaps.last().unwrap();
+    std::fs::copy(snap, &manual).unwrap();
+    let snap_ts = snap.file_stem().unwrap().to_string_lossy().into_owned();
+    for s in &segs {
+        let name = s.file_stem().unwrap().to_string_lossy().into_owned();
+        if name.split('-').nth(1).unwrap() <= snap_ts.as_str() {
+            continue;
+        }
+        std::fs::copy(s, t.join("manual.db-wal")).unwrap();
+        let o = std::process::Command::new("sqlite3")
+            .arg(&manual)
+            .arg("PRAGMA wal_checkpoint(TRUNCATE);")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "sqlite3: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            "0|0|0",
+            "segment {name} applied"
+        );
+    }
+    let o = std::process::Command::new("sqlite3")
+        .arg(&manual)
+        .arg("PRAGMA integrity_check;")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "ok");
+    restore_ok(&replica, "app", &t.join("restored.db"), None);
+    assert_eq!(content_hash(&manual), content_hash(&t.join("restored.db")));
+    assert_eq!(content_hash(&manual), content_hash(&db));
+}
