@@ -25,7 +25,18 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format(|buf, r| {
+            use std::io::Write;
+            writeln!(
+                buf,
+                "{} {:<5} {}",
+                time::iso(time::now_ms()),
+                r.level(),
+                r.args()
+            )
+        })
+        .init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),

@@ -1,0 +1,303 @@
+//! Bad input and damaged replicas: each case asserts the exact one-line error, the hint where
+//! there is one, the exit code, and that nothing already backed up was changed.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::harness::*;
+use crate::workload;
+
+/// A replica with one database, two snapshots' worth of history and several segments.
+fn replica_with_history(t: &TestDir) -> (std::path::PathBuf, std::path::PathBuf) {
+    let db = t.join("app.db");
+    let replica = t.join("replica");
+    let mut c = open_app(&db);
+    workload::schema(&c);
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
+    let mut rng = Rng(11);
+    for i in 0..8 {
+        workload::step(&mut c, &mut rng, false);
+        c.execute("INSERT INTO log(msg) VALUES (?1)", [format!("e{i}")])
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    drop(c);
+    d.stop();
+    (db, replica)
+}
+
+/// Every file in the replica with its bytes, to prove a failed command changed nothing.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.display().to_string(), read(&p)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn assert_fails(o: &std::process::Output, code: i32, first_line: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
+    let mut lines = err.lines();
+    assert_eq!(lines.next().unwrap_or(""), first_line);
+    let rest: Vec<&str> = lines.collect();
+    assert!(
+        rest.len() <= 1 && rest.iter().all(|l| l.starts_with("hint: ")),
+        "extra lines: {rest:?}"
+    );
+}
+
+#[test]
+fn restore_refuses_damaged_replicas_naming_the_object() {
+    let t = TestDir::new("damaged");
+    let (_db, replica) = replica_with_history(&t);
+    let r = replica.to_str().unwrap();
+    let segs = objects(&replica, "app", "wal");
+    assert!(segs.len() >= 4, "{segs:?}");
+    let key = |p: &Path| p.strip_prefix(&replica).unwrap().display().to_string();
+    let out = t.join("out.db");
+    let before = tree(&replica);
+
+    // Output exists.
+    fs::write(&out, b"precious").unwrap();
+    let o = walsync(&["restore", "app", "-o", out.to_str().unwrap(), "-b", r]);
+    assert_fails(
+        &o,
+        1,
+        &format!("walsync: error: output {} already exists", out.display()),
+    );
+    assert!(stderr(&o).contains("hint: choose another -o path, or pass --force to replace it"));
+    assert_eq!(read(&out), b"precious");
+    fs::remove_file(&out).unwrap();
+
+    // Unknown name.
+    let o = walsync(&["restore", "nope", "-o", out.to_str().unwrap(), "-b", r]);
+    assert_fails(
+        &o,
+        1,
+        &format!("walsync: error: no backup of 'nope' in file://{r}"),
+    );
+
+    // Point in time before the first snapshot.
+    let o = walsync(&[
+        "restore",
+        "app",
+        "-o",
+        out.to_str().unwrap(),
+        "-b",
+        r,
+        "--point-in-time",
+        "2000-01-01T00:00:00Z",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.starts_with("walsync: error: no snapshot of 'app' at or before 2000-01-01T00:00:00.000Z; the earliest is at "), "{err}");
+
+    // A bit flipped in a segment.
+    let victim = &segs[1];
+    let orig = read(victim);
+    let mut b = orig.clone();
+    let n = b.len();
+    b[n - 7] ^= 0x01;
+    fs::write(victim, &b).unwrap();
+    let o = walsync(&["restore", "app", "-o", out.to_str().unwrap(), "-b", r]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err.starts_with(&format!(
+            "walsync: error: object {}: SHA-256 mismatch: stored ",
+            key(victim)
+        )),
+        "{err}"
+    );
+    assert!(!out.exists(), "no output on failure");
+    let v = walsync(&["verify", "app", "-b", r]);
+    assert_eq!(v.status.code(), Some(1));
+    assert!(stderr(&v).contains(&key(victim)));
+
+    // Truncated.
+    fs::write(victim, &orig[..orig.len() / 2]).unwrap();
+    let o = walsync(&["restore", "app", "-o", out.to_str().unwrap(), "-b", r]);
+    assert!(
+        stderr(&o).starts_with(&format!(
+            "walsync: error: object {}: SHA-256 mismatch",
+            key(victim)
+        )),
+        "{}",
+        stderr(&o)
+    );
+
+    // Missing: a gap in the chain.
+    fs::rename(victim, t.join("moved")).unwrap();
+    let o = walsync(&["restore", "app", "-o", out.to_str().unwrap(), "-b", r]);
+    assert_fails(
+        &o,
+        1,
+        &format!(
+            "walsync: error: object {}: does not follow the object before it (a gap in the chain, or an object of another chain)",
+            key(&segs[2])
+        ),
+    );
+    fs::rename(t.join("moved"), victim).unwrap();
+
+    // A segment from another database (same name, different chain) put in place of one.
+    let t2 = TestDir::new("other");
+    let (_, other) = replica_with_history(&t2);
+    let foreign = &objects(&other, "app", "wal")[1];
+    let saved_meta = read(Path::new(&format!("{}.meta", victim.display())));
+    fs::copy(foreign, victim).unwrap();
+    fs::copy(
+        format!("{}.meta", foreign.display()),
+        format!("{}.meta", victim.display()),
+    )
+    .unwrap();
+    let o = walsync(&["restore", "app", "-o", out.to_str().unwrap(), "-b", r]);
+    assert!(
+        stderr(&o).starts_with(&format!(
+            "walsync: error: object {}: does not follow the object before it",
+            key(victim)
+        )),
+        "{}",
+        stderr(&o)
+    );
+    fs::write(victim, &orig).unwrap();
+    fs::write(format!("{}.meta", victim.display()), &saved_meta).unwrap();
+
+    // Metadata sidecar missing.
+    let meta = format!("{}.meta", victim.display());
+    fs::rename(&meta, t.join("meta")).unwrap();
+    let o = walsync(&["restore", "app", "-o", out.to_str().unwrap(), "-b", r]);
+    assert_fails(
+        &o,
+        1,
+        &format!(
+            "walsync: error: file://{r}: {}: metadata sidecar is missing",
+            key(victim)
+        ),
+    );
+    fs::rename(t.join("meta"), &meta).unwrap();
+
+    // Everything repaired: the replica is byte-for-byte what it was, and restore works.
+    assert_eq!(
+        tree(&replica),
+        before,
+        "failed commands must not change the replica"
+    );
+    restore_ok(&replica, "app", &out, None);
+    assert_eq!(content_hash(&out), content_hash(&t.join("app.db")));
+    let v = walsync(&["verify", "app", "-b", r]);
+    assert!(v.status.success(), "{}", stderr(&v));
+}
+
+#[test]
+fn bad_command_lines_and_sources() {
+    let t = TestDir::new("badinput");
+    let r = t.join("replica");
+    let rs = r.to_str().unwrap();
+    let missing = t.join("missing.db");
+    let o = walsync(&["watch", missing.to_str().unwrap(), "-b", rs]);
+    assert_fails(
+        &o,
+        1,
+        &format!(
+            "walsync: error: open database {}: no such file or directory",
+            missing.display()
+        ),
+    );
+
+    let junk = t.join("junk.db");
+    fs::write(&junk, vec![7u8; 4096]).unwrap();
+    let o = walsync(&["snapshot", junk.to_str().unwrap(), "-b", rs]);
+    assert_fails(
+        &o,
+        1,
+        &format!(
+            "walsync: error: {} is not a SQLite database",
+            junk.canonicalize().unwrap().display()
+        ),
+    );
+
+    let rollback = t.join("rollback.db");
+    let c = rusqlite::Connection::open(&rollback).unwrap();
+    c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    drop(c);
+    let o = walsync(&["watch", rollback.to_str().unwrap(), "-b", rs]);
+    let p = rollback.canonicalize().unwrap();
+    assert_fails(
+        &o,
+        1,
+        &format!(
+            "walsync: error: database {} is not in WAL mode",
+            p.display()
+        ),
+    );
+    assert!(stderr(&o).contains(&format!(
+        "hint: switch it with: sqlite3 {} 'PRAGMA journal_mode=WAL'",
+        p.display()
+    )));
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["watch", "x.db"], "walsync: error: 'watch' needs a replica: -b URL"),
+        (&["watch", "-b", "/tmp/x"], "walsync: error: 'watch' needs at least one database path"),
+        (&["watch", "x.db", "-b", "/tmp/x", "--sync-interval", "fast"], "walsync: error: option --sync-interval: invalid duration 'fast' (use e.g. 250ms, 1s, 5m, 1h, 1d or 3600)"),
+        (&["watch", "x.db", "-b", "/tmp/x", "--snapshot-interval", "0"], "walsync: error: option --snapshot-interval: must be greater than 0"),
+        (&["restore", "app", "-o", "o.db", "-b", "/tmp/x", "--point-in-time", "noon"], "walsync: error: option --point-in-time: invalid time 'noon' (use ISO 8601, e.g. 2026-11-22T10:00:00Z)"),
+        (&["restore", "app", "-b", "/tmp/x"], "walsync: error: 'restore' needs an output file: -o FILE"),
+        (&["list", "-b", "gs://bucket"], "walsync: error: invalid replica URL 'gs://bucket': unknown scheme"),
+        (&["list", "-b", "file://relative"], "walsync: error: invalid replica URL 'file://relative': a file:// URL needs an absolute path (file:///dir)"),
+        (&["bogus"], "walsync: error: unknown command 'bogus'"),
+        (&["list", "-b", "/tmp/x", "--force"], "walsync: error: unknown option --force for 'list'"),
+    ];
+    for (args, want) in cases {
+        let o = walsync(args);
+        assert_fails(&o, 2, want);
+    }
+    let o = walsync(&["--version"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("walsync {}", env!("CARGO_PKG_VERSION"))
+    );
+    for cmd in ["watch", "snapshot", "restore", "list", "verify"] {
+        let o = walsync(&[cmd, "--help"]);
+        assert!(o.status.success());
+        assert!(String::from_utf8_lossy(&o.stdout).starts_with(&format!("Usage: walsync {cmd}")));
+    }
+}
+
+/// `walsync snapshot` (one-shot) uploads a snapshot each run; the restore equals the source.
+#[test]
+fn one_shot_snapshot() {
+    let t = TestDir::new("oneshot");
+    let db = t.join("app.db");
+    let replica = t.join("replica");
+    let mut c = open_app(&db);
+    workload::schema(&c);
+    let mut rng = Rng(21);
+    for round in 0..3 {
+        for _ in 0..20 {
+            workload::step(&mut c, &mut rng, false);
+        }
+        let o = walsync(&[
+            "snapshot",
+            db.to_str().unwrap(),
+            "-b",
+            replica.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(objects(&replica, "app", "snapshots").len(), round + 1);
+        let out = t.join("out.db");
+        restore_ok(&replica, "app", &out, None);
+        assert_eq!(content_hash(&out), content_hash(&db));
+    }
+}
