@@ -178,7 +178,9 @@ fn checkpoints_vacuum_page_size_and_close() {
     burst(&mut c, 20);
     drop(c);
     sleep(Duration::from_millis(500));
-    d.wait_log("starting generation 2", Duration::from_secs(10));
+    wait_until("a second generation", Duration::from_secs(10), || {
+        d.log_text().matches("starting generation").count() >= 2
+    });
     let log = d.log_text();
     d.stop();
     assert_restores_equal(&replica, "app", &db, &t.join("restored.db"));
@@ -236,10 +238,10 @@ fn kill9_resume_and_new_generation() {
         workload::step(&mut c, &mut rng, false);
     }
     let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log3"));
-    d.wait_log("starting generation 2", Duration::from_secs(10));
+    d.wait_log("starting generation", Duration::from_secs(10));
     let log = d.log_text();
     assert!(
-        log.contains("was checkpointed and truncated or deleted while not pinned")
+        log.contains("was truncated or deleted while not pinned")
             || log.contains("restarted while not pinned"),
         "log must say why: {log}"
     );
@@ -367,4 +369,76 @@ fn manual_recovery_with_sqlite3_cli() {
     restore_ok(&replica, "app", &t.join("restored.db"), None);
     assert_eq!(content_hash(&manual), content_hash(&t.join("restored.db")));
     assert_eq!(content_hash(&manual), content_hash(&db));
+}
+
+/// A WAL restarted by the application while walsync was not pinning it continues the chain
+/// when the old cycle provably ended at our last frame (no new snapshot), and starts a new
+/// generation when frames were appended after it before the restart.
+#[test]
+fn restart_while_idle_is_proven_or_refused() {
+    let t = TestDir::new("idle-restart");
+    let db = t.join("app.db");
+    let replica = t.join("replica");
+    let mut c = open_app(&db);
+    c.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
+    workload::schema(&c);
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
+    let mut rng = Rng(77);
+    for _ in 0..20 {
+        workload::step(&mut c, &mut rng, false);
+    }
+    d.wait_log("released", Duration::from_secs(10));
+    // Proven: the app checkpoints everything and its next write restarts the WAL.
+    assert_eq!(checkpoint(&c, "PASSIVE").0, 0);
+    c.execute("INSERT INTO log(msg) VALUES ('after restart')", [])
+        .unwrap();
+    wait_until("capture after the restart", Duration::from_secs(10), || {
+        d.log_text().matches("captured").count() >= 2
+    });
+    sleep(Duration::from_millis(200));
+    assert_eq!(
+        d.log_text().matches("starting generation").count(),
+        1,
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(objects(&replica, "app", "snapshots").len(), 1);
+
+    // Refused: while walsync is idle, a reader keeps SQLite from restarting, so new frames are
+    // appended after ours; then everything is checkpointed and the next write restarts.
+    wait_until("release", Duration::from_secs(10), || {
+        d.log_text().matches("released").count() >= 2
+    });
+    let reader = open_app(&db);
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM kv;")
+        .unwrap();
+    // walsync sees these writes and pins again; wait until it lets go once more.
+    for _ in 0..5 {
+        workload::step(&mut c, &mut rng, false);
+    }
+    drop(reader);
+    d.stop();
+    // walsync is down: the app appends, checkpoints, restarts.
+    let reader = open_app(&db);
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM kv;")
+        .unwrap();
+    for _ in 0..5 {
+        workload::step(&mut c, &mut rng, false);
+    }
+    reader.execute_batch("COMMIT").unwrap();
+    assert_eq!(checkpoint(&c, "PASSIVE").0, 0);
+    c.execute("INSERT INTO log(msg) VALUES ('restart after appends')", [])
+        .unwrap();
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log2"));
+    d.wait_log("starting generation", Duration::from_secs(10));
+    assert!(
+        d.log_text().contains("its old end cannot be proven"),
+        "{}",
+        d.log_text()
+    );
+    drop(c);
+    d.stop();
+    assert_restores_equal(&replica, "app", &db, &t.join("restored.db"));
 }

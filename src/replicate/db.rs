@@ -95,6 +95,15 @@ struct Pin {
     wal_id: Option<(u64, u64)>,
 }
 
+/// Whether a chain continues into the WAL found when pinning.
+enum Continuity {
+    /// Same WAL cycle, our frames intact.
+    Same,
+    /// The WAL restarted exactly at our position: a new generation continuing the chain.
+    Restarted,
+    Broken(String),
+}
+
 /// What a step did, for the scheduler and the logs.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StepReport {
@@ -424,45 +433,68 @@ impl Shipper {
         g
     }
 
-    /// Why the chain cannot continue from the current WAL, when it cannot. Called right after
-    /// (re)pinning at `idx`.
-    fn continuity_break(
-        &self,
-        idx: &WalIndex,
-        cur: &Option<(File, WalHeader)>,
-    ) -> Result<Option<String>> {
+    /// Can the chain continue from the WAL as found right after (re)pinning at `idx`?
+    fn continuity(&self, idx: &WalIndex, cur: &Option<(File, WalHeader)>) -> Result<Continuity> {
         let Some(chain) = &self.chain else {
-            return Ok(Some("no chain in the replica yet".into()));
+            return Ok(Continuity::Broken("no chain in the replica yet".into()));
         };
         if let Some(id) = self.db_id {
             if file_id(&self.path) != Some(id) {
-                return Ok(Some("the database file was replaced".into()));
+                return Ok(Continuity::Broken("the database file was replaced".into()));
             }
         }
-        let why = match (&chain.pos.wal, idx.max_frame) {
-            (None, 0) => return Ok(None),
-            (None, _) => "a WAL appeared that walsync did not see start".to_string(),
-            (Some((h, _)), 0) => format!(
-                "the WAL (checkpoint sequence {}) was checkpointed and restarted, truncated or deleted while not pinned",
-                h.seq
-            ),
-            (Some((h, end)), m) => {
-                let Some((f, cur)) = cur else {
-                    return Ok(Some("the WAL file is missing although SQLite lists frames in it".into()));
-                };
-                if cur.salt1 != idx.salt1 || cur.salt2 != idx.salt2 {
-                    "the WAL header does not match SQLite's wal-index".to_string()
-                } else if !cur.same_wal(h) {
-                    format!("the WAL was restarted while not pinned (checkpoint sequence {} -> {})", h.seq, cur.seq)
-                } else if end.frame > m || !reader::holds(f, &self.wal_path, cur, end)? {
-                    format!("the WAL no longer holds shipped frame {} unchanged", end.frame)
-                } else {
-                    return Ok(None);
-                }
+        let m = idx.max_frame;
+        let (h, end) = match (&chain.pos.wal, m) {
+            (None, 0) => return Ok(Continuity::Same),
+            (None, _) => {
+                return Ok(Continuity::Broken(
+                    "a WAL appeared that walsync did not see start".into(),
+                ))
             }
+            (Some((h, end)), _) => (h, end),
         };
-        Ok(Some(why))
+        let Some((f, cur)) = cur else {
+            return Ok(Continuity::Broken(format!(
+                "the WAL (checkpoint sequence {}) was truncated or deleted while not pinned",
+                h.seq
+            )));
+        };
+        if m > 0 && (cur.salt1 != idx.salt1 || cur.salt2 != idx.salt2) {
+            return Ok(Continuity::Broken(
+                "the WAL header does not match SQLite's wal-index".into(),
+            ));
+        }
+        if cur.same_wal(h) {
+            // Frames up to ours unchanged; anything after them (even if already checkpointed
+            // and the WAL reset since) is still in the file: SQLite only overwrites a WAL after
+            // writing a new header.
+            if (m == 0 || m >= end.frame) && reader::holds(f, &self.wal_path, cur, end)? {
+                return Ok(Continuity::Same);
+            }
+            return Ok(Continuity::Broken(format!(
+                "the WAL no longer holds shipped frame {} unchanged",
+                end.frame
+            )));
+        }
+        if cur.is_restart_of(h) {
+            // One restart happened while not pinned. It continues our chain only if the old WAL
+            // ended exactly at our last frame: that frame is still in the file (the new WAL has
+            // not reached it, and no TRUNCATE removed it) and nothing valid follows it.
+            let (intact, more) = reader::ends_at(f, &self.wal_path, h, end)?;
+            if m < end.frame && intact && !more {
+                return Ok(Continuity::Restarted);
+            }
+            return Ok(Continuity::Broken(format!(
+                "the WAL was restarted while not pinned (checkpoint sequence {} -> {}) and its old end cannot be proven",
+                h.seq, cur.seq
+            )));
+        }
+        Ok(Continuity::Broken(format!(
+            "the WAL was restarted or replaced while not pinned (checkpoint sequence {} -> {})",
+            h.seq, cur.seq
+        )))
     }
+
     /// Capture the committed frames after the chain's position into a spooled segment.
     /// `restart` is true when `hdr` begins a new WAL cycle continuing the chain.
     fn capture(
@@ -610,16 +642,23 @@ impl Shipper {
     fn pin_and_check(&mut self, report: &mut StepReport) -> Result<Option<String>> {
         let idx = self.pin_exact()?;
         let cur = reader::read_header(&self.wal_path)?;
-        if let Some(why) = self.continuity_break(&idx, &cur)? {
-            return Ok(Some(why));
-        }
-        if let (Some((f, hdr)), true) = (&cur, idx.max_frame > 0) {
-            let (n, end) = self.capture(f, hdr, false, Some(idx.max_frame))?;
+        let restart = match self.continuity(&idx, &cur)? {
+            Continuity::Broken(why) => return Ok(Some(why)),
+            Continuity::Same => false,
+            Continuity::Restarted => true,
+        };
+        if let Some((f, hdr)) = &cur {
+            let limit = (idx.max_frame > 0).then_some(idx.max_frame);
+            let (n, end) = self.capture(f, hdr, restart, limit)?;
             if n > 0 {
                 report.segments += 1;
                 report.frames += n;
             }
-            if end.frame != idx.max_frame || end.cksum != idx.cksum {
+            if restart {
+                self.wal_frames = end.frame;
+                self.checkpointed_at = 0;
+            }
+            if idx.max_frame > 0 && (end.frame != idx.max_frame || end.cksum != idx.cksum) {
                 // Only possible if SQLite restarted the WAL under a read-mark-0 pin before we
                 // read frames we had not shipped.
                 return Ok(Some(format!(

@@ -124,3 +124,27 @@ pub fn holds(f: &File, path: &Path, hdr: &WalHeader, pos: &WalEnd) -> Result<boo
     let w = walk(f, path, hdr, start(hdr), Some(pos.frame), |_, _, _| Ok(()))?;
     Ok(w.end.frame == pos.frame && w.end.cksum == pos.cksum)
 }
+
+/// Does the file still end the WAL cycle `hdr` exactly at `pos`? Returns (frame `pos.frame` is
+/// still there as shipped: same salts, same running checksum, a commit; a valid frame of the
+/// same cycle follows it). Used after a restart to prove the old cycle ended where we stopped.
+pub fn ends_at(f: &File, path: &Path, hdr: &WalHeader, pos: &WalEnd) -> Result<(bool, bool)> {
+    if pos.frame == 0 {
+        return Ok((true, false));
+    }
+    let mut b = [0u8; FRAME_HEADER_LEN];
+    match f.read_exact_at(&mut b, hdr.frame_offset(pos.frame)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok((false, false)),
+        Err(e) => return Err(Error::io("read WAL", path, e)),
+    }
+    let fh = FrameHeader::parse(&b);
+    let intact =
+        fh.salt1 == hdr.salt1 && fh.salt2 == hdr.salt2 && fh.cksum == pos.cksum && fh.is_commit();
+    let mut more = false;
+    walk(f, path, hdr, *pos, Some(pos.frame + 1), |_, _, _| {
+        more = true;
+        Ok(())
+    })?;
+    Ok((intact, more))
+}
