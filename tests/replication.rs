@@ -442,3 +442,30 @@ fn restart_while_idle_is_proven_or_refused() {
     d.stop();
     assert_restores_equal(&replica, "app", &db, &t.join("restored.db"));
 }
+
+/// Regression: a SIGTERM that arrives while a step (here the first snapshot of a large
+/// database) is running must still be followed by a final step that ships the commits made
+/// during that step. (Found by `checkpoints_vacuum_page_size_and_close`: the interrupted step
+/// was taken as the final one and commits made during the snapshot were not shipped.)
+#[test]
+fn sigterm_during_snapshot_ships_later_commits() {
+    let t = TestDir::new("term-snap");
+    let db = t.join("app.db");
+    let replica = t.join("replica");
+    let mut c = open_app(&db);
+    workload::schema(&c);
+    c.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 20000)
+         INSERT INTO log(msg) SELECT hex(randomblob(1500)) FROM n",
+    )
+    .unwrap();
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
+    // Commit while the first snapshot is being taken, then stop at once.
+    let mut rng = Rng(8);
+    for _ in 0..30 {
+        workload::step(&mut c, &mut rng, false);
+    }
+    c.execute("INSERT INTO log(msg) VALUES ('last')", []).unwrap();
+    d.stop();
+    assert_restores_equal(&replica, "app", &db, &t.join("restored.db"));
+}

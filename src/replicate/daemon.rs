@@ -39,6 +39,8 @@ struct Job {
 
 struct Done {
     idx: usize,
+    /// The job was the final one of a shutdown (ship everything, release).
+    release: bool,
     result: Result<StepReport>,
     changed_since_snapshot: bool,
 }
@@ -93,14 +95,8 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
                     let result = s.step(job.snapshot, job.release);
                     let changed_since_snapshot = s.changed_since_snapshot();
                     drop(s);
-                    if tx
-                        .send(Done {
-                            idx: job.idx,
-                            result,
-                            changed_since_snapshot,
-                        })
-                        .is_err()
-                    {
+                    let done = Done { idx: job.idx, release: job.release, result, changed_since_snapshot };
+                    if tx.send(done).is_err() {
                         return;
                     }
                 }
@@ -214,7 +210,9 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
                             s.last_snapshot = Some(now);
                         }
                         if stopping.is_some() {
-                            s.final_done = r.pending == 0 && !r.pinned;
+                            // Only a step that ran as the final one proves everything shipped;
+                            // a step started before the signal may have missed later commits.
+                            s.final_done = d.release && r.pending == 0 && !r.pinned;
                         } else {
                             let mut w = None;
                             if r.pinned {

@@ -750,6 +750,8 @@ impl Shipper {
         self.chain = Some(Chain { pos, last_sha });
         self.changed_since_snapshot = false;
         self.last_snapshot_at = Some(Instant::now());
+        // Stay pinned a while: commits made during the snapshot are captured next.
+        self.last_frames_at = Instant::now();
         Ok(())
     }
 
