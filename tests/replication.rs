@@ -465,7 +465,8 @@ fn sigterm_during_snapshot_ships_later_commits() {
     for _ in 0..30 {
         workload::step(&mut c, &mut rng, false);
     }
-    c.execute("INSERT INTO log(msg) VALUES ('last')", []).unwrap();
+    c.execute("INSERT INTO log(msg) VALUES ('last')", [])
+        .unwrap();
     d.stop();
     assert_restores_equal(&replica, "app", &db, &t.join("restored.db"));
 }

@@ -95,7 +95,12 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
                     let result = s.step(job.snapshot, job.release);
                     let changed_since_snapshot = s.changed_since_snapshot();
                     drop(s);
-                    let done = Done { idx: job.idx, release: job.release, result, changed_since_snapshot };
+                    let done = Done {
+                        idx: job.idx,
+                        release: job.release,
+                        result,
+                        changed_since_snapshot,
+                    };
                     if tx.send(done).is_err() {
                         return;
                     }
