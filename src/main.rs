@@ -53,12 +53,11 @@ fn fail(e: &Error) -> ExitCode {
 
 fn open_storage(a: &Args) -> Result<(Arc<dyn Storage>, String)> {
     let url = storage::parse_url(a.bucket.as_deref().expect("validated: -b is required"))?;
-    let (s, base) = storage::open(&url)?;
-    let prefix = match url {
-        storage::Url::S3 { prefix, .. } => layout::join(&base, &prefix),
-        storage::Url::Local { .. } => base,
+    let opts = storage::s3::S3Options {
+        endpoint: a.endpoint.clone(),
+        region: None,
     };
-    Ok((s, prefix))
+    storage::open(&url, &opts)
 }
 
 /// Absolute paths of the databases named on the command line, with their namespaces.

@@ -2,7 +2,7 @@
 //! there is one, the exit code, and that nothing already backed up was changed.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::harness::*;
@@ -11,7 +11,7 @@ use crate::workload;
 /// A replica with one database, two snapshots' worth of history and several segments.
 fn replica_with_history(t: &TestDir) -> (std::path::PathBuf, std::path::PathBuf) {
     let db = t.join("app.db");
-    let replica = t.join("replica");
+    let replica = Replica::new(t, Backend::Local);
     let mut c = open_app(&db);
     workload::schema(&c);
     let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
@@ -24,7 +24,7 @@ fn replica_with_history(t: &TestDir) -> (std::path::PathBuf, std::path::PathBuf)
     }
     drop(c);
     d.stop();
-    (db, replica)
+    (db, replica.dir.clone().unwrap())
 }
 
 /// Every file in the replica with its bytes, to prove a failed command changed nothing.
@@ -62,7 +62,15 @@ fn restore_refuses_damaged_replicas_naming_the_object() {
     let t = TestDir::new("damaged");
     let (_db, replica) = replica_with_history(&t);
     let r = replica.to_str().unwrap();
-    let segs = objects(&replica, "app", "wal");
+    let rep = Replica {
+        url: r.to_string(),
+        dir: Some(replica.clone()),
+    };
+    let segs: Vec<PathBuf> = rep
+        .objects("app", "wal")
+        .iter()
+        .map(|k| replica.join(k))
+        .collect();
     assert!(segs.len() >= 4, "{segs:?}");
     let key = |p: &Path| p.strip_prefix(&replica).unwrap().display().to_string();
     let out = t.join("out.db");
@@ -153,7 +161,11 @@ fn restore_refuses_damaged_replicas_naming_the_object() {
     // A segment from another database (same name, different chain) put in place of one.
     let t2 = TestDir::new("other");
     let (_, other) = replica_with_history(&t2);
-    let foreign = &objects(&other, "app", "wal")[1];
+    let other_rep = Replica {
+        url: other.display().to_string(),
+        dir: Some(other.clone()),
+    };
+    let foreign = &other.join(&other_rep.objects("app", "wal")[1]);
     let saved_meta = read(Path::new(&format!("{}.meta", victim.display())));
     fs::copy(foreign, victim).unwrap();
     fs::copy(
@@ -193,7 +205,7 @@ fn restore_refuses_damaged_replicas_naming_the_object() {
         before,
         "failed commands must not change the replica"
     );
-    restore_ok(&replica, "app", &out, None);
+    restore_ok(&rep, "app", &out, None);
     assert_eq!(content_hash(&out), content_hash(&t.join("app.db")));
     let v = walsync(&["verify", "app", "-b", r]);
     assert!(v.status.success(), "{}", stderr(&v));
@@ -276,11 +288,10 @@ fn bad_command_lines_and_sources() {
 }
 
 /// `walsync snapshot` (one-shot) uploads a snapshot each run; the restore equals the source.
-#[test]
-fn one_shot_snapshot() {
+fn one_shot_snapshot(backend: Backend) {
     let t = TestDir::new("oneshot");
     let db = t.join("app.db");
-    let replica = t.join("replica");
+    let replica = Replica::new(&t, backend);
     let mut c = open_app(&db);
     workload::schema(&c);
     let mut rng = Rng(21);
@@ -288,16 +299,13 @@ fn one_shot_snapshot() {
         for _ in 0..20 {
             workload::step(&mut c, &mut rng, false);
         }
-        let o = walsync(&[
-            "snapshot",
-            db.to_str().unwrap(),
-            "-b",
-            replica.to_str().unwrap(),
-        ]);
+        let o = walsync(&["snapshot", db.to_str().unwrap(), "-b", &replica.url()]);
         assert!(o.status.success(), "{}", stderr(&o));
-        assert_eq!(objects(&replica, "app", "snapshots").len(), round + 1);
+        assert_eq!(replica.objects("app", "snapshots").len(), round + 1);
         let out = t.join("out.db");
         restore_ok(&replica, "app", &out, None);
         assert_eq!(content_hash(&out), content_hash(&db));
     }
 }
+
+crate::both!(one_shot_snapshot, super::one_shot_snapshot);

@@ -6,6 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rusqlite::types::ValueRef;
@@ -118,7 +119,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn start(dbs: &[&Path], replica: &Path, extra: &[&str], log: &Path) -> Daemon {
+    pub fn start(dbs: &[&Path], replica: &Replica, extra: &[&str], log: &Path) -> Daemon {
         let logf = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -129,7 +130,7 @@ impl Daemon {
         for d in dbs {
             cmd.arg(d);
         }
-        cmd.arg("-b").arg(replica).args(extra);
+        cmd.arg("-b").arg(replica.url()).args(extra);
         let child = cmd
             .env("RUST_LOG", "walsync=debug")
             .stdout(Stdio::null())
@@ -207,14 +208,15 @@ pub fn walsync(args: &[&str]) -> Output {
         .unwrap()
 }
 
-pub fn restore(replica: &Path, name: &str, out: &Path, pit: Option<&str>) -> Output {
+pub fn restore(replica: &Replica, name: &str, out: &Path, pit: Option<&str>) -> Output {
+    let url = replica.url();
     let mut args = vec![
         "restore",
         name,
         "-o",
         out.to_str().unwrap(),
         "-b",
-        replica.to_str().unwrap(),
+        &url,
         "-f",
     ];
     if let Some(t) = pit {
@@ -223,7 +225,7 @@ pub fn restore(replica: &Path, name: &str, out: &Path, pit: Option<&str>) -> Out
     walsync(&args)
 }
 
-pub fn restore_ok(replica: &Path, name: &str, out: &Path, pit: Option<&str>) {
+pub fn restore_ok(replica: &Replica, name: &str, out: &Path, pit: Option<&str>) {
     let o = restore(replica, name, out, pit);
     assert!(
         o.status.success(),
@@ -232,21 +234,120 @@ pub fn restore_ok(replica: &Path, name: &str, out: &Path, pit: Option<&str>) {
     );
 }
 
-/// Keys of one kind ("snapshots" or "wal") of a database in a local replica, sorted.
-pub fn objects(replica: &Path, name: &str, kind: &str) -> Vec<PathBuf> {
-    let dir = replica.join(name).join(kind);
-    let mut v: Vec<PathBuf> = match fs::read_dir(&dir) {
-        Ok(rd) => rd
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                let n = p.file_name().unwrap().to_string_lossy().into_owned();
-                !n.ends_with(".meta") && !n.starts_with('.')
-            })
-            .collect(),
-        Err(_) => vec![],
+/// Which backend a scenario runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    S3,
+}
+
+/// A replica for one test: a directory of its own, or a prefix of its own in the test bucket.
+pub struct Replica {
+    pub url: String,
+    pub dir: Option<PathBuf>,
+}
+
+static S3_ENV: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Start (or reuse) the test suite's real S3 server, Garage on 127.0.0.1:3900, through the
+/// project's own script, and export its AWS_* settings to this process (and so to walsync).
+pub fn ensure_s3() {
+    let r = S3_ENV.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/garage.sh");
+        let port = std::env::var("WALSYNC_TEST_S3_PORT").unwrap_or_else(|_| "3900".into());
+        let out = Command::new(&script)
+            .args(["start", &port])
+            .stderr(Stdio::inherit())
+            .output();
+        let out = match out {
+            Ok(o) if o.status.success() => o,
+            Ok(o) => {
+                return Err(format!(
+                    "{} start {port} failed ({})",
+                    script.display(),
+                    o.status
+                ))
+            }
+            Err(e) => return Err(format!("cannot run {}: {e}", script.display())),
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                // Set once, before any S3 test reads the environment.
+                unsafe { std::env::set_var(k, v) };
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = r {
+        panic!("the S3 tests need a real S3 server: {e}\nrun 'tests/s3/garage.sh install' (builds Garage once, ~13 min) and try again");
+    }
+}
+
+impl Replica {
+    pub fn new(t: &TestDir, backend: Backend) -> Replica {
+        match backend {
+            Backend::Local => {
+                let dir = t.join("replica");
+                Replica {
+                    url: dir.display().to_string(),
+                    dir: Some(dir),
+                }
+            }
+            Backend::S3 => {
+                ensure_s3();
+                let bucket = std::env::var("S3_BUCKET").unwrap_or_else(|_| "walsync-test".into());
+                let name = t.path.file_name().unwrap().to_string_lossy().into_owned();
+                Replica {
+                    url: format!("s3://{bucket}/{name}"),
+                    dir: None,
+                }
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    fn storage(&self) -> (std::sync::Arc<dyn walsync::storage::Storage>, String) {
+        let url = walsync::storage::parse_url(&self.url).unwrap();
+        walsync::storage::open(&url, &Default::default()).unwrap()
+    }
+
+    /// Keys of one kind ("snapshots" or "wal") of a database, sorted.
+    pub fn objects(&self, name: &str, kind: &str) -> Vec<String> {
+        let (st, prefix) = self.storage();
+        let p = walsync::layout::join(&prefix, &format!("{name}/{kind}/"));
+        let mut keys = Vec::new();
+        st.list(&p, &mut |e| keys.push(e.key)).unwrap();
+        keys.sort();
+        keys
+    }
+
+    /// Copy one object's bytes to a file.
+    pub fn fetch(&self, key: &str, to: &Path) {
+        let (st, _) = self.storage();
+        let mut body = st.get(key).unwrap();
+        let mut f = fs::File::create(to).unwrap();
+        std::io::copy(&mut body.reader, &mut f).unwrap();
+    }
+}
+
+/// Run a scenario against both backends: `both!(name, scenario_fn);`
+#[macro_export]
+macro_rules! both {
+    ($name:ident, $f:path) => {
+        mod $name {
+            #[test]
+            fn local() {
+                $f($crate::harness::Backend::Local)
+            }
+            #[test]
+            fn s3() {
+                $f($crate::harness::Backend::S3)
+            }
+        }
     };
-    v.sort();
-    v
 }
 
 pub fn stderr(o: &Output) -> String {

@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use crate::harness::*;
 use crate::workload;
 
-fn assert_restores_equal(replica: &Path, name: &str, src: &Path, out: &Path) {
+fn assert_restores_equal(replica: &Replica, name: &str, src: &Path, out: &Path) {
     restore_ok(replica, name, out, None);
     integrity_ok(out);
     assert_eq!(
@@ -23,19 +23,14 @@ fn assert_restores_equal(replica: &Path, name: &str, src: &Path, out: &Path) {
 
 /// Issue #2, test 1: random workload (inserts, updates, deletes, >1000-page transactions,
 /// schema changes) while `watch` runs; SIGTERM; restore equals the source.
-#[test]
-fn random_workload_restores_exactly() {
+fn random_workload_restores_exactly(backend: Backend) {
     for sync in ["0", "1s"] {
         let t = TestDir::new("random");
+        let replica = Replica::new(&t, backend);
         let db = t.join("app.db");
         let mut c = open_app(&db);
         workload::schema(&c);
-        let d = Daemon::start(
-            &[&db],
-            &t.join("replica"),
-            &["--sync-interval", sync],
-            &t.join("log"),
-        );
+        let d = Daemon::start(&[&db], &replica, &["--sync-interval", sync], &t.join("log"));
         let mut rng = Rng(0x9e3779b97f4a7c15);
         let t0 = Instant::now();
         for i in 0..300 {
@@ -47,32 +42,31 @@ fn random_workload_restores_exactly() {
         let write_secs = t0.elapsed().as_secs_f64();
         drop(c);
         d.stop();
-        let segs = objects(&t.join("replica"), "app", "wal").len();
+        let segs = replica.objects("app", "wal").len();
         eprintln!("sync-interval {sync}: 300 transactions in {write_secs:.2}s, {segs} segments");
         assert!(segs >= 1);
-        assert_restores_equal(&t.join("replica"), "app", &db, &t.join("restored.db"));
+        assert_restores_equal(&replica, "app", &db, &t.join("restored.db"));
     }
 }
 
 /// Issue #2, test 2: point in time. After each commit, wait until it is shipped and note the
 /// time; restoring to any noted time gives exactly the state noted with it.
-#[test]
-fn point_in_time_restores_each_recorded_state() {
+fn point_in_time_restores_each_recorded_state(backend: Backend) {
     let t = TestDir::new("pit");
     let db = t.join("app.db");
-    let replica = t.join("replica");
+    let replica = Replica::new(&t, backend);
     let mut c = open_app(&db);
     workload::schema(&c);
     let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
     let mut rng = Rng(42);
     let mut states = Vec::new();
     for i in 0..25 {
-        let before = objects(&replica, "app", "wal").len();
+        let before = replica.objects("app", "wal").len();
         workload::step(&mut c, &mut rng, i == 10);
         c.execute("INSERT INTO log(msg) VALUES (?1)", [format!("commit {i}")])
             .unwrap();
         wait_until("segment shipped", Duration::from_secs(10), || {
-            objects(&replica, "app", "wal").len() > before
+            replica.objects("app", "wal").len() > before
         });
         // Copy the source's state as of now, then note the time.
         let snap = t.join(&format!("state-{i}.db"));
@@ -122,11 +116,10 @@ fn retry_exclusive(c: &Connection, sql: &str) {
 
 /// Issue #2, test 3: application checkpoints in every mode, VACUUM, a page-size change, and the
 /// application closing its last connection (SQLite deletes the WAL), during replication.
-#[test]
-fn checkpoints_vacuum_page_size_and_close() {
+fn checkpoints_vacuum_page_size_and_close(backend: Backend) {
     let t = TestDir::new("ckpt");
     let db = t.join("app.db");
-    let replica = t.join("replica");
+    let replica = Replica::new(&t, backend);
     let mut c = open_app(&db);
     workload::schema(&c);
     let d = Daemon::start(
@@ -194,11 +187,10 @@ fn checkpoints_vacuum_page_size_and_close() {
 /// Issue #2, test 4 (deterministic part): kill -9 and restart with the WAL intact resumes the
 /// chain without a new snapshot; kill -9 while the app checkpoints and truncates the WAL
 /// starts a new generation and the log says why.
-#[test]
-fn kill9_resume_and_new_generation() {
+fn kill9_resume_and_new_generation(backend: Backend) {
     let t = TestDir::new("kill9");
     let db = t.join("app.db");
-    let replica = t.join("replica");
+    let replica = Replica::new(&t, backend);
     let mut c = open_app(&db);
     c.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
     workload::schema(&c);
@@ -220,7 +212,7 @@ fn kill9_resume_and_new_generation() {
     sleep(Duration::from_millis(500));
     d.kill9();
     assert_eq!(
-        objects(&replica, "app", "snapshots").len(),
+        replica.objects("app", "snapshots").len(),
         1,
         "resuming must not take a new snapshot"
     );
@@ -250,17 +242,16 @@ fn kill9_resume_and_new_generation() {
     }
     drop(c);
     d.stop();
-    assert_eq!(objects(&replica, "app", "snapshots").len(), 2);
+    assert_eq!(replica.objects("app", "snapshots").len(), 2);
     assert_restores_equal(&replica, "app", &db, &t.join("restored.db"));
 }
 
 /// Issue #2, test 4 (random part): a writer thread commits continuously while walsync is
 /// killed with SIGKILL at random moments and restarted; at the end nothing is lost.
-#[test]
-fn kill9_at_random_moments_loses_nothing() {
+fn kill9_at_random_moments_loses_nothing(backend: Backend) {
     let t = TestDir::new("kill9r");
     let db = t.join("app.db");
-    let replica = t.join("replica");
+    let replica = Replica::new(&t, backend);
     let c = open_app(&db);
     workload::schema(&c);
     drop(c);
@@ -304,19 +295,18 @@ fn kill9_at_random_moments_loses_nothing() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let commits = writer.join().unwrap();
     d.stop();
-    let snaps = objects(&replica, "app", "snapshots").len();
-    let segs = objects(&replica, "app", "wal").len();
+    let snaps = replica.objects("app", "snapshots").len();
+    let segs = replica.objects("app", "wal").len();
     eprintln!("{commits} commits, 6 kills, {snaps} snapshots, {segs} segments");
     assert_restores_equal(&replica, "app", &db, &t.join("restored.db"));
 }
 
 /// Issue #2, test 5: the README's manual recovery with the sqlite3 CLI alone gives the same
 /// database as `walsync restore`.
-#[test]
-fn manual_recovery_with_sqlite3_cli() {
+fn manual_recovery_with_sqlite3_cli(backend: Backend) {
     let t = TestDir::new("manual");
     let db = t.join("app.db");
-    let replica = t.join("replica");
+    let replica = Replica::new(&t, backend);
     let mut c = open_app(&db);
     workload::schema(&c);
     let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
@@ -329,21 +319,30 @@ fn manual_recovery_with_sqlite3_cli() {
     }
     drop(c);
     d.stop();
-    let snaps = objects(&replica, "app", "snapshots");
-    let segs = objects(&replica, "app", "wal");
+    let snaps = replica.objects("app", "snapshots");
+    let segs = replica.objects("app", "wal");
     assert!(segs.len() > 3);
     // The procedure: copy the latest snapshot, then for each later segment in key order save it
     // as <db>-wal and run PRAGMA wal_checkpoint(TRUNCATE).
     let manual = t.join("manual.db");
+    let stem = |k: &str| {
+        k.rsplit('/')
+            .next()
+            .unwrap()
+            .split('.')
+            .next()
+            .unwrap()
+            .to_string()
+    };
     let snap = snaps.last().unwrap();
-    std::fs::copy(snap, &manual).unwrap();
-    let snap_ts = snap.file_stem().unwrap().to_string_lossy().into_owned();
+    replica.fetch(snap, &manual);
+    let snap_ts = stem(snap);
     for s in &segs {
-        let name = s.file_stem().unwrap().to_string_lossy().into_owned();
+        let name = stem(s);
         if name.split('-').nth(1).unwrap() <= snap_ts.as_str() {
             continue;
         }
-        std::fs::copy(s, t.join("manual.db-wal")).unwrap();
+        replica.fetch(s, &t.join("manual.db-wal"));
         let o = std::process::Command::new("sqlite3")
             .arg(&manual)
             .arg("PRAGMA wal_checkpoint(TRUNCATE);")
@@ -374,11 +373,10 @@ fn manual_recovery_with_sqlite3_cli() {
 /// A WAL restarted by the application while walsync was not pinning it continues the chain
 /// when the old cycle provably ended at our last frame (no new snapshot), and starts a new
 /// generation when frames were appended after it before the restart.
-#[test]
-fn restart_while_idle_is_proven_or_refused() {
+fn restart_while_idle_is_proven_or_refused(backend: Backend) {
     let t = TestDir::new("idle-restart");
     let db = t.join("app.db");
-    let replica = t.join("replica");
+    let replica = Replica::new(&t, backend);
     let mut c = open_app(&db);
     c.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
     workload::schema(&c);
@@ -402,7 +400,7 @@ fn restart_while_idle_is_proven_or_refused() {
         "{}",
         d.log_text()
     );
-    assert_eq!(objects(&replica, "app", "snapshots").len(), 1);
+    assert_eq!(replica.objects("app", "snapshots").len(), 1);
 
     // Refused: while walsync is idle, a reader keeps SQLite from restarting, so new frames are
     // appended after ours; then everything is checkpointed and the next write restarts.
@@ -447,11 +445,10 @@ fn restart_while_idle_is_proven_or_refused() {
 /// database) is running must still be followed by a final step that ships the commits made
 /// during that step. (Found by `checkpoints_vacuum_page_size_and_close`: the interrupted step
 /// was taken as the final one and commits made during the snapshot were not shipped.)
-#[test]
-fn sigterm_during_snapshot_ships_later_commits() {
+fn sigterm_during_snapshot_ships_later_commits(backend: Backend) {
     let t = TestDir::new("term-snap");
     let db = t.join("app.db");
-    let replica = t.join("replica");
+    let replica = Replica::new(&t, backend);
     let mut c = open_app(&db);
     workload::schema(&c);
     c.execute_batch(
@@ -470,3 +467,36 @@ fn sigterm_during_snapshot_ships_later_commits() {
     d.stop();
     assert_restores_equal(&replica, "app", &db, &t.join("restored.db"));
 }
+
+crate::both!(
+    random_workload_restores_exactly,
+    super::random_workload_restores_exactly
+);
+crate::both!(
+    point_in_time_restores_each_recorded_state,
+    super::point_in_time_restores_each_recorded_state
+);
+crate::both!(
+    checkpoints_vacuum_page_size_and_close,
+    super::checkpoints_vacuum_page_size_and_close
+);
+crate::both!(
+    kill9_resume_and_new_generation,
+    super::kill9_resume_and_new_generation
+);
+crate::both!(
+    kill9_at_random_moments_loses_nothing,
+    super::kill9_at_random_moments_loses_nothing
+);
+crate::both!(
+    manual_recovery_with_sqlite3_cli,
+    super::manual_recovery_with_sqlite3_cli
+);
+crate::both!(
+    restart_while_idle_is_proven_or_refused,
+    super::restart_while_idle_is_proven_or_refused
+);
+crate::both!(
+    sigterm_during_snapshot_ships_later_commits,
+    super::sigterm_during_snapshot_ships_later_commits
+);

@@ -3,6 +3,7 @@
 //! `Arc<dyn Storage>` between all databases and worker threads.
 
 pub mod local;
+pub mod s3;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -88,14 +89,16 @@ pub fn parse_url(s: &str) -> Result<Url> {
     })
 }
 
-/// Open the backend for a URL; returns it and the key prefix inside it.
-pub fn open(url: &Url) -> Result<(Arc<dyn Storage>, String)> {
+/// Open the backend for a URL; returns it and the key prefix inside it. An S3 bucket is
+/// checked (one single-key LIST) so that wrong credentials or a missing bucket fail at once.
+pub fn open(url: &Url, s3: &s3::S3Options) -> Result<(Arc<dyn Storage>, String)> {
     match url {
         Url::Local { dir } => Ok((Arc::new(local::LocalStorage::open(dir)?), String::new())),
-        Url::S3 { bucket, .. } => Err(Error::other(format!(
-            "s3://{bucket}: the S3 backend is not built into this version of walsync"
-        ))
-        .with_hint("use a local replica (-b file:///dir) for now")),
+        Url::S3 { bucket, prefix } => {
+            let st = s3::S3Storage::open(bucket, s3)?;
+            st.check()?;
+            Ok((Arc::new(st), prefix.clone()))
+        }
     }
 }
 
