@@ -192,6 +192,7 @@ impl fmt::Display for Error {
                 msg,
             } => match kind {
                 StorageKind::NotFound => write!(f, "{backend}: object {key} not found"),
+                _ if key.is_empty() => write!(f, "{backend}: {msg}"),
                 _ => write!(f, "{backend}: {key}: {msg}"),
             },
             Error::Integrity { key, msg } => write!(f, "object {key}: {msg}"),

@@ -253,6 +253,10 @@ static S3_ENV: OnceLock<Result<(), String>> = OnceLock::new();
 /// project's own script, and export its AWS_* settings to this process (and so to walsync).
 pub fn ensure_s3() {
     let r = S3_ENV.get_or_init(|| {
+        if std::env::var("WALSYNC_TEST_S3_EXTERNAL").is_ok() {
+            // A server the developer started (AWS_* and S3_BUCKET already exported).
+            return Ok(());
+        }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/garage.sh");
         let port = std::env::var("WALSYNC_TEST_S3_PORT").unwrap_or_else(|_| "3900".into());
         let out = Command::new(&script)

@@ -2,6 +2,8 @@
 
 mod errors;
 mod harness;
+mod proxy;
 mod replication;
+mod s3;
 mod wal_reader;
 mod workload;

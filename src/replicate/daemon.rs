@@ -57,6 +57,17 @@ struct Sched {
     final_done: bool,
 }
 
+/// Exponential backoff with jitter: 0.5 s, 1 s, 2 s ... capped at 10 s, +-20 %.
+fn backoff(failures: u32, salt: u64) -> Duration {
+    let base = (250u64 << failures.min(6)).min(10_000);
+    // Cheap jitter without a RNG crate: mix the clock's nanoseconds with the database index.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let r = (nanos ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)) % 401; // 0..=400
+    Duration::from_millis(base * (800 + r) / 1000)
+}
+
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.min(y)),
@@ -234,7 +245,7 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
                     }
                     Err(e) => {
                         s.failures += 1;
-                        let backoff = Duration::from_millis(250 * (1u64 << s.failures.min(8))).min(Duration::from_secs(60));
+                        let backoff = backoff(s.failures, d.idx as u64);
                         let quiet = s.last_error_log.is_some_and(|t| t.elapsed() < Duration::from_secs(30));
                         if !quiet {
                             let level = if e.is_transient() { log::Level::Warn } else { log::Level::Error };

@@ -140,6 +140,27 @@ pub struct Shipper {
     checkpointed_at: u32,
     /// Highest generation seen in the replica; a new generation is always above it.
     max_gen: u32,
+    /// Key of the newest object uploaded, and what `state.json` last said.
+    last_uploaded: Option<String>,
+    state_written: Option<String>,
+    state_written_at: Option<Instant>,
+}
+
+const STATE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
 }
 
 fn db_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
@@ -181,6 +202,9 @@ impl Shipper {
             wal_frames: 0,
             checkpointed_at: 0,
             max_gen: 0,
+            last_uploaded: None,
+            state_written: None,
+            state_written_at: None,
         }
     }
 
@@ -777,6 +801,7 @@ impl Shipper {
                 p.len
             );
             let _ = fs::remove_file(&p.file);
+            self.last_uploaded = Some(p.key.clone());
             self.pending.pop_front();
         }
         Ok(())
@@ -832,8 +857,8 @@ impl Shipper {
         report: &mut StepReport,
     ) -> Result<()> {
         self.load()?;
-        // Objects captured earlier go first: the chain is uploaded strictly in order.
-        self.upload()?;
+        // Capture first, upload after: while storage is unreachable, committed frames move
+        // from the WAL into the spool (on disk, in chain order) and the WAL stays bounded.
         if self.pin.is_none() {
             self.check_source()?;
             if let Some(why) = self.pin_and_check(report)? {
@@ -854,9 +879,55 @@ impl Shipper {
         self.leapfrog()?;
         self.checkpoint_if_large();
         self.upload()?;
-        if release || self.idle_for() >= IDLE_RELEASE {
+        let releasing = release || self.idle_for() >= IDLE_RELEASE;
+        if releasing {
             self.release();
         }
+        self.write_state(release)?;
+        Ok(())
+    }
+
+    /// `state.json`: a small human-readable summary (never needed to restore), written at most
+    /// once a minute while something changed, and at shutdown: PUTs cost money (LS#261).
+    fn write_state(&mut self, force: bool) -> Result<()> {
+        let Some(last) = self.last_uploaded.clone() else {
+            return Ok(());
+        };
+        if self.state_written.as_deref() == Some(last.as_str()) {
+            return Ok(());
+        }
+        if !force
+            && self
+                .state_written_at
+                .is_some_and(|t| t.elapsed() < STATE_INTERVAL)
+        {
+            return Ok(());
+        }
+        let chain = self.chain.as_ref();
+        let (gen, frame) = chain.map_or((0, 0), |c| {
+            (c.pos.gen, c.pos.wal.map_or(0, |(_, e)| e.frame))
+        });
+        let json = format!(
+            "{{\"database\":{},\"generation\":{gen},\"last_object\":{},\"wal_frame\":{frame},\"updated\":\"{}\"}}\n",
+            json_str(&self.path.display().to_string()),
+            json_str(&last),
+            time::iso(time::now_ms())
+        );
+        let mut meta = Meta::new();
+        meta.insert(
+            layout::SHA256.into(),
+            digest::hex({
+                use sha2::Digest;
+                let mut h = Sha256::new();
+                h.update(json.as_bytes());
+                h
+            }),
+        );
+        let key = layout::state_key(&self.ns);
+        self.storage
+            .put(&key, &mut json.as_bytes(), json.len() as u64, &meta)?;
+        self.state_written = Some(last);
+        self.state_written_at = Some(Instant::now());
         Ok(())
     }
 }
