@@ -175,7 +175,8 @@ fn s3_errors_are_one_line_and_name_bucket_and_endpoint() {
     ensure_s3();
     let ep = std::env::var("AWS_ENDPOINT_URL_S3").unwrap();
     let b = bucket();
-    let cases: Vec<(Vec<String>, Vec<(&str, &str)>, String)> = vec![
+    type Case<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, String);
+    let cases: Vec<Case> = vec![
         (
             vec!["list".into(), "-b".into(), format!("s3://{b}")],
             vec![("AWS_SECRET_ACCESS_KEY", "wrong-secret")],
