@@ -20,10 +20,11 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => return fail(&e),
     };
+    // rust-s3 logs its own retries as warnings; walsync reports failures itself.
     let level = if args.cmd == Cmd::Watch {
-        "info"
+        "info,s3=error"
     } else {
-        "warn"
+        "warn,s3=error"
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format(|buf, r| {

@@ -8,13 +8,25 @@ cd "$(dirname "$0")/.."
 
 log() { printf '[tests/run.sh] %s\n' "$*" >&2; }
 
-# The sqlite3 CLI: the manual-recovery test runs the README's procedure with it.
-if ! command -v sqlite3 >/dev/null 2>&1; then
-  log "installing sqlite3 (Debian package)"
+# Debian packages the tests use: the sqlite3 CLI (the manual-recovery test runs the README's
+# procedure with it), curl and flock (the S3 server script).
+missing=()
+command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v flock >/dev/null 2>&1 || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]} (Debian packages)"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq sqlite3 >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >&2
 fi
+
+# The real S3 server of the S3 tests: Garage, built once into ~/.cache/walsync (outside the
+# checkout, reused by later runs on this machine; ~13 min the first time). The tests start it
+# on 127.0.0.1:3900; it is stopped when this script ends.
+log "S3 server: tests/s3/garage.sh install"
+tests/s3/garage.sh install
+trap 'tests/s3/garage.sh stop 3900 || true' EXIT
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

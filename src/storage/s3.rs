@@ -75,6 +75,9 @@ impl HttpBody for ReadBody<'_> {
 
 impl S3Storage {
     pub fn open(bucket: &str, opts: &S3Options) -> Result<Self> {
+        // walsync retries with its own backoff (and keeps the chain's order); rust-s3's
+        // internal retry would sleep inside a worker for seconds.
+        s3::set_retries(0);
         let cfg = |msg: String| Error::Config {
             file: "environment".into(),
             key: String::new(),
