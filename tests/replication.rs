@@ -31,6 +31,7 @@ fn random_workload_restores_exactly(backend: Backend) {
         let mut c = open_app(&db);
         workload::schema(&c);
         let d = Daemon::start(&[&db], &replica, &["--sync-interval", sync], &t.join("log"));
+        d.wait_log("uploaded", Duration::from_secs(10)); // the first snapshot is in
         let mut rng = Rng(0x9e3779b97f4a7c15);
         let t0 = Instant::now();
         for i in 0..300 {

@@ -196,7 +196,11 @@ impl Shipper {
             pending: VecDeque::new(),
             last_ts: 0,
             db_id: None,
-            last_frames_at: Instant::now(),
+            // As if idle for long: a database with nothing to ship is released right after its
+            // first step, so starting on a thousand databases does not pin them all at once.
+            last_frames_at: Instant::now()
+                .checked_sub(IDLE_RELEASE)
+                .unwrap_or_else(Instant::now),
             changed_since_snapshot: false,
             last_snapshot_at: None,
             wal_frames: 0,
@@ -774,8 +778,6 @@ impl Shipper {
         self.chain = Some(Chain { pos, last_sha });
         self.changed_since_snapshot = false;
         self.last_snapshot_at = Some(Instant::now());
-        // Stay pinned a while: commits made during the snapshot are captured next.
-        self.last_frames_at = Instant::now();
         Ok(())
     }
 
@@ -875,6 +877,12 @@ impl Shipper {
         if want_snapshot && self.changed_since_snapshot && !report.snapshot {
             self.periodic_snapshot(report)?;
             report.snapshot = true;
+        }
+        if report.snapshot {
+            // Commits made while the snapshot was being copied are captured now, not later.
+            if let Some(why) = self.capture_pinned(report)? {
+                self.new_generation(&why)?;
+            }
         }
         self.leapfrog()?;
         self.checkpoint_if_large();
