@@ -501,3 +501,34 @@ crate::both!(
     sigterm_during_snapshot_ships_later_commits,
     super::sigterm_during_snapshot_ships_later_commits
 );
+
+/// Regression: SQLite writes a commit's frames before it publishes them in the wal-index, so
+/// the kernel event for the last write can wake walsync while the index still shows the old
+/// end. That single commit on an idle database must still be shipped at once, not when the
+/// next write (or shutdown) happens to come.
+fn lone_commit_on_idle_database_is_shipped(backend: Backend) {
+    let t = TestDir::new("lone");
+    let db = t.join("app.db");
+    let replica = Replica::new(&t, backend);
+    let c = open_app(&db);
+    workload::schema(&c);
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
+    d.wait_log("released", Duration::from_secs(10));
+    for i in 0..5 {
+        let before = replica.objects("app", "wal").len();
+        c.execute("INSERT INTO log(msg) VALUES (?1)", [format!("lone {i}")])
+            .unwrap();
+        wait_until("the lone commit shipped", Duration::from_secs(5), || {
+            replica.objects("app", "wal").len() > before
+        });
+        sleep(Duration::from_millis(300));
+    }
+    drop(c);
+    d.stop();
+    assert_restores_equal(&replica, "app", &db, &t.join("restored.db"));
+}
+
+crate::both!(
+    lone_commit_on_idle_database_is_shipped,
+    super::lone_commit_on_idle_database_is_shipped
+);

@@ -1,5 +1,6 @@
 //! walsync's integration tests: one binary (autotests = false) running the real `walsync`.
 
+mod bench;
 mod errors;
 mod harness;
 mod proxy;

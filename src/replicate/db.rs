@@ -878,11 +878,13 @@ impl Shipper {
             self.periodic_snapshot(report)?;
             report.snapshot = true;
         }
-        if report.snapshot {
-            // Commits made while the snapshot was being copied are captured now, not later.
-            if let Some(why) = self.capture_pinned(report)? {
-                self.new_generation(&why)?;
-            }
+        // Now pinned: capture what the WAL file holds beyond the pin's position. SQLite writes
+        // a commit's frames before it publishes them in the wal-index, so the file can be
+        // ahead of the position we pinned at (and the kernel event for the last write may
+        // be the one that woke us); commits made during a snapshot are caught here too.
+        if let Some(why) = self.capture_pinned(report)? {
+            self.new_generation(&why)?;
+            report.snapshot = true;
         }
         self.leapfrog()?;
         self.checkpoint_if_large();
