@@ -321,10 +321,30 @@ impl Shipper {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let c = Connection::open_with_flags(&self.path, flags)
             .map_err(db_err("open database", &self.path))?;
+        // Per-connection memory is per-database memory (SPEC section 6): no lookaside
+        // allocator (SQLite reserves 120 KB per connection for it) and no page cache (a
+        // non-zero cache_size makes SQLite preallocate ~80 KB of pages at the first read; we
+        // read pages only for snapshots, which stream). Measured: 100 KB -> 19 KB a connection.
+        // SAFETY: a valid open handle not yet used for any statement; a NULL buffer with zero
+        // slots disables lookaside, as SQLITE_DBCONFIG_LOOKASIDE documents.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_db_config(
+                c.handle(),
+                rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+                std::ptr::null_mut::<std::ffi::c_void>(),
+                0 as std::ffi::c_int,
+                0 as std::ffi::c_int,
+            )
+        };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            debug!(
+                "db={} could not disable lookaside (rc={rc})",
+                self.path.display()
+            );
+        }
         c.busy_timeout(BUSY_TIMEOUT)
             .map_err(db_err("configure", &self.path))?;
-        // A tiny page cache: we read pages only to take snapshots, which stream.
-        c.execute_batch("PRAGMA cache_size=-64; PRAGMA wal_autocheckpoint=0;")
+        c.execute_batch("PRAGMA cache_size=0; PRAGMA wal_autocheckpoint=0;")
             .map_err(db_err("configure", &self.path))?;
         let mode: String = c
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
