@@ -86,11 +86,10 @@ struct Pending {
 }
 
 struct Pin {
-    conns: [Connection; 2],
+    /// The connection holding the pinning read transaction (the only one kept open).
+    reader: Connection,
     /// The `-shm` file, open for as long as the connections are (see `wal::shm::read`).
     shm: File,
-    /// Which connection holds the pinning read transaction.
-    reader: usize,
     /// Identity of the WAL file we read, to notice a deleted or replaced WAL.
     wal_id: Option<(u64, u64)>,
 }
@@ -399,68 +398,86 @@ impl Shipper {
     }
 
     /// Pin at an exact, known position without taking any lock the application could trip on:
-    /// begin a read transaction on the spare connection, bracketed by two reads of the
-    /// wal-index header; equal headers mean no commit slipped in, so our reader sees exactly
-    /// that header's last frame. Then the previous reader (if any) lets go.
+    /// begin a read transaction on a new connection, bracketed by two reads of the wal-index
+    /// header; equal headers mean no commit slipped in, so the new reader sees exactly that
+    /// header's last frame. Only then does the previous reader (if any) let go.
     fn pin_exact(&mut self) -> Result<WalIndex> {
-        if self.pin.is_none() {
-            let conns = [self.open_conn()?, self.open_conn()?];
+        let c = self.open_conn()?;
+        let fresh_shm = if self.pin.is_none() {
             // A first read makes SQLite create and initialise the -shm file.
-            Self::begin_read(&conns[0], &self.path)?;
-            Self::end_txn(&conns[0], &self.path)?;
-            let shm =
-                File::open(&self.shm_path).map_err(|e| Error::io("open", &self.shm_path, e))?;
-            self.pin = Some(Pin {
-                conns,
-                shm,
-                reader: usize::MAX,
-                wal_id: None,
-            });
-        }
-        let pin = self.pin.as_mut().expect("opened above");
-        let r = if pin.reader == 0 { 1 } else { 0 };
+            Self::begin_read(&c, &self.path)?;
+            Self::end_txn(&c, &self.path)?;
+            Some(File::open(&self.shm_path).map_err(|e| Error::io("open", &self.shm_path, e))?)
+        } else {
+            None
+        };
+        let shm = match (&fresh_shm, &self.pin) {
+            (Some(f), _) => f,
+            (None, Some(p)) => &p.shm,
+            (None, None) => unreachable!("a pin or a fresh -shm descriptor"),
+        };
+        let mut pinned = None;
         for attempt in 0..200u64 {
-            let before = shm::read(&pin.shm, &self.shm_path)?;
-            Self::begin_read(&pin.conns[r], &self.path)?;
-            let after = shm::read(&pin.shm, &self.shm_path)?;
+            let before = shm::read(shm, &self.shm_path)?;
+            Self::begin_read(&c, &self.path)?;
+            let after = shm::read(shm, &self.shm_path)?;
             if let (Some(b), Some(a)) = (before, after) {
                 if a == b {
-                    if pin.reader != usize::MAX {
-                        Self::end_txn(&pin.conns[pin.reader], &self.path)?;
-                    }
-                    pin.reader = r;
-                    return Ok(a);
+                    pinned = Some(a);
+                    break;
                 }
             }
-            Self::end_txn(&pin.conns[r], &self.path)?;
+            Self::end_txn(&c, &self.path)?;
             std::thread::sleep(Duration::from_micros(50 * attempt.min(40)));
         }
-        Err(Error::Busy {
-            what: format!(
-                "database {} is committing too fast to pin an exact position",
-                self.path.display()
-            ),
-        })
+        let Some(idx) = pinned else {
+            drop(c);
+            drop(fresh_shm); // after the connection: see `wal::shm::read`
+            return Err(Error::Busy {
+                what: format!(
+                    "database {} is committing too fast to pin an exact position",
+                    self.path.display()
+                ),
+            });
+        };
+        match (self.pin.as_mut(), fresh_shm) {
+            (Some(pin), _) => {
+                let old = std::mem::replace(&mut pin.reader, c);
+                Self::close_conn(old, &self.path);
+            }
+            (None, Some(shm)) => {
+                self.pin = Some(Pin {
+                    reader: c,
+                    shm,
+                    wal_id: None,
+                })
+            }
+            (None, None) => unreachable!("checked above"),
+        }
+        Ok(idx)
     }
+
+    /// Move the pin forward: a new reader begins before the old one ends.
     fn leapfrog(&mut self) -> Result<()> {
-        let path = &self.path;
+        let c = self.open_conn()?;
+        Self::begin_read(&c, &self.path)?;
         let pin = self.pin.as_mut().expect("pinned");
-        let o = 1 - pin.reader;
-        Self::begin_read(&pin.conns[o], path)?;
-        Self::end_txn(&pin.conns[pin.reader], path)?;
-        pin.reader = o;
+        let old = std::mem::replace(&mut pin.reader, c);
+        Self::close_conn(old, &self.path);
         Ok(())
     }
 
-    /// Close both connections: no pin, no file descriptors, no page cache.
+    fn close_conn(c: Connection, path: &Path) {
+        let _ = Self::end_txn(&c, path);
+        if let Err((_, e)) = c.close() {
+            warn!("db={} close: {e}", path.display());
+        }
+    }
+
+    /// Close the connection: no pin, no file descriptors, no page cache.
     pub fn release(&mut self) {
         if let Some(pin) = self.pin.take() {
-            for c in pin.conns {
-                let _ = Self::end_txn(&c, &self.path);
-                if let Err((_, e)) = c.close() {
-                    warn!("db={} close: {e}", self.path.display());
-                }
-            }
+            Self::close_conn(pin.reader, &self.path);
             // Only now: closing it earlier would drop SQLite's locks (see `wal::shm::read`).
             drop(pin.shm);
             debug!("db={} released", self.path.display());
@@ -772,7 +789,7 @@ impl Shipper {
         let file = self.spool.join(format!("{}.db", time::key_ts(ts)));
         let started = Instant::now();
         let pin = self.pin.as_ref().expect("snapshot needs a pin");
-        let len = snapshot::backup_to_file(&pin.conns[pin.reader], &self.path, &file)?;
+        let len = snapshot::backup_to_file(&pin.reader, &self.path, &file)?;
         let sha = digest::file_sha256(&file).map_err(|e| Error::io("read snapshot", &file, e))?;
         let key = layout::snapshot_key(&self.ns, ts);
         let mut meta = Meta::new();
@@ -835,10 +852,19 @@ impl Shipper {
             return;
         }
         self.checkpointed_at = self.wal_frames;
-        let Some(pin) = &self.pin else { return };
+        if self.pin.is_none() {
+            return;
+        }
         // Backfilling is always safe: it never destroys WAL frames; only a restart does, and
-        // our pin prevents that until everything is captured.
-        let c = &pin.conns[1 - pin.reader];
+        // our pin prevents that until everything is captured. A short-lived second
+        // connection runs it (the pinned one is inside its read transaction).
+        let c = match self.open_conn() {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("db={} checkpoint: {e}", self.path.display());
+                return;
+            }
+        };
         match c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
@@ -855,6 +881,7 @@ impl Shipper {
             Err(e) if is_busy(&e) => {}
             Err(e) => warn!("db={} checkpoint: {e}", self.path.display()),
         }
+        Self::close_conn(c, &self.path);
     }
 
     /// One round of work: pin if needed, capture new frames (or start a new generation),
