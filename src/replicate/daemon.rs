@@ -245,7 +245,13 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
                     }
                     Err(e) => {
                         s.failures += 1;
-                        let backoff = backoff(s.failures, d.idx as u64);
+                        // Transient failures back off quickly; permanent ones (access denied, a
+                        // database that left WAL mode) are retried once a minute.
+                        let backoff = if e.is_transient() {
+                            backoff(s.failures, d.idx as u64)
+                        } else {
+                            Duration::from_secs(60)
+                        };
                         let quiet = s.last_error_log.is_some_and(|t| t.elapsed() < Duration::from_secs(30));
                         if !quiet {
                             let level = if e.is_transient() { log::Level::Warn } else { log::Level::Error };
