@@ -312,8 +312,31 @@ impl Shipper {
                 ),
             }
         }
+        self.clear_spool();
         self.loaded = true;
         Ok(())
+    }
+
+    /// Files left in the spool by an earlier run (killed before uploading them) are not part
+    /// of the chain this run continues from the replica: their frames are re-read from the WAL
+    /// when it still has them, and otherwise a new generation starts. Remove them.
+    fn clear_spool(&self) {
+        let Ok(rd) = fs::read_dir(&self.spool) else {
+            return;
+        };
+        let mut n = 0;
+        for e in rd.flatten() {
+            if fs::remove_file(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+        if n > 0 {
+            info!(
+                "db={} removed {n} file(s) an earlier run left in {}",
+                self.path.display(),
+                self.spool.display()
+            );
+        }
     }
 
     fn open_conn(&self) -> Result<Connection> {
