@@ -5,6 +5,7 @@
 //! `replicate` the shipping state machine and daemon, `restore` the way back.
 
 pub mod cli;
+pub mod config;
 pub mod digest;
 pub mod error;
 pub mod layout;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use walsync::cli::{self, defs, Args, Cmd};
+use walsync::config::{self, Config};
 use walsync::error::{Error, Result};
 use walsync::layout;
 use walsync::replicate::daemon::{self, DaemonConfig};
@@ -52,42 +53,98 @@ fn fail(e: &Error) -> ExitCode {
     ExitCode::from(e.exit_code() as u8)
 }
 
-fn open_storage(a: &Args) -> Result<(Arc<dyn Storage>, String)> {
-    let url = storage::parse_url(a.bucket.as_deref().expect("validated: -b is required"))?;
+fn open_storage(
+    bucket: &str,
+    endpoint: Option<&str>,
+    region: Option<&str>,
+) -> Result<(Arc<dyn Storage>, String)> {
+    let url = storage::parse_url(bucket)?;
     let opts = storage::s3::S3Options {
-        endpoint: a.endpoint.clone(),
-        region: None,
+        endpoint: endpoint.map(str::to_string),
+        region: region.map(str::to_string),
     };
     storage::open(&url, &opts)
 }
 
-/// Absolute paths of the databases named on the command line, with their namespaces.
-fn databases(a: &Args, prefix: &str, storage: &Arc<dyn Storage>) -> Result<Vec<Shipper>> {
-    let mut paths: Vec<PathBuf> = Vec::new();
-    for p in &a.positional {
-        let path = Path::new(p);
-        let abs = std::fs::canonicalize(path).map_err(|e| Error::io("open database", path, e))?;
-        if paths.contains(&abs) {
-            return Err(Error::usage(format!(
-                "database {} is given twice",
-                abs.display()
-            )));
+/// The replica and the config, from `-b` or from `--config` (whose endpoint `--endpoint`
+/// overrides).
+fn replica(a: &Args) -> Result<(Arc<dyn Storage>, String, Option<Config>)> {
+    match (&a.config, &a.bucket) {
+        (Some(f), _) => {
+            let c = config::load(f)?;
+            let bucket = a.bucket.clone().unwrap_or_else(|| c.bucket.clone());
+            let endpoint = a.endpoint.clone().or_else(|| c.endpoint.clone());
+            let (s, p) = open_storage(&bucket, endpoint.as_deref(), c.region.as_deref())?;
+            Ok((s, p, Some(c)))
         }
-        paths.push(abs);
+        (None, Some(b)) => {
+            let (s, p) = open_storage(b, a.endpoint.as_deref(), None)?;
+            Ok((s, p, None))
+        }
+        (None, None) => unreachable!("validated: -b or --config"),
     }
-    let names = layout::unique_names(&paths);
+}
+
+/// Shippers for the databases named on the command line (names made unique as SPEC section 1
+/// says) or listed in the config file.
+fn shippers(
+    a: &Args,
+    prefix: &str,
+    storage: &Arc<dyn Storage>,
+    cfg: Option<&Config>,
+) -> Result<Vec<Shipper>> {
+    let mut entries: Vec<(PathBuf, String, DbOptions)> = Vec::new();
+    if let Some(cfg) = cfg {
+        for d in cfg.all_databases()? {
+            let opts = DbOptions {
+                sync_interval: d.sync_interval,
+                snapshot_interval: d.snapshot_interval,
+                ..Default::default()
+            };
+            entries.push((d.path, d.ns, opts));
+        }
+    } else {
+        let mut paths: Vec<PathBuf> = Vec::new();
+        for p in &a.positional {
+            let path = Path::new(p);
+            let abs =
+                std::fs::canonicalize(path).map_err(|e| Error::io("open database", path, e))?;
+            if paths.contains(&abs) {
+                return Err(Error::usage(format!(
+                    "database {} is given twice",
+                    abs.display()
+                )));
+            }
+            paths.push(abs);
+        }
+        let names = layout::unique_names(&paths);
+        let opts = DbOptions {
+            sync_interval: a.sync_interval,
+            snapshot_interval: a.snapshot_interval,
+            ..Default::default()
+        };
+        for (p, n) in paths.into_iter().zip(names) {
+            entries.push((p, layout::join(prefix, &n), opts.clone()));
+        }
+    }
     let mut out = Vec::new();
-    for (p, n) in paths.iter().zip(names) {
-        let s = Shipper::new(
-            p,
-            layout::join(prefix, &n),
-            Arc::clone(storage),
-            DbOptions::default(),
-        );
+    for (p, ns, opts) in entries {
+        let s = Shipper::new(&p, ns, Arc::clone(storage), opts);
         s.check_source()?;
         out.push(s);
     }
     Ok(out)
+}
+
+fn print_restored(what: &str, out: &Path, r: &restore::Restored) {
+    println!(
+        "restored {what} to {}: {} + {} segment(s), {} frame(s); state as of {}",
+        out.display(),
+        r.snapshot,
+        r.segments,
+        r.frames,
+        time::iso(r.restored_to)
+    );
 }
 
 fn run(a: Args) -> Result<()> {
@@ -99,8 +156,13 @@ fn run(a: Args) -> Result<()> {
         ),
         Cmd::Version => println!("walsync {}", env!("CARGO_PKG_VERSION")),
         Cmd::Watch => {
-            let (storage, prefix) = open_storage(&a)?;
-            let shippers = databases(&a, &prefix, &storage)?;
+            let (storage, prefix, cfg) = replica(&a)?;
+            let shippers = shippers(&a, &prefix, &storage, cfg.as_ref())?;
+            if shippers.is_empty() {
+                return Err(Error::other(
+                    "no databases to watch (the config's dir entries match nothing)",
+                ));
+            }
             let signals = signal_channel()?;
             let workers = std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
@@ -108,8 +170,6 @@ fn run(a: Args) -> Result<()> {
             daemon::run(
                 shippers,
                 DaemonConfig {
-                    sync_interval: a.sync_interval,
-                    snapshot_interval: a.snapshot_interval,
                     workers,
                     shutdown_deadline: Duration::from_secs(30),
                 },
@@ -117,9 +177,9 @@ fn run(a: Args) -> Result<()> {
             )?;
         }
         Cmd::Snapshot => {
-            let (storage, prefix) = open_storage(&a)?;
+            let (storage, prefix, _) = replica(&a)?;
             let mut failed = 0;
-            for mut s in databases(&a, &prefix, &storage)? {
+            for mut s in shippers(&a, &prefix, &storage, None)? {
                 s.request_snapshot();
                 match s.step(true, true) {
                     Ok(_) => println!("{}: snapshot uploaded to {}", s.path.display(), s.ns),
@@ -136,27 +196,89 @@ fn run(a: Args) -> Result<()> {
             }
         }
         Cmd::Restore => {
-            let (storage, prefix) = open_storage(&a)?;
-            let name = &a.positional[0];
+            let (storage, prefix, _) = replica(&a)?;
+            let name = a.prefix.clone().unwrap_or_else(|| a.positional[0].clone());
             let out = a.output.as_deref().expect("validated: -o is required");
             let r = restore::restore(
                 storage.as_ref(),
-                &layout::join(&prefix, name),
+                &layout::join(&prefix, &name),
                 out,
                 a.point_in_time,
                 a.force,
             )?;
-            println!(
-                "restored {name} to {}: {} + {} segment(s), {} frame(s); state as of {}",
-                out.display(),
-                r.snapshot,
-                r.segments,
-                r.frames,
-                time::iso(r.restored_to)
-            );
+            print_restored(&name, out, &r);
+        }
+        Cmd::RestoreAll => {
+            let (storage, prefix, cfg) = replica(&a)?;
+            let cfg = cfg.expect("validated: --config is required");
+            let dir = a
+                .output_dir
+                .as_deref()
+                .expect("validated: --output-dir is required");
+            // Every namespace of the config: path entries, and whatever the replica holds under
+            // each dir entry's prefix (databases deleted since are restored too).
+            let mut names: Vec<String> = cfg.databases.iter().map(|d| d.ns.clone()).collect();
+            for d in &cfg.dirs {
+                for s in restore::list(storage.as_ref(), &d.prefix)? {
+                    names.push(s.ns);
+                }
+            }
+            names.sort();
+            names.dedup();
+            let base = prefix.trim_matches('/').to_string();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(4)
+                .thread_name(|i| format!("walsync-restore/{i}"))
+                .build()
+                .map_err(|e| Error::other(format!("start restore threads: {e}")))?;
+            let results: Vec<(String, PathBuf, Result<restore::Restored>)> = pool.install(|| {
+                use rayon::prelude::*;
+                names
+                    .par_iter()
+                    .map(|ns| {
+                        let rel = ns
+                            .strip_prefix(&format!("{base}/"))
+                            .unwrap_or(ns)
+                            .to_string();
+                        let out = dir.join(format!("{rel}.db"));
+                        let r = out
+                            .parent()
+                            .map_or(Ok(()), |p| {
+                                std::fs::create_dir_all(p)
+                                    .map_err(|e| Error::io("create directory", p, e))
+                            })
+                            .and_then(|_| {
+                                restore::restore(
+                                    storage.as_ref(),
+                                    ns,
+                                    &out,
+                                    a.point_in_time,
+                                    a.force,
+                                )
+                            });
+                        (rel, out, r)
+                    })
+                    .collect()
+            });
+            let mut failed = 0;
+            for (rel, out, r) in &results {
+                match r {
+                    Ok(r) => print_restored(rel, out, r),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("walsync: error: {rel}: {e}");
+                    }
+                }
+            }
+            if failed > 0 {
+                return Err(Error::other(format!(
+                    "{failed} of {} database(s) failed to restore",
+                    results.len()
+                )));
+            }
         }
         Cmd::List => {
-            let (storage, prefix) = open_storage(&a)?;
+            let (storage, prefix, _) = replica(&a)?;
             let all = restore::list(storage.as_ref(), &prefix)?;
             if all.is_empty() {
                 println!("no databases in {}", storage.describe());
@@ -185,7 +307,7 @@ fn run(a: Args) -> Result<()> {
             }
         }
         Cmd::Verify => {
-            let (storage, prefix) = open_storage(&a)?;
+            let (storage, prefix, _) = replica(&a)?;
             let name = &a.positional[0];
             let v = restore::verify(storage.as_ref(), &layout::join(&prefix, name))?;
             println!(

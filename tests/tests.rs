@@ -3,6 +3,7 @@
 mod bench;
 mod errors;
 mod harness;
+mod many;
 mod proxy;
 mod replication;
 mod s3;

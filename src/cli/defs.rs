@@ -21,8 +21,8 @@ pub struct Flag {
 pub const COMMANDS: &[Command] = &[
     Command {
         name: "watch",
-        args: "DB...",
-        doc: "Replicate databases continuously until SIGTERM or SIGINT, which ship everything pending before exit.",
+        args: "[DB...]",
+        doc: "Replicate databases (given here with -b, or listed in --config) continuously until SIGTERM or SIGINT, which ship everything pending before exit.",
     },
     Command {
         name: "snapshot",
@@ -31,8 +31,13 @@ pub const COMMANDS: &[Command] = &[
     },
     Command {
         name: "restore",
-        args: "NAME",
-        doc: "Restore database NAME from the replica to -o, to the latest commit or to --point-in-time; every object is SHA-256 verified and the result passes integrity_check before it is renamed into place.",
+        args: "[NAME]",
+        doc: "Restore database NAME (or --prefix PREFIX of a --config file) from the replica to -o, to the latest commit or to --point-in-time; every object is SHA-256 verified and the result passes integrity_check before it is renamed into place.",
+    },
+    Command {
+        name: "restore-all",
+        args: "",
+        doc: "Restore every database of a config file into --output-dir, in parallel (at most 4 at a time); each is verified like 'restore'.",
     },
     Command {
         name: "list",
@@ -46,7 +51,14 @@ pub const COMMANDS: &[Command] = &[
     },
 ];
 
-const ALL: &[&str] = &["watch", "snapshot", "restore", "list", "verify"];
+const ALL: &[&str] = &[
+    "watch",
+    "snapshot",
+    "restore",
+    "restore-all",
+    "list",
+    "verify",
+];
 
 pub const FLAGS: &[Flag] = &[
     Flag {
@@ -62,6 +74,27 @@ pub const FLAGS: &[Flag] = &[
         value: Some("URL"),
         cmds: ALL,
         doc: "S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, else AWS).",
+    },
+    Flag {
+        long: "config",
+        short: Some('c'),
+        value: Some("FILE"),
+        cmds: &["watch", "restore", "restore-all"],
+        doc: "TOML config file: [storage], [defaults] and [[databases]] (path, or dir + pattern; prefix; intervals).",
+    },
+    Flag {
+        long: "prefix",
+        short: None,
+        value: Some("PREFIX"),
+        cmds: &["restore"],
+        doc: "With --config: the database whose prefix (or, for a dir entry, prefix/NAME) this is.",
+    },
+    Flag {
+        long: "output-dir",
+        short: None,
+        value: Some("DIR"),
+        cmds: &["restore-all"],
+        doc: "Directory to restore into; each database becomes DIR/<prefix>.db.",
     },
     Flag {
         long: "sync-interval",
@@ -95,7 +128,7 @@ pub const FLAGS: &[Flag] = &[
         long: "force",
         short: Some('f'),
         value: None,
-        cmds: &["restore"],
+        cmds: &["restore", "restore-all"],
         doc: "Replace the output file if it exists (its -wal and -shm are removed).",
     },
     Flag { long: "help", short: Some('h'), value: None, cmds: ALL, doc: "Print help and exit." },

@@ -17,6 +17,7 @@ pub enum Cmd {
     Watch,
     Snapshot,
     Restore,
+    RestoreAll,
     List,
     Verify,
 }
@@ -32,6 +33,9 @@ pub struct Args {
     pub output: Option<PathBuf>,
     pub point_in_time: Option<u64>,
     pub force: bool,
+    pub config: Option<PathBuf>,
+    pub prefix: Option<String>,
+    pub output_dir: Option<PathBuf>,
 }
 
 /// Parse a duration: `250ms`, `1s`, `5m`, `1h`, `1d`, or a bare number of seconds.
@@ -68,6 +72,7 @@ fn cmd_of(name: &str) -> Option<Cmd> {
         "watch" => Cmd::Watch,
         "snapshot" => Cmd::Snapshot,
         "restore" => Cmd::Restore,
+        "restore-all" => Cmd::RestoreAll,
         "list" => Cmd::List,
         "verify" => Cmd::Verify,
         _ => return None,
@@ -87,6 +92,9 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
         output: None,
         point_in_time: None,
         force: false,
+        config: None,
+        prefix: None,
+        output_dir: None,
     };
     let mut name: Option<&'static str> = None;
     let uerr = |e: lexopt::Error| Error::usage(e.to_string());
@@ -170,6 +178,9 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
                 args.snapshot_interval = d;
             }
             "output" => args.output = Some(PathBuf::from(v)),
+            "config" => args.config = Some(PathBuf::from(v)),
+            "prefix" => args.prefix = Some(v),
+            "output-dir" => args.output_dir = Some(PathBuf::from(v)),
             "point-in-time" => {
                 args.point_in_time = Some(time::parse_iso(&v).ok_or_else(|| {
                     bad(format!(
@@ -192,29 +203,46 @@ fn validate(a: &Args) -> Result<()> {
         Cmd::Watch => "watch",
         Cmd::Snapshot => "snapshot",
         Cmd::Restore => "restore",
+        Cmd::RestoreAll => "restore-all",
         Cmd::List => "list",
         Cmd::Verify => "verify",
         _ => return Ok(()),
     };
     let hint = format!("run 'walsync {cmd} --help' for usage");
-    if a.bucket.is_none() {
-        return Err(Error::usage(format!("'{cmd}' needs a replica: -b URL")).with_hint(hint));
+    let usage = |m: String| Err(Error::usage(m).with_hint(hint.clone()));
+    let with_config = a.config.is_some();
+    if a.bucket.is_none()
+        && !(with_config && matches!(a.cmd, Cmd::Watch | Cmd::Restore | Cmd::RestoreAll))
+    {
+        return usage(format!("'{cmd}' needs a replica: -b URL"));
     }
     match a.cmd {
-        Cmd::Watch | Cmd::Snapshot if a.positional.is_empty() => {
-            Err(Error::usage(format!("'{cmd}' needs at least one database path")).with_hint(hint))
+        Cmd::Watch if with_config && !a.positional.is_empty() => {
+            usage("'watch' takes databases from --config or from the command line, not both".into())
         }
-        Cmd::Restore | Cmd::Verify if a.positional.len() != 1 => {
-            Err(Error::usage(format!("'{cmd}' needs exactly one database NAME")).with_hint(hint))
+        Cmd::Watch | Cmd::Snapshot if a.positional.is_empty() && !with_config => {
+            usage(format!("'{cmd}' needs at least one database path"))
+        }
+        Cmd::Restore if with_config && (a.prefix.is_none() || !a.positional.is_empty()) => {
+            usage("'restore --config' needs --prefix PREFIX instead of a NAME".into())
+        }
+        Cmd::Restore if !with_config && a.prefix.is_some() => {
+            usage("'restore --prefix' needs --config FILE".into())
+        }
+        Cmd::Restore | Cmd::Verify if !with_config && a.positional.len() != 1 => {
+            usage(format!("'{cmd}' needs exactly one database NAME"))
         }
         Cmd::Restore if a.output.is_none() => {
-            Err(Error::usage("'restore' needs an output file: -o FILE").with_hint(hint))
+            usage("'restore' needs an output file: -o FILE".into())
         }
-        Cmd::List if !a.positional.is_empty() => Err(Error::usage(format!(
-            "'list' takes no arguments, got '{}'",
+        Cmd::RestoreAll if !with_config => usage("'restore-all' needs --config FILE".into()),
+        Cmd::RestoreAll if a.output_dir.is_none() => {
+            usage("'restore-all' needs --output-dir DIR".into())
+        }
+        Cmd::List | Cmd::RestoreAll if !a.positional.is_empty() => usage(format!(
+            "'{cmd}' takes no arguments, got '{}'",
             a.positional[0]
-        ))
-        .with_hint(hint)),
+        )),
         _ => Ok(()),
     }
 }

@@ -24,8 +24,6 @@ use crate::error::{Error, Result};
 use crate::watch::{self, WatchEvent};
 
 pub struct DaemonConfig {
-    pub sync_interval: Duration,
-    pub snapshot_interval: Duration,
     pub workers: usize,
     /// How long SIGTERM may take to ship what is pending.
     pub shutdown_deadline: Duration,
@@ -79,6 +77,11 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 /// Run until a signal; returns Ok when everything pending was shipped.
 pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) -> Result<()> {
     let paths: Vec<PathBuf> = shippers.iter().map(|s| s.path.clone()).collect();
+    // Per database: (sync_interval, snapshot_interval).
+    let intervals: Vec<(Duration, Duration)> = shippers
+        .iter()
+        .map(|s| (s.options().sync_interval, s.options().snapshot_interval))
+        .collect();
     let index: HashMap<PathBuf, usize> = paths
         .iter()
         .enumerate()
@@ -130,7 +133,11 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
             ..Default::default()
         })
         .collect();
-    info!("watching {} database(s) with {workers} worker(s), sync_interval={:?} snapshot_interval={:?}", paths.len(), cfg.sync_interval, cfg.snapshot_interval);
+    let (sync0, snap0) = intervals.first().copied().unwrap_or_default();
+    info!(
+        "watching {} database(s) with {workers} worker(s), sync_interval={sync0:?} snapshot_interval={snap0:?}",
+        paths.len()
+    );
 
     let mut stopping: Option<Instant> = None;
     loop {
@@ -142,7 +149,7 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
             }
             let due_dirty = s
                 .dirty_since
-                .is_some_and(|t| stopping.is_some() || t + cfg.sync_interval <= now);
+                .is_some_and(|t| stopping.is_some() || t + intervals[i].0 <= now);
             let due_wake = s.wake_at.is_some_and(|t| t <= now);
             let due_final = stopping.is_some();
             if !(due_dirty || due_wake || due_final) {
@@ -150,8 +157,7 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
             }
             let snapshot = stopping.is_none()
                 && s.changed_since_snapshot
-                && s.last_snapshot
-                    .is_some_and(|t| t + cfg.snapshot_interval <= now);
+                && s.last_snapshot.is_some_and(|t| t + intervals[i].1 <= now);
             let job = Job {
                 idx: i,
                 snapshot,
@@ -179,8 +185,8 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
         }
         // Sleep until something happens or the next deadline.
         let mut next: Option<Instant> = None;
-        for s in sched.iter().filter(|s| !s.in_flight) {
-            next = earliest(next, s.dirty_since.map(|t| t + cfg.sync_interval));
+        for (i, s) in sched.iter().enumerate().filter(|(_, s)| !s.in_flight) {
+            next = earliest(next, s.dirty_since.map(|t| t + intervals[i].0));
             next = earliest(next, s.wake_at);
         }
         if stopping.is_some() {
@@ -238,7 +244,7 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
                                 w = earliest(w, Some(now + Duration::from_secs(1)));
                             }
                             if s.changed_since_snapshot {
-                                w = earliest(w, s.last_snapshot.map(|t| t + cfg.snapshot_interval));
+                                w = earliest(w, s.last_snapshot.map(|t| t + intervals[d.idx].1));
                             }
                             s.wake_at = w;
                         }

@@ -58,12 +58,18 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct DbOptions {
     /// Run our own PASSIVE checkpoint once the WAL holds more frames than this.
     pub checkpoint_frames: u32,
+    /// How long commits are batched before a segment is shipped.
+    pub sync_interval: Duration,
+    /// How often a changed database gets a new snapshot.
+    pub snapshot_interval: Duration,
 }
 
 impl Default for DbOptions {
     fn default() -> Self {
         DbOptions {
             checkpoint_frames: 1000,
+            sync_interval: Duration::from_secs(1),
+            snapshot_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -209,6 +215,10 @@ impl Shipper {
             state_written: None,
             state_written_at: None,
         }
+    }
+
+    pub fn options(&self) -> &DbOptions {
+        &self.opts
     }
 
     pub fn is_pinned(&self) -> bool {

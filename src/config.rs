@@ -1,0 +1,441 @@
+//! The TOML config file (SPEC section 2) -> a validated `Config`.
+//!
+//! Unknown keys, missing files, duplicate prefixes and bad durations are errors naming the file,
+//! line and column. `${VAR}` in any string value is replaced from the environment (an unset
+//! variable is an error). A database's namespace is `<bucket prefix>/<prefix or NAME>`, and for
+//! a `dir` entry `<bucket prefix>/<prefix>/<stem>`: the same layout the command line produces.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::cli::parse_duration;
+use crate::error::{Error, Result};
+use crate::layout;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    storage: RawStorage,
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    databases: Vec<RawDb>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    bucket: Spanned<String>,
+    endpoint: Option<Spanned<String>>,
+    region: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    snapshot_interval: Option<Spanned<String>>,
+    sync_interval: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDb {
+    path: Option<Spanned<String>>,
+    dir: Option<Spanned<String>>,
+    pattern: Option<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
+    snapshot_interval: Option<Spanned<String>>,
+    sync_interval: Option<Spanned<String>>,
+}
+
+/// One database to replicate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbEntry {
+    pub path: PathBuf,
+    /// Namespace within the replica (`<bucket prefix>/<prefix or name>`).
+    pub ns: String,
+    /// The entry's `prefix` (or NAME), as `restore --prefix` names it.
+    pub prefix: String,
+    pub sync_interval: Duration,
+    pub snapshot_interval: Duration,
+}
+
+/// A `dir` entry: databases matching `pattern` in `dir`, each under `<prefix>/<stem>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub dir: PathBuf,
+    pub pattern: String,
+    pub prefix: String,
+    pub sync_interval: Duration,
+    pub snapshot_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub databases: Vec<DbEntry>,
+    pub dirs: Vec<DirEntry>,
+}
+
+/// Line and column (1-based) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err_at(&self, offset: usize, key: &str, msg: impl Into<String>) -> Error {
+        let (l, c) = line_col(self.text, offset);
+        Error::Config {
+            file: format!("{}:{l}:{c}", self.file.display()),
+            key: key.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// `${VAR}` expansion.
+    fn expand(&self, v: &Spanned<String>, key: &str) -> Result<String> {
+        let s = v.get_ref();
+        let mut out = String::new();
+        let mut rest = s.as_str();
+        while let Some(i) = rest.find("${") {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 2..];
+            let Some(j) = after.find('}') else {
+                return Err(self.err_at(v.span().start, key, "unterminated ${ in value"));
+            };
+            let name = &after[..j];
+            let val = std::env::var(name).map_err(|_| {
+                self.err_at(
+                    v.span().start,
+                    key,
+                    format!("environment variable {name} is not set"),
+                )
+            })?;
+            out.push_str(&val);
+            rest = &after[j + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn duration(
+        &self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration> {
+        match v {
+            None => Ok(default),
+            Some(s) => {
+                let text = self.expand(s, key)?;
+                let d = parse_duration(&text).map_err(|m| self.err_at(s.span().start, key, m))?;
+                if key == "snapshot_interval" && d.is_zero() {
+                    return Err(self.err_at(s.span().start, key, "must be greater than 0"));
+                }
+                Ok(d)
+            }
+        }
+    }
+}
+
+/// Does `name` match a shell-style pattern with `*` and `?`?
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+impl DirEntry {
+    /// The databases currently matching, sorted, with their entries.
+    pub fn scan(&self) -> Result<Vec<DbEntry>> {
+        let rd =
+            std::fs::read_dir(&self.dir).map_err(|e| Error::io("read directory", &self.dir, e))?;
+        let mut out = Vec::new();
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !glob_match(&self.pattern, &name) || !e.path().is_file() {
+                continue;
+            }
+            let stem = layout::stem(Path::new(&name));
+            out.push(DbEntry {
+                path: e.path(),
+                ns: layout::join(&self.prefix, &stem),
+                prefix: layout::join(&self.prefix, &stem),
+                sync_interval: self.sync_interval,
+                snapshot_interval: self.snapshot_interval,
+            });
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+}
+
+pub fn load(file: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(file).map_err(|e| Error::Config {
+        file: file.display().to_string(),
+        key: String::new(),
+        msg: format!(
+            "cannot read: {}",
+            e.to_string()
+                .split(" (os error")
+                .next()
+                .unwrap_or("")
+                .to_lowercase()
+        ),
+    })?;
+    parse(file, &text)
+}
+
+pub fn parse(file: &Path, text: &str) -> Result<Config> {
+    let cx = Ctx { file, text };
+    let raw: Raw = toml::from_str(text).map_err(|e| {
+        let off = e.span().map_or(0, |s| s.start);
+        let msg = e
+            .message()
+            .lines()
+            .next()
+            .unwrap_or("invalid TOML")
+            .trim_end_matches('.')
+            .to_string();
+        cx.err_at(off, "", msg)
+    })?;
+    let bucket = cx.expand(&raw.storage.bucket, "bucket")?;
+    let url = crate::storage::parse_url(&bucket)
+        .or_else(|_| crate::storage::parse_url(&format!("s3://{bucket}")))
+        .map_err(|e| cx.err_at(raw.storage.bucket.span().start, "bucket", e.to_string()))?;
+    let bucket_prefix = match &url {
+        crate::storage::Url::S3 { prefix, .. } => prefix.clone(),
+        crate::storage::Url::Local { .. } => String::new(),
+    };
+    let bucket = match &url {
+        crate::storage::Url::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
+        crate::storage::Url::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+        crate::storage::Url::Local { dir } => dir.display().to_string(),
+    };
+    let endpoint = raw
+        .storage
+        .endpoint
+        .as_ref()
+        .map(|e| cx.expand(e, "endpoint"))
+        .transpose()?;
+    let region = raw
+        .storage
+        .region
+        .as_ref()
+        .map(|e| cx.expand(e, "region"))
+        .transpose()?;
+    let def_sync = cx.duration(
+        &raw.defaults.sync_interval,
+        "sync_interval",
+        Duration::from_secs(1),
+    )?;
+    let def_snap = cx.duration(
+        &raw.defaults.snapshot_interval,
+        "snapshot_interval",
+        Duration::from_secs(3600),
+    )?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    let mut databases = Vec::new();
+    let mut dirs = Vec::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, d) in raw.databases.iter().enumerate() {
+        let at = d.path.as_ref().or(d.dir.as_ref()).map_or_else(
+            || text.find("[[databases]]").unwrap_or(0),
+            |s| s.span().start,
+        );
+        let sync = cx.duration(&d.sync_interval, "sync_interval", def_sync)?;
+        let snap = cx.duration(&d.snapshot_interval, "snapshot_interval", def_snap)?;
+        let prefix = d
+            .prefix
+            .as_ref()
+            .map(|p| cx.expand(p, "prefix"))
+            .transpose()?;
+        if let Some(p) = &prefix {
+            if p.trim_matches('/').is_empty() || p.split('/').any(|c| c == "." || c == "..") {
+                return Err(cx.err_at(
+                    d.prefix.as_ref().expect("set").span().start,
+                    "prefix",
+                    format!("invalid prefix '{p}'"),
+                ));
+            }
+        }
+        let key_at = d.prefix.as_ref().map_or(at, |p| p.span().start);
+        match (&d.path, &d.dir) {
+            (Some(p), None) => {
+                if d.pattern.is_some() {
+                    return Err(cx.err_at(at, "pattern", "pattern goes with dir, not path"));
+                }
+                let path = base.join(cx.expand(p, "path")?);
+                if !path.is_file() {
+                    return Err(cx.err_at(
+                        p.span().start,
+                        "path",
+                        format!("database {} does not exist", path.display()),
+                    ));
+                }
+                let path = std::fs::canonicalize(&path)
+                    .map_err(|e| Error::io("open database", &path, e))?;
+                let prefix = prefix.unwrap_or_else(|| layout::stem(&path));
+                let ns = layout::join(&bucket_prefix, &prefix);
+                if let Some(j) = seen.insert(ns.clone(), i) {
+                    return Err(cx.err_at(
+                        key_at,
+                        "prefix",
+                        format!("prefix '{prefix}' is used by database entry {} too", j + 1),
+                    ));
+                }
+                databases.push(DbEntry {
+                    path,
+                    ns,
+                    prefix,
+                    sync_interval: sync,
+                    snapshot_interval: snap,
+                });
+            }
+            (None, Some(dir)) => {
+                let dirpath = base.join(cx.expand(dir, "dir")?);
+                if !dirpath.is_dir() {
+                    return Err(cx.err_at(
+                        dir.span().start,
+                        "dir",
+                        format!("directory {} does not exist", dirpath.display()),
+                    ));
+                }
+                let pattern = d
+                    .pattern
+                    .as_ref()
+                    .map(|p| cx.expand(p, "pattern"))
+                    .transpose()?
+                    .unwrap_or_else(|| "*.db".into());
+                let Some(prefix) = prefix else {
+                    return Err(cx.err_at(at, "prefix", "a dir entry needs a prefix"));
+                };
+                let ns = layout::join(&bucket_prefix, &prefix);
+                if let Some(j) = seen.insert(ns.clone(), i) {
+                    return Err(cx.err_at(
+                        key_at,
+                        "prefix",
+                        format!("prefix '{prefix}' is used by database entry {} too", j + 1),
+                    ));
+                }
+                let dirpath = std::fs::canonicalize(&dirpath)
+                    .map_err(|e| Error::io("open directory", &dirpath, e))?;
+                dirs.push(DirEntry {
+                    dir: dirpath,
+                    pattern,
+                    prefix: ns,
+                    sync_interval: sync,
+                    snapshot_interval: snap,
+                });
+            }
+            (Some(_), Some(_)) => {
+                return Err(cx.err_at(at, "", "a database entry has either path or dir, not both"))
+            }
+            (None, None) => return Err(cx.err_at(at, "", "a database entry needs path or dir")),
+        }
+    }
+    if databases.is_empty() && dirs.is_empty() {
+        return Err(Error::Config {
+            file: file.display().to_string(),
+            key: String::new(),
+            msg: "no [[databases]] entries".into(),
+        });
+    }
+    Ok(Config {
+        file: file.to_path_buf(),
+        bucket,
+        endpoint,
+        region,
+        databases,
+        dirs,
+    })
+}
+
+impl Config {
+    /// Every database to replicate now: the `path` entries and what the `dir` entries match.
+    pub fn all_databases(&self) -> Result<Vec<DbEntry>> {
+        let mut out = self.databases.clone();
+        for d in &self.dirs {
+            out.extend(d.scan()?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        let cases = [
+            ("*.db", "a.db", true),
+            ("*.db", "a.db-wal", false),
+            ("t?.db", "t1.db", true),
+            ("*", "", true),
+            ("a*b*c", "aXbYc", true),
+            ("a*b", "ac", false),
+        ];
+        for (p, n, want) in cases {
+            assert_eq!(glob_match(p, n), want, "{p} {n}");
+        }
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let dir = std::env::temp_dir().join(format!("walsync-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.db"), b"").unwrap();
+        let f = dir.join("walsync.toml");
+        let cases = [
+            ("[storage]\nbucket = \"s3://b\"\nbogus = 1\n[[databases]]\npath = \"a.db\"\n", ":3:1: unknown field `bogus`"),
+            ("[storage]\nbucket = \"s3://b\"\n[defaults]\nsync_interval = \"5x\"\n[[databases]]\npath = \"a.db\"\n", ":4:17: sync_interval: invalid duration '5x': unknown unit 'x' (use ms, s, m, h or d)"),
+            ("[storage]\nbucket = \"s3://b\"\n[[databases]]\npath = \"missing.db\"\n", ":4:8: path: database"),
+            ("[storage]\nbucket = \"s3://b\"\n[[databases]]\npath = \"a.db\"\n[[databases]]\npath = \"a.db\"\n", ":6:8: prefix: prefix 'a' is used by database entry 1 too"),
+            ("[storage]\nbucket = \"${WALSYNC_SURELY_UNSET}\"\n[[databases]]\npath = \"a.db\"\n", ":2:10: bucket: environment variable WALSYNC_SURELY_UNSET is not set"),
+            ("[storage\n", ":1:9: "),
+        ];
+        for (text, want) in cases {
+            let e = parse(&f, text).unwrap_err().to_string();
+            assert!(e.contains(want), "got {e:?}, want {want:?}");
+            assert!(e.starts_with(&format!("config {}", f.display())), "{e}");
+        }
+        let ok = parse(&f, "[storage]\nbucket = \"s3://b/pre\"\n[[databases]]\npath = \"a.db\"\nprefix = \"users\"\n").unwrap();
+        assert_eq!(ok.databases[0].ns, "pre/users");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

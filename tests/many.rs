@@ -1,0 +1,188 @@
+//! Many databases in one process: names colliding across directories, the config file with a
+//! `dir` entry, `restore --prefix` and `restore-all`.
+
+use std::thread::sleep;
+use std::time::Duration;
+
+use crate::harness::*;
+use crate::workload;
+
+/// Issue #4, test 1 (first part): databases whose file names collide across directories,
+/// written concurrently while one `walsync watch` replicates them all; SIGTERM; `restore`
+/// reproduces every one under its unique name.
+fn colliding_names_written_concurrently(backend: Backend) {
+    let t = TestDir::new("many");
+    let replica = Replica::new(&t, backend);
+    let mut dbs = Vec::new();
+    for dir in ["east", "west"] {
+        std::fs::create_dir_all(t.join(dir)).unwrap();
+        for i in 0..10 {
+            dbs.push(t.join(dir).join(format!("tenant{i}.db")));
+        }
+    }
+    let conns: Vec<_> = dbs.iter().map(|p| open_app(p)).collect();
+    for c in &conns {
+        workload::schema(c);
+    }
+    let refs: Vec<&std::path::Path> = dbs.iter().map(|p| p.as_path()).collect();
+    let d = Daemon::start(
+        &refs,
+        &replica,
+        &["--sync-interval", "200ms"],
+        &t.join("log"),
+    );
+    let writers: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            std::thread::spawn(move || {
+                let mut rng = Rng(1000 + i as u64);
+                for k in 0..40 {
+                    workload::step(&mut c, &mut rng, k == 20 && i % 5 == 0);
+                    if k % 10 == 0 {
+                        sleep(Duration::from_millis(10));
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    d.stop();
+    for (i, p) in dbs.iter().enumerate() {
+        let name = format!("{}/tenant{}", if i < 10 { "east" } else { "west" }, i % 10);
+        let out = t.join(&format!("out-{i}.db"));
+        restore_ok(&replica, &name, &out, None);
+        integrity_ok(&out);
+        assert_eq!(content_hash(&out), content_hash(p), "{name}");
+    }
+}
+
+crate::both!(
+    colliding_names_written_concurrently,
+    super::colliding_names_written_concurrently
+);
+
+/// Issue #4, test 1 (second part): the config file (a `path` entry with a prefix and a `dir`
+/// entry with a pattern, `${VAR}` expansion), `restore --prefix` and `restore-all`.
+fn config_file_and_restore_all(backend: Backend) {
+    let t = TestDir::new("config");
+    let replica = Replica::new(&t, backend);
+    std::fs::create_dir_all(t.join("tenants")).unwrap();
+    let users = t.join("users.db");
+    let mut dbs = vec![users.clone()];
+    for i in 0..6 {
+        dbs.push(t.join("tenants").join(format!("t{i}.db")));
+    }
+    std::fs::write(t.join("tenants").join("notes.txt"), b"not a database").unwrap();
+    let mut conns: Vec<_> = dbs.iter().map(|p| open_app(p)).collect();
+    for c in &conns {
+        workload::schema(c);
+    }
+    let cfg = t.join("walsync.toml");
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").unwrap_or_default();
+    let storage = if backend == Backend::S3 {
+        format!(
+            "bucket = \"{}\"\nendpoint = \"{endpoint}\"\n",
+            replica.url()
+        )
+    } else {
+        format!("bucket = \"{}\"\n", replica.url())
+    };
+    std::fs::write(
+        &cfg,
+        format!(
+            "[storage]\n{storage}\n[defaults]\nsync_interval = \"${{WALSYNC_TEST_SYNC}}\"\n\n[[databases]]\npath = \"users.db\"\nprefix = \"accounts\"\n\n[[databases]]\ndir = \"tenants\"\npattern = \"t*.db\"\nprefix = \"tenants\"\n"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(t.join("log")).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["watch", "--config", cfg.to_str().unwrap()])
+        .env("WALSYNC_TEST_SYNC", "100ms")
+        .env("RUST_LOG", "walsync=debug")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(500));
+    let mut rng = Rng(77);
+    for _ in 0..15 {
+        for c in conns.iter_mut() {
+            workload::step(c, &mut rng, false);
+        }
+    }
+    sleep(Duration::from_millis(300));
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        child.wait().unwrap().success(),
+        "{}",
+        std::fs::read_to_string(t.join("log")).unwrap()
+    );
+
+    // The config expands ${WALSYNC_TEST_SYNC}: every command reading it needs the variable.
+    let walsync = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(args)
+            .env("WALSYNC_TEST_SYNC", "100ms")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = t.join("accounts.db");
+    let o = walsync(&[
+        "restore",
+        "--prefix",
+        "accounts",
+        "-o",
+        out.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(content_hash(&out), content_hash(&users));
+
+    let outdir = t.join("restored");
+    let o = walsync(&[
+        "restore-all",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--output-dir",
+        outdir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().count(),
+        7,
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_eq!(
+        content_hash(&outdir.join("accounts.db")),
+        content_hash(&users)
+    );
+    for i in 0..6 {
+        let got = outdir.join("tenants").join(format!("t{i}.db"));
+        integrity_ok(&got);
+        assert_eq!(content_hash(&got), content_hash(&dbs[i + 1]), "t{i}");
+    }
+    // A second restore-all refuses to overwrite, naming the file.
+    let o = walsync(&[
+        "restore-all",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--output-dir",
+        outdir.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+}
+
+crate::both!(
+    config_file_and_restore_all,
+    super::config_file_and_restore_all
+);
