@@ -10,7 +10,7 @@ use walsync::cli::{self, defs, Args, Cmd};
 use walsync::config::{self, Config};
 use walsync::error::{Error, Result};
 use walsync::layout;
-use walsync::replicate::daemon::{self, DaemonConfig};
+use walsync::replicate::daemon::{self, Catalog, DaemonConfig, DbSpec};
 use walsync::replicate::db::{DbOptions, Shipper};
 use walsync::restore;
 use walsync::storage::{self, Storage};
@@ -85,23 +85,78 @@ fn replica(a: &Args) -> Result<(Arc<dyn Storage>, String, Option<Config>)> {
     }
 }
 
+/// The databases of a config file, re-read on SIGHUP, rescanned when a `dir` changes.
+struct ConfigCatalog {
+    cfg: Config,
+}
+
+fn specs_of(cfg: &Config) -> Result<Vec<DbSpec>> {
+    Ok(cfg
+        .all_databases()?
+        .into_iter()
+        .map(|d| DbSpec {
+            path: d.path,
+            ns: d.ns,
+            opts: DbOptions {
+                sync_interval: d.sync_interval,
+                snapshot_interval: d.snapshot_interval,
+                ..Default::default()
+            },
+        })
+        .collect())
+}
+
+impl Catalog for ConfigCatalog {
+    fn scan(&mut self, reload: bool) -> Result<Vec<DbSpec>> {
+        if reload {
+            let new = config::load(&self.cfg.file)?;
+            if new.bucket != self.cfg.bucket || new.endpoint != self.cfg.endpoint {
+                log::warn!(
+                    "reload: [storage] changed in {}; it takes effect at the next start",
+                    self.cfg.file.display()
+                );
+            }
+            self.cfg = new;
+        }
+        specs_of(&self.cfg)
+    }
+    fn dirs(&self) -> Vec<PathBuf> {
+        self.cfg.dirs.iter().map(|d| d.dir.clone()).collect()
+    }
+}
+
+/// The databases named on the command line: a fixed set.
+struct FixedCatalog(Vec<(PathBuf, String, DbOptions)>);
+
+impl Catalog for FixedCatalog {
+    fn scan(&mut self, _reload: bool) -> Result<Vec<DbSpec>> {
+        Ok(self
+            .0
+            .iter()
+            .map(|(p, ns, o)| DbSpec {
+                path: p.clone(),
+                ns: ns.clone(),
+                opts: o.clone(),
+            })
+            .collect())
+    }
+    fn dirs(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+}
+
 /// Shippers for the databases named on the command line (names made unique as SPEC section 1
-/// says) or listed in the config file.
+/// says) or listed in the config file, and the catalog that keeps that list current.
 fn shippers(
     a: &Args,
     prefix: &str,
     storage: &Arc<dyn Storage>,
     cfg: Option<&Config>,
-) -> Result<Vec<Shipper>> {
+) -> Result<(Vec<Shipper>, Box<dyn Catalog>)> {
     let mut entries: Vec<(PathBuf, String, DbOptions)> = Vec::new();
     if let Some(cfg) = cfg {
-        for d in cfg.all_databases()? {
-            let opts = DbOptions {
-                sync_interval: d.sync_interval,
-                snapshot_interval: d.snapshot_interval,
-                ..Default::default()
-            };
-            entries.push((d.path, d.ns, opts));
+        for d in specs_of(cfg)? {
+            entries.push((d.path, d.ns, d.opts));
         }
     } else {
         let mut paths: Vec<PathBuf> = Vec::new();
@@ -128,12 +183,16 @@ fn shippers(
         }
     }
     let mut out = Vec::new();
-    for (p, ns, opts) in entries {
-        let s = Shipper::new(&p, ns, Arc::clone(storage), opts);
+    for (p, ns, opts) in &entries {
+        let s = Shipper::new(p, ns.clone(), Arc::clone(storage), opts.clone());
         s.check_source()?;
         out.push(s);
     }
-    Ok(out)
+    let catalog: Box<dyn Catalog> = match cfg {
+        Some(c) => Box::new(ConfigCatalog { cfg: c.clone() }),
+        None => Box::new(FixedCatalog(entries)),
+    };
+    Ok((out, catalog))
 }
 
 fn print_restored(what: &str, out: &Path, r: &restore::Restored) {
@@ -157,8 +216,8 @@ fn run(a: Args) -> Result<()> {
         Cmd::Version => println!("walsync {}", env!("CARGO_PKG_VERSION")),
         Cmd::Watch => {
             let (storage, prefix, cfg) = replica(&a)?;
-            let shippers = shippers(&a, &prefix, &storage, cfg.as_ref())?;
-            if shippers.is_empty() {
+            let (shippers, catalog) = shippers(&a, &prefix, &storage, cfg.as_ref())?;
+            if shippers.is_empty() && cfg.as_ref().is_none_or(|c| c.dirs.is_empty()) {
                 return Err(Error::other(
                     "no databases to watch (the config's dir entries match nothing)",
                 ));
@@ -167,19 +226,16 @@ fn run(a: Args) -> Result<()> {
             let workers = std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
                 .clamp(2, 4);
-            daemon::run(
-                shippers,
-                DaemonConfig {
-                    workers,
-                    shutdown_deadline: Duration::from_secs(30),
-                },
-                signals,
-            )?;
+            let dcfg = DaemonConfig {
+                workers,
+                shutdown_deadline: Duration::from_secs(30),
+            };
+            daemon::run(shippers, catalog, storage, dcfg, signals)?;
         }
         Cmd::Snapshot => {
             let (storage, prefix, _) = replica(&a)?;
             let mut failed = 0;
-            for mut s in shippers(&a, &prefix, &storage, None)? {
+            for mut s in shippers(&a, &prefix, &storage, None)?.0 {
                 s.request_snapshot();
                 match s.step(true, true) {
                     Ok(_) => println!("{}: snapshot uploaded to {}", s.path.display(), s.ns),
@@ -332,10 +388,6 @@ fn signal_channel() -> Result<crossbeam_channel::Receiver<i32>> {
         .name("walsync-signal".into())
         .spawn(move || {
             for s in signals.forever() {
-                if s == SIGHUP {
-                    log::info!("SIGHUP: nothing to reload without a config file");
-                    continue;
-                }
                 if tx.send(s).is_err() {
                     return;
                 }

@@ -186,3 +186,110 @@ crate::both!(
     config_file_and_restore_all,
     super::config_file_and_restore_all
 );
+
+/// Issue #4: a database created in a watched `dir` after start is picked up without a restart
+/// and is restorable; a deleted one is let go; SIGHUP re-reads the config and adds a database.
+fn dir_watching_and_sighup(backend: Backend) {
+    let t = TestDir::new("dirwatch");
+    let replica = Replica::new(&t, backend);
+    std::fs::create_dir_all(t.join("tenants")).unwrap();
+    let first = t.join("tenants").join("first.db");
+    let c1 = open_app(&first);
+    workload::schema(&c1);
+    let cfg = t.join("walsync.toml");
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").unwrap_or_default();
+    let storage = if backend == Backend::S3 {
+        format!(
+            "bucket = \"{}\"\nendpoint = \"{endpoint}\"\n",
+            replica.url()
+        )
+    } else {
+        format!("bucket = \"{}\"\n", replica.url())
+    };
+    let base_cfg = format!("[storage]\n{storage}\n[defaults]\nsync_interval = \"100ms\"\n\n[[databases]]\ndir = \"tenants\"\nprefix = \"tenants\"\n");
+    std::fs::write(&cfg, &base_cfg).unwrap();
+    let log = t.join("log");
+    let mut child = std::process::Command::new(BIN)
+        .args(["watch", "--config", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "walsync=debug")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(
+        "the first database shipped",
+        Duration::from_secs(10),
+        || !replica.objects("tenants/first", "snapshots").is_empty(),
+    );
+
+    // Created after start.
+    let late = t.join("tenants").join("late.db");
+    let mut c2 = open_app(&late);
+    workload::schema(&c2);
+    let mut rng = Rng(5);
+    for _ in 0..10 {
+        workload::step(&mut c2, &mut rng, false);
+    }
+    wait_until("the new database picked up", Duration::from_secs(5), || {
+        log_text().contains("late.db added")
+    });
+
+    // Deleted: let go.
+    let gone = t.join("tenants").join("gone.db");
+    let c3 = open_app(&gone);
+    workload::schema(&c3);
+    wait_until("gone.db picked up", Duration::from_secs(5), || {
+        log_text().contains("gone.db added")
+    });
+    drop(c3);
+    sleep(Duration::from_millis(300));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", gone.display()));
+    }
+    wait_until("gone.db let go", Duration::from_secs(10), || {
+        log_text().contains("gone.db let go")
+    });
+
+    // SIGHUP with a new path entry.
+    let extra = t.join("extra.db");
+    let c4 = open_app(&extra);
+    workload::schema(&c4);
+    c4.execute("INSERT INTO log(msg) VALUES ('extra')", [])
+        .unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{base_cfg}\n[[databases]]\npath = \"extra.db\"\n"),
+    )
+    .unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    wait_until("extra.db added on SIGHUP", Duration::from_secs(5), || {
+        log_text().contains("extra.db added")
+    });
+
+    for _ in 0..10 {
+        workload::step(&mut c2, &mut rng, false);
+    }
+    sleep(Duration::from_millis(300));
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success(), "{}", log_text());
+    for (name, path) in [
+        ("tenants/first", &first),
+        ("tenants/late", &late),
+        ("extra", &extra),
+    ] {
+        let out = t.join(&format!("{}.restored.db", name.replace('/', "-")));
+        restore_ok(&replica, name, &out, None);
+        integrity_ok(&out);
+        assert_eq!(content_hash(&out), content_hash(path), "{name}");
+    }
+}
+
+crate::both!(dir_watching_and_sighup, super::dir_watching_and_sighup);

@@ -9,18 +9,25 @@
 //! * Workers (`walsync-upload/N`) run `Shipper::step`, which does all reading and uploading.
 //! * SIGTERM/SIGINT: every database gets a final step that ships everything and releases its
 //!   connections; then the workers are joined. A second signal exits at once.
+//! * Membership changes while running: a change in a directory of the config's `dir` entries
+//!   (a database created or deleted) triggers a rescan after a short debounce, and SIGHUP
+//!   re-reads the config. New databases are added; databases no longer listed get a final
+//!   step and are let go.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+use signal_hook::consts::SIGHUP;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, Receiver, Sender};
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
-use super::db::{Shipper, StepReport, IDLE_RELEASE};
+use super::db::{DbOptions, Shipper, StepReport, IDLE_RELEASE};
 use crate::error::{Error, Result};
+use crate::storage::Storage;
 use crate::watch::{self, WatchEvent};
 
 pub struct DaemonConfig {
@@ -29,15 +36,31 @@ pub struct DaemonConfig {
     pub shutdown_deadline: Duration,
 }
 
+/// One database the daemon should replicate.
+pub struct DbSpec {
+    pub path: PathBuf,
+    pub ns: String,
+    pub opts: DbOptions,
+}
+
+/// Where the set of databases comes from, asked again when it may have changed.
+pub trait Catalog: Send {
+    /// The databases to replicate now; `reload` re-reads the configuration (SIGHUP).
+    fn scan(&mut self, reload: bool) -> Result<Vec<DbSpec>>;
+    /// Directories in which new databases may appear.
+    fn dirs(&self) -> Vec<PathBuf>;
+}
+
 struct Job {
     idx: usize,
+    shipper: Arc<Mutex<Shipper>>,
     snapshot: bool,
     release: bool,
 }
 
 struct Done {
     idx: usize,
-    /// The job was the final one of a shutdown (ship everything, release).
+    /// The job was a final one (shutdown or removal: ship everything, release).
     release: bool,
     result: Result<StepReport>,
     changed_since_snapshot: bool,
@@ -53,6 +76,35 @@ struct Sched {
     last_snapshot: Option<Instant>,
     changed_since_snapshot: bool,
     final_done: bool,
+}
+
+/// A database in the daemon: its shipper (shared with the worker running its step), its
+/// intervals and its scheduling state.
+struct Slot {
+    path: PathBuf,
+    shipper: Arc<Mutex<Shipper>>,
+    sync: Duration,
+    snap: Duration,
+    s: Sched,
+    /// No longer listed: a final step, then it is dropped.
+    removing: bool,
+}
+
+impl Slot {
+    fn new(sh: Shipper, now: Instant) -> Slot {
+        Slot {
+            path: sh.path.clone(),
+            sync: sh.options().sync_interval,
+            snap: sh.options().snapshot_interval,
+            shipper: Arc::new(Mutex::new(sh)),
+            s: Sched {
+                dirty_since: Some(now),
+                last_snapshot: Some(now),
+                ..Default::default()
+            },
+            removing: false,
+        }
+    }
 }
 
 /// Exponential backoff with jitter: 0.5 s, 1 s, 2 s ... capped at 10 s, +-20 %.
@@ -75,23 +127,37 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 }
 
 /// Run until a signal; returns Ok when everything pending was shipped.
-pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) -> Result<()> {
-    let paths: Vec<PathBuf> = shippers.iter().map(|s| s.path.clone()).collect();
-    // Per database: (sync_interval, snapshot_interval).
-    let intervals: Vec<(Duration, Duration)> = shippers
-        .iter()
-        .map(|s| (s.options().sync_interval, s.options().snapshot_interval))
+pub fn run(
+    shippers: Vec<Shipper>,
+    mut catalog: Box<dyn Catalog>,
+    storage: Arc<dyn Storage>,
+    cfg: DaemonConfig,
+    signals: Receiver<i32>,
+) -> Result<()> {
+    let now = Instant::now();
+    let mut slots: Vec<Option<Slot>> = shippers
+        .into_iter()
+        .map(|sh| Some(Slot::new(sh, now)))
         .collect();
-    let index: HashMap<PathBuf, usize> = paths
+    let mut index: HashMap<PathBuf, usize> = HashMap::new();
+    for (i, s) in slots.iter().enumerate() {
+        index.insert(s.as_ref().expect("just built").path.clone(), i);
+    }
+    let mut dirs: Vec<PathBuf> = slots
         .iter()
-        .enumerate()
-        .map(|(i, p)| (p.clone(), i))
+        .flatten()
+        .map(|s| watch::dir_of(&s.path))
         .collect();
-    let shippers: Arc<Vec<Mutex<Shipper>>> =
-        Arc::new(shippers.into_iter().map(Mutex::new).collect());
+    let mut catalog_dirs: Vec<PathBuf> = catalog.dirs();
+    dirs.extend(catalog_dirs.iter().cloned());
+    dirs.sort();
+    dirs.dedup();
 
     let (watch_tx, watch_rx) = bounded::<WatchEvent>(1024);
-    let _watcher = watch::spawn(&paths, watch_tx)?;
+    let watcher = watch::spawn(&dirs, watch_tx)?;
+    for s in slots.iter().flatten() {
+        watcher.add_db(&s.path)?;
+    }
 
     let workers = cfg.workers.max(1);
     let (job_tx, job_rx) = bounded::<Job>(workers);
@@ -100,12 +166,11 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
     for n in 0..workers {
         let rx = job_rx.clone();
         let tx: Sender<Done> = done_tx.clone();
-        let sh = Arc::clone(&shippers);
         let h = thread::Builder::new()
             .name(format!("walsync-upload/{n}"))
             .spawn(move || {
                 for job in rx.iter() {
-                    let mut s = sh[job.idx].lock().unwrap_or_else(|p| p.into_inner());
+                    let mut s = job.shipper.lock().unwrap_or_else(|p| p.into_inner());
                     let result = s.step(job.snapshot, job.release);
                     let changed_since_snapshot = s.changed_since_snapshot();
                     drop(s);
@@ -124,44 +189,85 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
         handles.push(h);
     }
     drop(done_tx);
-
-    let now = Instant::now();
-    let mut sched: Vec<Sched> = (0..paths.len())
-        .map(|_| Sched {
-            dirty_since: Some(now),
-            last_snapshot: Some(now),
-            ..Default::default()
-        })
-        .collect();
-    let (sync0, snap0) = intervals.first().copied().unwrap_or_default();
     info!(
-        "watching {} database(s) with {workers} worker(s), sync_interval={sync0:?} snapshot_interval={snap0:?}",
-        paths.len()
+        "watching {} database(s) with {workers} worker(s)",
+        slots.len()
     );
 
     let mut stopping: Option<Instant> = None;
+    let mut rescan_at: Option<(Instant, bool)> = None;
     loop {
-        // Hand out due work.
         let now = Instant::now();
-        for (i, s) in sched.iter_mut().enumerate() {
+        // Membership: rescan when a watched directory changed (debounced) or on SIGHUP.
+        if let Some((t, reload)) = rescan_at {
+            if t <= now && stopping.is_none() {
+                rescan_at = None;
+                match catalog.scan(reload) {
+                    Ok(specs) => {
+                        let wanted: std::collections::HashSet<PathBuf> =
+                            specs.iter().map(|d| d.path.clone()).collect();
+                        for spec in specs {
+                            if index.contains_key(&spec.path) {
+                                continue;
+                            }
+                            let sh =
+                                Shipper::new(&spec.path, spec.ns, Arc::clone(&storage), spec.opts);
+                            if let Err(e) = sh.check_source() {
+                                debug!("db={} not added yet: {e}", spec.path.display());
+                                continue;
+                            }
+                            if let Err(e) = watcher.add_db(&spec.path) {
+                                warn!("db={} {e}", spec.path.display());
+                            }
+                            info!("db={} added (namespace {})", spec.path.display(), sh.ns);
+                            index.insert(spec.path.clone(), slots.len());
+                            slots.push(Some(Slot::new(sh, now)));
+                        }
+                        for slot in slots.iter_mut().flatten() {
+                            if !wanted.contains(&slot.path) && !slot.removing {
+                                info!("db={} no longer listed: shipping what is pending and letting it go", slot.path.display());
+                                slot.removing = true;
+                                slot.s.dirty_since.get_or_insert(now);
+                            }
+                        }
+                        if reload {
+                            for d in catalog.dirs() {
+                                if !catalog_dirs.contains(&d) {
+                                    if let Err(e) = watcher.add_dir(&d) {
+                                        warn!("watch: {e}");
+                                    }
+                                    catalog_dirs.push(d);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => error!("reload: {e}; keeping the current databases"),
+                }
+            }
+        }
+        // Hand out due work.
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let Some(slot) = slot else { continue };
+            let s = &mut slot.s;
             if s.in_flight || s.final_done {
                 continue;
             }
+            let final_step = stopping.is_some() || slot.removing;
             let due_dirty = s
                 .dirty_since
-                .is_some_and(|t| stopping.is_some() || t + intervals[i].0 <= now);
+                .is_some_and(|t| final_step || t + slot.sync <= now);
             let due_wake = s.wake_at.is_some_and(|t| t <= now);
-            let due_final = stopping.is_some();
-            if !(due_dirty || due_wake || due_final) {
+            if !(due_dirty || due_wake || final_step) {
                 continue;
             }
-            let snapshot = stopping.is_none()
+            let snapshot = !final_step
                 && s.changed_since_snapshot
-                && s.last_snapshot.is_some_and(|t| t + intervals[i].1 <= now);
+                && s.last_snapshot.is_some_and(|t| t + slot.snap <= now);
             let job = Job {
                 idx: i,
+                shipper: Arc::clone(&slot.shipper),
                 snapshot,
-                release: stopping.is_some(),
+                release: final_step,
             };
             if job_tx.try_send(job).is_ok() {
                 s.in_flight = true;
@@ -170,9 +276,19 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
             }
             // A full queue leaves the database due; it is retried when a worker reports back.
         }
+        // Databases let go.
+        for slot in slots.iter_mut() {
+            if slot
+                .as_ref()
+                .is_some_and(|s| s.removing && s.s.final_done && !s.s.in_flight)
+            {
+                let s = slot.take().expect("checked");
+                index.remove(&s.path);
+                info!("db={} let go", s.path.display());
+            }
+        }
         if let Some(t0) = stopping {
-            let all_done = sched.iter().all(|s| s.final_done);
-            if all_done {
+            if slots.iter().flatten().all(|s| s.s.final_done) {
                 break;
             }
             if t0.elapsed() > cfg.shutdown_deadline {
@@ -184,16 +300,15 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
             }
         }
         // Sleep until something happens or the next deadline.
-        let mut next: Option<Instant> = None;
-        for (i, s) in sched.iter().enumerate().filter(|(_, s)| !s.in_flight) {
-            next = earliest(next, s.dirty_since.map(|t| t + intervals[i].0));
-            next = earliest(next, s.wake_at);
+        let mut next: Option<Instant> = rescan_at.map(|(t, _)| t);
+        for slot in slots.iter().flatten().filter(|s| !s.s.in_flight) {
+            next = earliest(next, slot.s.dirty_since.map(|t| t + slot.sync));
+            next = earliest(next, slot.s.wake_at);
         }
         if stopping.is_some() {
             next = earliest(next, Some(Instant::now() + Duration::from_millis(200)));
         }
         let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
-        let never = crossbeam_channel::never::<()>();
         let tick = match timeout {
             Some(d) => crossbeam_channel::after(d),
             None => crossbeam_channel::never(),
@@ -201,15 +316,22 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
         select! {
             recv(watch_rx) -> ev => match ev {
                 Ok(WatchEvent::Changed(p)) => {
-                    if let Some(&i) = index.get(&watch::database_of(&p)) {
-                        let s = &mut sched[i];
-                        s.dirty_since.get_or_insert(Instant::now());
+                    let db = watch::database_of(&p);
+                    if let Some(slot) = index.get(&db).and_then(|&i| slots[i].as_mut()) {
+                        slot.s.dirty_since.get_or_insert(Instant::now());
+                    }
+                    // A file appearing or vanishing in a dir entry's directory (or, on kqueue,
+                    // a change of the directory itself) may be a database to add or let go.
+                    let in_dir = catalog_dirs.iter().any(|d| *d == p || watch::dir_of(&db) == *d);
+                    if in_dir && rescan_at.is_none() {
+                        rescan_at = Some((Instant::now() + Duration::from_millis(200), false));
                     }
                 }
                 Ok(WatchEvent::Overflow) => {
-                    for s in sched.iter_mut() {
-                        s.dirty_since.get_or_insert(Instant::now());
+                    for slot in slots.iter_mut().flatten() {
+                        slot.s.dirty_since.get_or_insert(Instant::now());
                     }
+                    rescan_at.get_or_insert((Instant::now(), false));
                 }
                 Err(_) => {
                     error!("watch: the watcher thread stopped; shutting down");
@@ -218,20 +340,23 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
             },
             recv(done_rx) -> d => {
                 let Ok(d) = d else { break };
-                let s = &mut sched[d.idx];
+                let Some(slot) = slots[d.idx].as_mut() else { continue };
+                let path = slot.path.clone();
+                let s = &mut slot.s;
                 s.in_flight = false;
                 s.changed_since_snapshot = d.changed_since_snapshot;
                 let now = Instant::now();
+                let finishing = stopping.is_some() || slot.removing;
                 match d.result {
                     Ok(r) => {
                         if s.failures > 0 {
-                            info!("db={} recovered after {} failed attempt(s)", paths[d.idx].display(), s.failures);
+                            info!("db={} recovered after {} failed attempt(s)", path.display(), s.failures);
                         }
                         s.failures = 0;
                         if r.snapshot {
                             s.last_snapshot = Some(now);
                         }
-                        if stopping.is_some() {
+                        if finishing {
                             // Only a step that ran as the final one proves everything shipped;
                             // a step started before the signal may have missed later commits.
                             s.final_done = d.release && r.pending == 0 && !r.pinned;
@@ -244,7 +369,7 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
                                 w = earliest(w, Some(now + Duration::from_secs(1)));
                             }
                             if s.changed_since_snapshot {
-                                w = earliest(w, s.last_snapshot.map(|t| t + intervals[d.idx].1));
+                                w = earliest(w, s.last_snapshot.map(|t| t + slot.snap));
                             }
                             s.wake_at = w;
                         }
@@ -253,42 +378,45 @@ pub fn run(shippers: Vec<Shipper>, cfg: DaemonConfig, signals: Receiver<i32>) ->
                         s.failures += 1;
                         // Transient failures back off quickly; permanent ones (access denied, a
                         // database that left WAL mode) are retried once a minute.
-                        let backoff = if e.is_transient() {
-                            backoff(s.failures, d.idx as u64)
-                        } else {
-                            Duration::from_secs(60)
-                        };
+                        let backoff = if e.is_transient() { backoff(s.failures, d.idx as u64) } else { Duration::from_secs(60) };
                         let quiet = s.last_error_log.is_some_and(|t| t.elapsed() < Duration::from_secs(30));
                         if !quiet {
                             let level = if e.is_transient() { log::Level::Warn } else { log::Level::Error };
-                            log::log!(level, "db={} {e} (attempt {}, retrying in {:?})", paths[d.idx].display(), s.failures, backoff);
+                            log::log!(level, "db={} {e} (attempt {}, retrying in {:?})", path.display(), s.failures, backoff);
                             s.last_error_log = Some(now);
                         }
-                        if stopping.is_some() && s.failures >= 3 {
-                            error!("db={} could not ship everything before exit: {e}", paths[d.idx].display());
+                        if finishing && (s.failures >= 3 || (slot.removing && !path.exists())) {
+                            error!("db={} could not ship everything before letting go: {e}", path.display());
                             s.final_done = true;
                         }
-                        s.wake_at = Some(now + if stopping.is_some() { Duration::from_millis(200) } else { backoff });
+                        s.wake_at = Some(now + if finishing { Duration::from_millis(200) } else { backoff });
                     }
                 }
             },
             recv(signals) -> sig => {
-                if stopping.is_some() {
-                    warn!("second signal: exiting at once");
-                    std::process::exit(1);
+                match sig {
+                    Ok(SIGHUP) => {
+                        info!("SIGHUP: reloading the database list");
+                        rescan_at = Some((Instant::now(), true));
+                    }
+                    _ if stopping.is_some() => {
+                        warn!("second signal: exiting at once");
+                        std::process::exit(1);
+                    }
+                    sig => {
+                        info!("signal {}: shipping everything pending, then exiting", sig.unwrap_or(0));
+                        stopping = Some(Instant::now());
+                    }
                 }
-                info!("signal {}: shipping everything pending, then exiting", sig.unwrap_or(0));
-                stopping = Some(Instant::now());
             },
             recv(tick) -> _ => {},
-            recv(never) -> _ => {},
         }
     }
     drop(job_tx);
     for h in handles {
         let _ = h.join();
     }
-    let unfinished = sched.iter().filter(|s| !s.final_done).count();
+    let unfinished = slots.iter().flatten().filter(|s| !s.s.final_done).count();
     if unfinished > 0 {
         return Err(Error::other(format!(
             "{unfinished} database(s) had unshipped changes at exit"

@@ -1,39 +1,62 @@
-//! inotify: one watch per directory holding databases.
+//! inotify: one watch per directory holding databases; more can be added while running.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::thread::{self, JoinHandle};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
 
 use crossbeam_channel::Sender;
-use inotify::{EventMask, Inotify, WatchMask};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use log::{error, warn};
 
 use super::WatchEvent;
 use crate::error::{Error, Result};
 
-pub fn spawn(files: &[PathBuf], tx: Sender<WatchEvent>) -> Result<JoinHandle<()>> {
-    let mut ino = Inotify::init().map_err(|e| Error::io("initialise inotify for", "/", e))?;
-    let mut dirs: HashMap<inotify::WatchDescriptor, PathBuf> = HashMap::new();
-    let mask = WatchMask::MODIFY
+pub struct Watcher {
+    watches: Mutex<Watches>,
+    dirs: Arc<Mutex<HashMap<WatchDescriptor, PathBuf>>>,
+}
+
+fn mask() -> WatchMask {
+    WatchMask::MODIFY
         | WatchMask::CREATE
         | WatchMask::DELETE
         | WatchMask::MOVED_FROM
-        | WatchMask::MOVED_TO;
-    for f in files {
-        let dir = f
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."))
-            .to_path_buf();
-        if dirs.values().any(|d| *d == dir) {
-            continue;
-        }
-        let wd = ino.watches().add(&dir, mask).map_err(|e| {
-            Error::io("watch directory", &dir, e)
-                .with_hint("raise fs.inotify.max_user_watches if it is exhausted")
-        })?;
-        dirs.insert(wd, dir);
+        | WatchMask::MOVED_TO
+}
+
+impl Watcher {
+    /// Watch a database (through its directory).
+    pub fn add_db(&self, db: &Path) -> Result<()> {
+        self.add_dir(&super::dir_of(db))
     }
+
+    pub fn add_dir(&self, dir: &Path) -> Result<()> {
+        let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        if dirs.values().any(|d| d == dir) {
+            return Ok(());
+        }
+        let wd = self
+            .watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(dir, mask())
+            .map_err(|e| Error::io("watch directory", dir, e))?;
+        dirs.insert(wd, dir.to_path_buf());
+        Ok(())
+    }
+}
+
+pub fn spawn(dirs: &[PathBuf], tx: Sender<WatchEvent>) -> Result<Watcher> {
+    let mut ino = Inotify::init().map_err(|e| Error::io("initialise inotify for", "/", e))?;
+    let w = Watcher {
+        watches: Mutex::new(ino.watches()),
+        dirs: Arc::new(Mutex::new(HashMap::new())),
+    };
+    for d in dirs {
+        w.add_dir(d)?;
+    }
+    let map = Arc::clone(&w.dirs);
     thread::Builder::new()
         .name("walsync-watch".into())
         .spawn(move || {
@@ -51,7 +74,12 @@ pub fn spawn(files: &[PathBuf], tx: Sender<WatchEvent>) -> Result<JoinHandle<()>
                         warn!("watch: inotify queue overflowed; rescanning every database");
                         WatchEvent::Overflow
                     } else {
-                        match (dirs.get(&ev.wd), ev.name) {
+                        let dir = map
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get(&ev.wd)
+                            .cloned();
+                        match (dir, ev.name) {
                             (Some(d), Some(n)) if relevant(ev.mask, n) => {
                                 WatchEvent::Changed(d.join(n))
                             }
@@ -64,7 +92,8 @@ pub fn spawn(files: &[PathBuf], tx: Sender<WatchEvent>) -> Result<JoinHandle<()>
                 }
             }
         })
-        .map_err(|e| Error::io("spawn thread", "walsync-watch", e))
+        .map_err(|e| Error::io("spawn thread", "walsync-watch", e))?;
+    Ok(w)
 }
 
 /// In WAL mode every commit goes through the `-wal` file; the database file itself is written

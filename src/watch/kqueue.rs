@@ -1,13 +1,18 @@
 //! kqueue (BSD, macOS): vnode events on each database file, its WAL and its directory. kqueue
-//! reports no names for directory changes, so a directory event marks that directory's
-//! databases changed, and WAL files that appear later are added to the watch.
+//! reports no names for directory changes, so a directory event is sent as a change of the
+//! directory itself (the daemon rescans it), and WAL files that appear later get a watch.
+//!
+//! Limitation: watches requested while running (new databases) reach the watcher thread through
+//! a channel it checks between events and at least once a second; this once-a-second wake-up
+//! exists only on the kqueue build (inotify needs none).
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::thread::{self, JoinHandle};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::Duration;
 
-use crossbeam_channel::Sender;
-use kqueue::{EventData, EventFilter, FilterFlag, Ident, Watcher};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use kqueue::{EventData, EventFilter, FilterFlag, Ident};
 use log::error;
 
 use super::WatchEvent;
@@ -21,38 +26,67 @@ fn flags() -> FilterFlag {
         | FilterFlag::NOTE_ATTRIB
 }
 
-fn wal_of(db: &std::path::Path) -> PathBuf {
+fn wal_of(db: &Path) -> PathBuf {
     let mut s = db.as_os_str().to_owned();
     s.push("-wal");
     PathBuf::from(s)
 }
 
-pub fn spawn(files: &[PathBuf], tx: Sender<WatchEvent>) -> Result<JoinHandle<()>> {
-    let mut w = Watcher::new().map_err(|e| Error::io("initialise kqueue for", "/", e))?;
-    let mut by_dir: HashMap<PathBuf, Vec<PathBuf>> = HashMap::new();
-    for f in files {
-        let dir = f
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."))
-            .to_path_buf();
-        by_dir.entry(dir).or_default().push(f.clone());
-        w.add_filename(f, EventFilter::EVFILT_VNODE, flags())
-            .map_err(|e| Error::io("watch", f, e))?;
-        let _ = w.add_filename(wal_of(f), EventFilter::EVFILT_VNODE, flags());
+pub struct Watcher {
+    add: Sender<PathBuf>,
+}
+
+impl Watcher {
+    /// Watch a directory (for databases appearing in it).
+    pub fn add_dir(&self, dir: &Path) -> Result<()> {
+        self.add
+            .try_send(dir.to_path_buf())
+            .map_err(|_| Error::other("the watcher is not keeping up"))
     }
-    for d in by_dir.keys() {
-        w.add_filename(d, EventFilter::EVFILT_VNODE, flags())
-            .map_err(|e| Error::io("watch directory", d, e))?;
+
+    /// Watch a database: its file, its WAL and its directory.
+    pub fn add_db(&self, db: &Path) -> Result<()> {
+        self.add_dir(&super::dir_of(db))?;
+        self.add
+            .try_send(db.to_path_buf())
+            .map_err(|_| Error::other("the watcher is not keeping up"))
+    }
+}
+
+fn watch_path(w: &mut kqueue::Watcher, p: &Path, known: &mut HashSet<PathBuf>) {
+    if known.insert(p.to_path_buf())
+        && w.add_filename(p, EventFilter::EVFILT_VNODE, flags())
+            .is_err()
+    {
+        known.remove(p);
+    }
+}
+
+pub fn spawn(dirs: &[PathBuf], tx: Sender<WatchEvent>) -> Result<Watcher> {
+    let mut w = kqueue::Watcher::new().map_err(|e| Error::io("initialise kqueue for", "/", e))?;
+    let mut known = HashSet::new();
+    for d in dirs {
+        watch_path(&mut w, d, &mut known);
     }
     w.watch()
         .map_err(|e| Error::io("start kqueue watch", "/", e))?;
+    let (add_tx, add_rx): (Sender<PathBuf>, Receiver<PathBuf>) = bounded(4096);
     thread::Builder::new()
         .name("walsync-watch".into())
         .spawn(move || loop {
-            let Some(ev) = w.poll_forever(None) else {
-                error!("watch: kqueue stopped");
-                return;
+            let mut changed = false;
+            for p in add_rx.try_iter() {
+                watch_path(&mut w, &p, &mut known);
+                if p.is_file() {
+                    watch_path(&mut w, &wal_of(&p), &mut known);
+                }
+                changed = true;
+            }
+            if changed && w.watch().is_err() {
+                error!("watch: kqueue re-registration failed");
+            }
+            let Some(ev) = w.poll(Some(Duration::from_secs(1))) else {
+                continue;
             };
             let path = match ev.ident {
                 Ident::Filename(_, p) => PathBuf::from(p),
@@ -61,22 +95,10 @@ pub fn spawn(files: &[PathBuf], tx: Sender<WatchEvent>) -> Result<JoinHandle<()>
             if !matches!(ev.data, EventData::Vnode(_)) {
                 continue;
             }
-            let targets: Vec<PathBuf> = match by_dir.get(&path) {
-                Some(dbs) => {
-                    for db in dbs {
-                        // A WAL created since the last look gets its own watch.
-                        let _ = w.add_filename(wal_of(db), EventFilter::EVFILT_VNODE, flags());
-                    }
-                    let _ = w.watch();
-                    dbs.clone()
-                }
-                None => vec![path],
-            };
-            for t in targets {
-                if tx.send(WatchEvent::Changed(t)).is_err() {
-                    return;
-                }
+            if tx.send(WatchEvent::Changed(path)).is_err() {
+                return;
             }
         })
-        .map_err(|e| Error::io("spawn thread", "walsync-watch", e))
+        .map_err(|e| Error::io("spawn thread", "walsync-watch", e))?;
+    Ok(Watcher { add: add_tx })
 }

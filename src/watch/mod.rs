@@ -14,7 +14,6 @@ mod inotify;
 mod kqueue;
 
 use std::path::PathBuf;
-use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 
@@ -28,12 +27,23 @@ pub enum WatchEvent {
     Overflow,
 }
 
-/// Start watching `files` (databases) through their directories. Events for other files in
-/// those directories are sent too; the receiver filters.
-pub fn spawn(files: &[PathBuf], tx: Sender<WatchEvent>) -> Result<JoinHandle<()>> {
+#[cfg(target_os = "linux")]
+pub use inotify::Watcher;
+#[cfg(any(
+    target_os = "macos",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "netbsd",
+    target_os = "dragonfly"
+))]
+pub use kqueue::Watcher;
+
+/// Start watching `dirs` (the directories holding the databases, and the config's `dir`
+/// entries). Events for every file in them are sent; the receiver filters.
+pub fn spawn(dirs: &[PathBuf], tx: Sender<WatchEvent>) -> Result<Watcher> {
     #[cfg(target_os = "linux")]
     {
-        inotify::spawn(files, tx)
+        inotify::spawn(dirs, tx)
     }
     #[cfg(any(
         target_os = "macos",
@@ -43,8 +53,16 @@ pub fn spawn(files: &[PathBuf], tx: Sender<WatchEvent>) -> Result<JoinHandle<()>
         target_os = "dragonfly"
     ))]
     {
-        kqueue::spawn(files, tx)
+        kqueue::spawn(dirs, tx)
     }
+}
+
+/// The directory of a database file.
+pub fn dir_of(file: &std::path::Path) -> PathBuf {
+    file.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf()
 }
 
 /// The database a changed path belongs to: `x.db-wal`, `x.db-shm`, `x.db-journal` -> `x.db`.
