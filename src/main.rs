@@ -184,8 +184,9 @@ fn shippers(
     }
     let mut out = Vec::new();
     for (p, ns, opts) in &entries {
-        let s = Shipper::new(p, ns.clone(), Arc::clone(storage), opts.clone());
+        let mut s = Shipper::new(p, ns.clone(), Arc::clone(storage), opts.clone());
         s.check_source()?;
+        s.claim()?;
         out.push(s);
     }
     let catalog: Box<dyn Catalog> = match cfg {

@@ -309,3 +309,41 @@ fn one_shot_snapshot(backend: Backend) {
 }
 
 crate::both!(one_shot_snapshot, super::one_shot_snapshot);
+
+/// SPEC guarantee 7: a second walsync on the same database is refused, naming the first one's
+/// pid; after the first exits (cleanly, or killed) the database can be claimed again.
+#[test]
+fn second_walsync_on_the_same_database_is_refused() {
+    let t = TestDir::new("second");
+    let db = t.join("app.db");
+    let replica = Replica::new(&t, Backend::Local);
+    let c = open_app(&db);
+    workload::schema(&c);
+    let d = Daemon::start(&[&db], &replica, &[], &t.join("log"));
+    let pid = d.child.id();
+    let canon = db.canonicalize().unwrap();
+    for cmd in ["watch", "snapshot"] {
+        let o = walsync(&[cmd, db.to_str().unwrap(), "-b", &replica.url()]);
+        assert_fails(
+            &o,
+            1,
+            &format!(
+                "walsync: error: database {} is already replicated by walsync pid {pid}",
+                canon.display()
+            ),
+        );
+        assert!(
+            stderr(&o).contains("hint: stop that process first; if it is gone, remove "),
+            "{}",
+            stderr(&o)
+        );
+    }
+    d.kill9();
+    // The owner is gone: the next walsync takes over.
+    let d = Daemon::start(&[&db], &replica, &[], &t.join("log2"));
+    d.wait_log("taking over from walsync pid", Duration::from_secs(5));
+    d.stop();
+    let o = walsync(&["snapshot", db.to_str().unwrap(), "-b", &replica.url()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    drop(c);
+}

@@ -149,6 +149,8 @@ pub struct Shipper {
     last_uploaded: Option<String>,
     state_written: Option<String>,
     state_written_at: Option<Instant>,
+    /// We own the database's `owner` file (see `claim`).
+    claimed: bool,
 }
 
 const STATE_INTERVAL: Duration = Duration::from_secs(60);
@@ -214,6 +216,7 @@ impl Shipper {
             last_uploaded: None,
             state_written: None,
             state_written_at: None,
+            claimed: false,
         }
     }
 
@@ -236,6 +239,58 @@ impl Shipper {
     /// Make the next step take a snapshot even if nothing changed (`walsync snapshot`).
     pub fn request_snapshot(&mut self) {
         self.changed_since_snapshot = true;
+    }
+
+    /// Become the one walsync replicating this database (SPEC section 4, guarantee 7): an
+    /// owner file in the spool directory names our pid. Another live walsync holding it is
+    /// refused with its pid; a file left by a process that is gone (kill -9) is taken over.
+    /// No descriptor is held, so idle databases still cost none.
+    pub fn claim(&mut self) -> Result<()> {
+        fs::create_dir_all(&self.spool)
+            .map_err(|e| Error::io("create spool directory", &self.spool, e))?;
+        let owner = self.spool.join("owner");
+        let me = std::process::id();
+        for _ in 0..3 {
+            let tmp = self.spool.join(format!("owner.{me}"));
+            fs::write(&tmp, format!("{me}\n")).map_err(|e| Error::io("write", &tmp, e))?;
+            // A hard link fails if the owner file exists: the claim is atomic.
+            let linked = fs::hard_link(&tmp, &owner);
+            let _ = fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {
+                    self.claimed = true;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io("claim", &owner, e)),
+            }
+            let pid: u32 = fs::read_to_string(&owner)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            if pid == me {
+                self.claimed = true;
+                return Ok(());
+            }
+            if pid != 0 && process_is_walsync(pid) {
+                return Err(Error::other(format!(
+                    "database {} is already replicated by walsync pid {pid}",
+                    self.path.display()
+                ))
+                .with_hint(format!(
+                    "stop that process first; if it is gone, remove {}",
+                    owner.display()
+                )));
+            }
+            info!(
+                "db={} taking over from walsync pid {pid}, which is gone",
+                self.path.display()
+            );
+            let _ = fs::remove_file(&owner);
+        }
+        Err(Error::Busy {
+            what: format!("could not claim {}", owner.display()),
+        })
     }
 
     /// The database must exist, be SQLite, and be in WAL mode.
@@ -336,6 +391,10 @@ impl Shipper {
         };
         let mut n = 0;
         for e in rd.flatten() {
+            let name = e.file_name();
+            if name == "owner" || name.to_string_lossy().starts_with("owner.") {
+                continue;
+            }
             if fs::remove_file(e.path()).is_ok() {
                 n += 1;
             }
@@ -1025,5 +1084,27 @@ impl Shipper {
 impl Drop for Shipper {
     fn drop(&mut self) {
         self.release();
+        if self.claimed {
+            let owner = self.spool.join("owner");
+            let mine = fs::read_to_string(&owner)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                == Some(std::process::id());
+            if mine {
+                let _ = fs::remove_file(&owner);
+            }
+        }
     }
+}
+
+/// Is `pid` a live walsync process? (Linux: /proc; elsewhere any live process counts.)
+fn process_is_walsync(pid: u32) -> bool {
+    let proc_dir = Path::new("/proc").join(pid.to_string());
+    if Path::new("/proc/self").exists() {
+        return fs::read_to_string(proc_dir.join("comm")).is_ok_and(|c| c.trim() == "walsync");
+    }
+    std::process::Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
 }
