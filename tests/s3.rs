@@ -125,7 +125,7 @@ fn request_accounting() {
             )
             .unwrap();
         }
-        sleep(Duration::from_millis(1600));
+        sleep(Duration::from_millis(2500));
     }
     let steady = proxy.counts();
     let segments = replica.objects("app", "wal").len() - before;
