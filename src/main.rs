@@ -215,6 +215,7 @@ fn run(a: Args) -> Result<()> {
             defs::command_help(defs::command(c).expect("known command"))
         ),
         Cmd::Version => println!("walsync {}", env!("CARGO_PKG_VERSION")),
+        Cmd::GenerateMan => print!("{}", cli::man::render()),
         Cmd::Watch => {
             let (storage, prefix, cfg) = replica(&a)?;
             let (shippers, catalog) = shippers(&a, &prefix, &storage, cfg.as_ref())?;

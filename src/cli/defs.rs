@@ -121,7 +121,7 @@ pub const FLAGS: &[Flag] = &[
         long: "point-in-time",
         short: None,
         value: Some("ISO8601"),
-        cmds: &["restore"],
+        cmds: &["restore", "restore-all"],
         doc: "Restore the state after the last segment at or before this time (e.g. 2026-11-22T10:00:00Z).",
     },
     Flag {

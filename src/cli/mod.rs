@@ -2,6 +2,7 @@
 //! `defs`; validators return messages without the flag name, and the parser adds it.
 
 pub mod defs;
+pub mod man;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use crate::time;
 pub enum Cmd {
     Help(Option<&'static str>),
     Version,
+    GenerateMan,
     Watch,
     Snapshot,
     Restore,
@@ -108,6 +110,10 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
                     match v.as_str() {
                         "help" => {
                             args.cmd = Cmd::Help(None);
+                            return Ok(args);
+                        }
+                        "generate-man" => {
+                            args.cmd = Cmd::GenerateMan;
                             return Ok(args);
                         }
                         _ => {
@@ -253,6 +259,16 @@ mod tests {
 
     fn p(s: &str) -> Result<Args> {
         parse(s.split_whitespace().map(OsString::from))
+    }
+
+    #[test]
+    fn man_page_has_not_drifted() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/man/walsync.1");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == man::render(),
+            "man/walsync.1 differs from the flag tables: run 'cargo run -- generate-man > man/walsync.1'"
+        );
     }
 
     #[test]
