@@ -33,14 +33,8 @@ pub fn objects(storage: &dyn Storage, ns: &str) -> Result<Vec<Object>> {
     Ok(objs)
 }
 
-/// What a restore (or verify) needs to walk: the snapshot and the segments after it.
-pub struct Plan {
-    pub snapshot: Object,
-    pub segments: Vec<Object>,
-}
-
-/// The latest snapshot at or before `pit` (or the latest), and the segments after it up to `pit`.
-pub fn plan(storage: &dyn Storage, ns: &str, pit: Option<u64>) -> Result<Plan> {
+/// The objects of a namespace that must exist: none is an error naming it.
+fn objects_of_backup(storage: &dyn Storage, ns: &str) -> Result<Vec<Object>> {
     let objs = objects(storage, ns)?;
     if objs.is_empty() {
         return Err(
@@ -52,6 +46,18 @@ pub fn plan(storage: &dyn Storage, ns: &str, pit: Option<u64>) -> Result<Plan> {
             ),
         );
     }
+    Ok(objs)
+}
+
+/// What a restore (or verify) needs to walk: the snapshot and the segments after it.
+pub struct Plan {
+    pub snapshot: Object,
+    pub segments: Vec<Object>,
+}
+
+/// The latest snapshot at or before `pit` (or the latest), and the segments after it up to `pit`.
+pub fn plan(storage: &dyn Storage, ns: &str, pit: Option<u64>) -> Result<Plan> {
+    let objs = objects_of_backup(storage, ns)?;
     let limit = pit.unwrap_or(u64::MAX);
     let snap = objs
         .iter()
@@ -405,17 +411,7 @@ pub struct Verified {
 /// Check every object's SHA-256 and format, and that the chain has no gap: each snapshot either
 /// starts a chain or continues the current one, each segment follows the object before it.
 pub fn verify(storage: &dyn Storage, ns: &str) -> Result<Verified> {
-    let objs = objects(storage, ns)?;
-    if objs.is_empty() {
-        return Err(
-            Error::other(format!("no backup of '{ns}' in {}", storage.describe())).with_hint(
-                format!(
-                    "check the name with 'walsync list -b {}'",
-                    storage.describe()
-                ),
-            ),
-        );
-    }
+    let objs = objects_of_backup(storage, ns)?;
     let mut chain: Option<ChainCheck> = None;
     let (mut snaps, mut segs) = (0, 0);
     for o in &objs {

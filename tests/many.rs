@@ -7,6 +7,18 @@ use std::time::Duration;
 use crate::harness::*;
 use crate::workload;
 
+/// The `[storage]` keys of a config file for this test's replica.
+fn storage_toml(backend: Backend, replica: &Replica) -> String {
+    match backend {
+        Backend::S3 => format!(
+            "bucket = \"{}\"\nendpoint = \"{}\"\n",
+            replica.url(),
+            std::env::var("AWS_ENDPOINT_URL_S3").unwrap_or_default()
+        ),
+        Backend::Local => format!("bucket = \"{}\"\n", replica.url()),
+    }
+}
+
 /// Issue #4, test 1 (first part): databases whose file names collide across directories,
 /// written concurrently while one `walsync watch` replicates them all; SIGTERM; `restore`
 /// reproduces every one under its unique name.
@@ -81,15 +93,7 @@ fn config_file_and_restore_all(backend: Backend) {
         workload::schema(c);
     }
     let cfg = t.join("walsync.toml");
-    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").unwrap_or_default();
-    let storage = if backend == Backend::S3 {
-        format!(
-            "bucket = \"{}\"\nendpoint = \"{endpoint}\"\n",
-            replica.url()
-        )
-    } else {
-        format!("bucket = \"{}\"\n", replica.url())
-    };
+    let storage = storage_toml(backend, &replica);
     std::fs::write(
         &cfg,
         format!(
@@ -197,15 +201,7 @@ fn dir_watching_and_sighup(backend: Backend) {
     let c1 = open_app(&first);
     workload::schema(&c1);
     let cfg = t.join("walsync.toml");
-    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").unwrap_or_default();
-    let storage = if backend == Backend::S3 {
-        format!(
-            "bucket = \"{}\"\nendpoint = \"{endpoint}\"\n",
-            replica.url()
-        )
-    } else {
-        format!("bucket = \"{}\"\n", replica.url())
-    };
+    let storage = storage_toml(backend, &replica);
     let base_cfg = format!("[storage]\n{storage}\n[defaults]\nsync_interval = \"100ms\"\n\n[[databases]]\ndir = \"tenants\"\nprefix = \"tenants\"\n");
     std::fs::write(&cfg, &base_cfg).unwrap();
     let log = t.join("log");
