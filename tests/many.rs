@@ -289,3 +289,61 @@ fn dir_watching_and_sighup(backend: Backend) {
 }
 
 crate::both!(dir_watching_and_sighup, super::dir_watching_and_sighup);
+
+/// Issue #4: many databases written at once stay within a small open-files limit: walsync
+/// keeps at most (limit - 64) / 5 databases pinned and releases the others right after each
+/// step. Here 200 databases under `prlimit --nofile=256`; every one restores exactly.
+#[test]
+fn many_databases_within_an_open_files_limit() {
+    let t = TestDir::new("nofile");
+    let replica = Replica::new(&t, Backend::Local);
+    let dbs: Vec<_> = (0..200).map(|i| t.join(&format!("db{i:03}.db"))).collect();
+    let conns: Vec<_> = dbs.iter().map(|p| open_app(p)).collect();
+    for c in &conns {
+        workload::schema(c);
+    }
+    let log = t.join("log");
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.args(["--nofile=256", BIN, "watch"]).args(&dbs).args([
+        "-b",
+        &replica.url(),
+        "--sync-interval",
+        "100ms",
+    ]);
+    let mut child = cmd
+        .env("RUST_LOG", "walsync=info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("every database replicated", Duration::from_secs(60), || {
+        log_text().matches("starting generation").count() >= dbs.len()
+    });
+    for round in 0..5 {
+        for (i, c) in conns.iter().enumerate() {
+            c.execute(
+                "INSERT INTO log(msg) VALUES (?1)",
+                [format!("r{round} d{i}")],
+            )
+            .unwrap();
+        }
+        sleep(Duration::from_millis(200));
+    }
+    sleep(Duration::from_millis(500));
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success(), "{}", log_text());
+    let text = log_text();
+    assert!(
+        !text.contains("Too many open files") && !text.contains("ERROR"),
+        "{text}"
+    );
+    for i in [0usize, 57, 123, 199] {
+        let out = t.join(&format!("out{i}.db"));
+        restore_ok(&replica, &format!("db{i:03}"), &out, None);
+        assert_eq!(content_hash(&out), content_hash(&dbs[i]), "db{i:03}");
+    }
+}

@@ -29,6 +29,7 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -154,6 +155,31 @@ pub struct Shipper {
 }
 
 const STATE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Databases pinned right now, in this process.
+static PINNED: AtomicUsize = AtomicUsize::new(0);
+
+/// How many databases may stay pinned: a pinned database holds about 5 descriptors (database,
+/// WAL and `-shm` for its connection, our `-shm` reader, a spool file while capturing), and
+/// 64 are kept for everything else.
+fn pin_budget() -> usize {
+    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let soft = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|l| {
+                l.lines()
+                    .find(|x| x.starts_with("Max open files"))
+                    .and_then(|x| {
+                        x.split_whitespace()
+                            .nth(3)
+                            .and_then(|v| v.parse::<usize>().ok())
+                    })
+            })
+            .unwrap_or(1024);
+        (soft.saturating_sub(64) / 5).max(8)
+    })
+}
 
 /// A JSON string literal.
 fn json_str(s: &str) -> String {
@@ -538,6 +564,7 @@ impl Shipper {
                 Self::close_conn(old, &self.path);
             }
             (None, Some(shm)) => {
+                PINNED.fetch_add(1, Ordering::Relaxed);
                 self.pin = Some(Pin {
                     reader: c,
                     shm,
@@ -569,6 +596,7 @@ impl Shipper {
     /// Close the connection: no pin, no file descriptors, no page cache.
     pub fn release(&mut self) {
         if let Some(pin) = self.pin.take() {
+            PINNED.fetch_sub(1, Ordering::Relaxed);
             Self::close_conn(pin.reader, &self.path);
             // Only now: closing it earlier would drop SQLite's locks (see `wal::shm::read`).
             drop(pin.shm);
@@ -1028,7 +1056,11 @@ impl Shipper {
         self.leapfrog()?;
         self.checkpoint_if_large();
         self.upload()?;
-        let releasing = release || self.idle_for() >= IDLE_RELEASE;
+        // Over the descriptor budget, a database is released right after its step instead of
+        // after IDLE_RELEASE: still correct (the next pin proves continuity), possibly at the
+        // price of a snapshot, but the process keeps within its open-files limit.
+        let over_budget = PINNED.load(Ordering::Relaxed) > pin_budget();
+        let releasing = release || over_budget || self.idle_for() >= IDLE_RELEASE;
         if releasing {
             self.release();
         }
