@@ -19,16 +19,17 @@ fn storage_toml(backend: Backend, replica: &Replica) -> String {
     }
 }
 
-/// Issue #4, test 1 (first part): databases whose file names collide across directories,
-/// written concurrently while one `walsync watch` replicates them all; SIGTERM; `restore`
-/// reproduces every one under its unique name.
+/// Issue #4, test 1 (first part): 50 databases whose file names collide across directories,
+/// written concurrently while one `walsync watch` replicates them all (named on the command
+/// line); SIGTERM; `restore-all` with a config file describing the same databases (two `dir`
+/// entries) finds the same layout and reproduces every one exactly.
 fn colliding_names_written_concurrently(backend: Backend) {
     let t = TestDir::new("many");
     let replica = Replica::new(&t, backend);
     let mut dbs = Vec::new();
     for dir in ["east", "west"] {
         std::fs::create_dir_all(t.join(dir)).unwrap();
-        for i in 0..10 {
+        for i in 0..25 {
             dbs.push(t.join(dir).join(format!("tenant{i}.db")));
         }
     }
@@ -50,7 +51,7 @@ fn colliding_names_written_concurrently(backend: Backend) {
             std::thread::spawn(move || {
                 let mut rng = Rng(1000 + i as u64);
                 for k in 0..40 {
-                    workload::step(&mut c, &mut rng, k == 20 && i % 5 == 0);
+                    workload::step(&mut c, &mut rng, k == 20 && i % 10 == 0);
                     if k % 10 == 0 {
                         sleep(Duration::from_millis(10));
                     }
@@ -62,10 +63,37 @@ fn colliding_names_written_concurrently(backend: Backend) {
         w.join().unwrap();
     }
     d.stop();
+    // The command line named them east/tenantN and west/tenantN; a config with two dir entries
+    // gives the same namespaces, so restore-all finds every one.
+    let cfg = t.join("walsync.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[storage]\n{}\n[[databases]]\ndir = \"east\"\nprefix = \"east\"\n\n[[databases]]\ndir = \"west\"\nprefix = \"west\"\n",
+            storage_toml(backend, &replica)
+        ),
+    )
+    .unwrap();
+    let outdir = t.join("restored");
+    let o = walsync(&[
+        "restore-all",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--output-dir",
+        outdir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().count(),
+        dbs.len()
+    );
     for (i, p) in dbs.iter().enumerate() {
-        let name = format!("{}/tenant{}", if i < 10 { "east" } else { "west" }, i % 10);
-        let out = t.join(&format!("out-{i}.db"));
-        restore_ok(&replica, &name, &out, None);
+        let name = format!(
+            "{}/tenant{}.db",
+            if i < 25 { "east" } else { "west" },
+            i % 25
+        );
+        let out = outdir.join(&name);
         integrity_ok(&out);
         assert_eq!(content_hash(&out), content_hash(p), "{name}");
     }
