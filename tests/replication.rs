@@ -311,6 +311,7 @@ fn manual_recovery_with_sqlite3_cli(backend: Backend) {
     let mut c = open_app(&db);
     workload::schema(&c);
     let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
+    d.wait_log("uploaded", Duration::from_secs(10)); // the first snapshot is in
     let mut rng = Rng(3);
     for i in 0..60 {
         workload::step(&mut c, &mut rng, i == 30);
