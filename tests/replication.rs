@@ -315,9 +315,8 @@ fn manual_recovery_with_sqlite3_cli(backend: Backend) {
     let mut rng = Rng(3);
     for i in 0..60 {
         workload::step(&mut c, &mut rng, i == 30);
-        if i % 10 == 0 {
-            sleep(Duration::from_millis(20));
-        }
+        // Spaced out so that the commits land in many segments.
+        sleep(Duration::from_millis(15));
     }
     drop(c);
     d.stop();
