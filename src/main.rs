@@ -230,7 +230,7 @@ fn run(a: Args) -> Result<()> {
                 .clamp(2, 4);
             let dcfg = DaemonConfig {
                 workers,
-                shutdown_deadline: Duration::from_secs(30),
+                shutdown_deadline: Duration::from_secs(120),
             };
             daemon::run(shippers, catalog, storage, dcfg, signals)?;
         }

@@ -293,7 +293,7 @@ pub fn run(
             }
             if t0.elapsed() > cfg.shutdown_deadline {
                 error!(
-                    "shutdown: gave up after {:?} with work pending",
+                    "shutdown: gave up after {:?} without progress, with work pending",
                     cfg.shutdown_deadline
                 );
                 break;
@@ -360,6 +360,11 @@ pub fn run(
                             // Only a step that ran as the final one proves everything shipped;
                             // a step started before the signal may have missed later commits.
                             s.final_done = d.release && r.pending == 0 && !r.pinned;
+                            // The shutdown deadline counts time without progress, so a large
+                            // backlog that is still moving is shipped, not abandoned.
+                            if let Some(t) = stopping.as_mut() {
+                                *t = now;
+                            }
                         } else {
                             let mut w = None;
                             if r.pinned {

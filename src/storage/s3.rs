@@ -177,6 +177,15 @@ impl S3Storage {
         self.err(key, kind, msg)
     }
 
+    /// Ok for a 2xx status; otherwise the classified error, reading the body only then.
+    fn expect_2xx(&self, key: &str, status: u16, body: impl FnOnce() -> String) -> Result<()> {
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(self.status_err(key, status, &body()))
+        }
+    }
+
     fn s3_err(&self, key: &str, e: s3::error::S3Error) -> Error {
         use s3::error::S3Error as E;
         match e {
@@ -261,11 +270,7 @@ impl S3Storage {
             .send()
             .map_err(|e| self.atto_err(key, e))?;
         let status = resp.status().as_u16();
-        if !(200..300).contains(&status) {
-            let body = resp.text().unwrap_or_default();
-            return Err(self.status_err(key, status, &body));
-        }
-        Ok(())
+        self.expect_2xx(key, status, || resp.text().unwrap_or_default())
     }
 
     fn put_multipart(
@@ -362,12 +367,12 @@ impl Storage for S3Storage {
             .send()
             .map_err(|e| self.atto_err(key, e))?;
         let (status, headers, reader) = resp.split();
-        let status = status.as_u16();
-        if !(200..300).contains(&status) {
+        let mut reader = reader;
+        self.expect_2xx(key, status.as_u16(), || {
             let mut body = String::new();
-            let _ = reader.take(64 * 1024).read_to_string(&mut body);
-            return Err(self.status_err(key, status, &body));
-        }
+            let _ = (&mut reader).take(64 * 1024).read_to_string(&mut body);
+            body
+        })?;
         let mut meta = Meta::new();
         for (k, v) in headers.iter() {
             if let (Some(name), Ok(v)) = (k.as_str().strip_prefix(META_PREFIX), v.to_str()) {
@@ -392,9 +397,7 @@ impl Storage for S3Storage {
             .bucket
             .head_object(Self::path(key))
             .map_err(|e| self.s3_err(key, e))?;
-        if !(200..300).contains(&status) {
-            return Err(self.status_err(key, status, ""));
-        }
+        self.expect_2xx(key, status, String::new)?;
         Ok(h.metadata.unwrap_or_default().into_iter().collect())
     }
 
