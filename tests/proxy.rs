@@ -1,64 +1,112 @@
-//! A small TCP proxy on 127.0.0.1 in front of the real S3 server: it counts HTTP requests by
-//! method (and LIST separately), and can be switched "down", refusing every connection, to
-//! simulate an outage. Bytes pass through untouched, so signatures stay valid.
+//! A small fault-injecting TCP proxy on 127.0.0.1 in front of the real S3 server. It counts
+//! HTTP requests by method (and LIST separately), and injects storage faults: refused
+//! connections (the server "down", which also cuts the connections already open), connections
+//! reset in the middle of an upload, 500/503 answers, and slow answers. Bytes that pass go
+//! through untouched, so signatures stay valid.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
+
+/// What the proxy does to each request (and, for `Down`, to each connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Refuse new connections and cut the open ones.
+    Down,
+    /// Forward the head and half the body of the next request, then reset the connection.
+    ResetMidUpload,
+    /// Answer with this status without asking the server.
+    Status(u16),
+    /// Hold each request this long before forwarding it.
+    Slow(Duration),
+}
+
+struct Shared {
+    fault: Mutex<Fault>,
+    counts: Mutex<BTreeMap<String, u64>>,
+    open: Mutex<Vec<TcpStream>>,
+    injected: AtomicU64,
+}
 
 pub struct Proxy {
     pub port: u16,
-    down: Arc<AtomicBool>,
-    counts: Arc<Mutex<BTreeMap<String, u64>>>,
+    shared: Arc<Shared>,
 }
 
 impl Proxy {
     pub fn start(upstream: SocketAddr) -> Proxy {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let down = Arc::new(AtomicBool::new(false));
-        let counts = Arc::new(Mutex::new(BTreeMap::new()));
-        let (d, c) = (down.clone(), counts.clone());
+        let shared = Arc::new(Shared {
+            fault: Mutex::new(Fault::None),
+            counts: Mutex::new(BTreeMap::new()),
+            open: Mutex::new(Vec::new()),
+            injected: AtomicU64::new(0),
+        });
+        let sh = shared.clone();
         thread::spawn(move || {
             for conn in l.incoming() {
                 let Ok(client) = conn else { continue };
-                if d.load(Ordering::SeqCst) {
+                if *sh.fault.lock().unwrap() == Fault::Down {
+                    sh.injected.fetch_add(1, Ordering::SeqCst);
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 }
-                let c = c.clone();
+                let sh = sh.clone();
                 thread::spawn(move || {
                     let Ok(server) = TcpStream::connect(upstream) else {
                         return;
                     };
+                    {
+                        let mut open = sh.open.lock().unwrap();
+                        open.retain(|s| s.peer_addr().is_ok());
+                        open.push(client.try_clone().unwrap());
+                        open.push(server.try_clone().unwrap());
+                    }
                     let (c2s_in, s2c_out) = (client.try_clone().unwrap(), client);
                     let (s_out, s_in) = (server.try_clone().unwrap(), server);
                     let back = thread::spawn(move || pump(s_in, s2c_out));
-                    count_requests(c2s_in, s_out, &c);
+                    forward_requests(c2s_in, s_out, &sh);
                     let _ = back.join();
                 });
             }
         });
-        Proxy { port, down, counts }
+        Proxy { port, shared }
     }
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    pub fn set_fault(&self, f: Fault) {
+        *self.shared.fault.lock().unwrap() = f;
+        if f == Fault::Down {
+            for s in self.shared.open.lock().unwrap().drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
     pub fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::SeqCst);
+        self.set_fault(if down { Fault::Down } else { Fault::None });
+    }
+
+    /// Requests or connections a fault was applied to.
+    pub fn injected(&self) -> u64 {
+        self.shared.injected.load(Ordering::SeqCst)
     }
 
     pub fn counts(&self) -> BTreeMap<String, u64> {
-        self.counts.lock().unwrap().clone()
+        self.shared.counts.lock().unwrap().clone()
     }
 
     pub fn reset(&self) {
-        self.counts.lock().unwrap().clear();
+        self.shared.counts.lock().unwrap().clear();
     }
 }
 
@@ -67,9 +115,15 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
     let _ = to.shutdown(Shutdown::Write);
 }
 
-/// Forward client bytes to the server, parsing each request's head to count it.
-fn count_requests(from: TcpStream, mut to: TcpStream, counts: &Mutex<BTreeMap<String, u64>>) {
+/// Forward client bytes to the server, parsing each request's head to count it and to apply
+/// the current fault.
+fn forward_requests(from: TcpStream, mut to: TcpStream, sh: &Shared) {
+    let mut answer = from.try_clone().unwrap();
     let mut r = BufReader::new(from);
+    let cut = |to: &TcpStream, answer: &TcpStream| {
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = answer.shutdown(Shutdown::Both);
+    };
     loop {
         let mut head = Vec::new();
         let mut len = 0u64;
@@ -105,7 +159,49 @@ fn count_requests(from: TcpStream, mut to: TcpStream, counts: &Mutex<BTreeMap<St
         } else {
             method
         };
-        *counts.lock().unwrap().entry(kind).or_default() += 1;
+        *sh.counts.lock().unwrap().entry(kind).or_default() += 1;
+        let fault = *sh.fault.lock().unwrap();
+        match fault {
+            Fault::None => {}
+            Fault::Down => {
+                sh.injected.fetch_add(1, Ordering::SeqCst);
+                cut(&to, &answer);
+                return;
+            }
+            Fault::ResetMidUpload => {
+                sh.injected.fetch_add(1, Ordering::SeqCst);
+                let _ = to.write_all(&head);
+                let _ = std::io::copy(&mut (&mut r).take(len / 2), &mut to);
+                cut(&to, &answer);
+                return;
+            }
+            Fault::Status(code) => {
+                sh.injected.fetch_add(1, Ordering::SeqCst);
+                if std::io::copy(&mut (&mut r).take(len), &mut std::io::sink()).is_err() {
+                    return;
+                }
+                let body = if kind_is_head(&first) {
+                    String::new()
+                } else {
+                    format!(
+                    "<?xml version=\"1.0\"?><Error><Code>{}</Code><Message>injected</Message></Error>",
+                    if code == 503 { "SlowDown" } else { "InternalError" }
+                )
+                };
+                let resp = format!(
+                    "HTTP/1.1 {code} Injected\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if answer.write_all(resp.as_bytes()).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Fault::Slow(d) => {
+                sh.injected.fetch_add(1, Ordering::SeqCst);
+                thread::sleep(d);
+            }
+        }
         if to.write_all(&head).is_err() {
             return;
         }
@@ -118,4 +214,8 @@ fn count_requests(from: TcpStream, mut to: TcpStream, counts: &Mutex<BTreeMap<St
             return;
         }
     }
+}
+
+fn kind_is_head(request_line: &str) -> bool {
+    request_line.starts_with("HEAD ")
 }

@@ -308,6 +308,10 @@ pub fn run(
         if stopping.is_some() {
             next = earliest(next, Some(Instant::now() + Duration::from_millis(200)));
         }
+        if next.is_none() && !slots.iter().flatten().any(|s| s.s.in_flight) {
+            // Quiet until the next change: an idle daemon holds no connection.
+            storage.release_idle();
+        }
         let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
         let tick = match timeout {
             Some(d) => crossbeam_channel::after(d),

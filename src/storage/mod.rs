@@ -2,8 +2,10 @@
 //! segments, chains) stays in `layout` and `replicate`. Backends are shared as
 //! `Arc<dyn Storage>` between all databases and worker threads.
 
+mod http;
 pub mod local;
 pub mod s3;
+mod sigv4;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -46,6 +48,9 @@ pub trait Storage: Send + Sync {
 
     /// Remove an object; removing a missing key is not an error.
     fn delete(&self, key: &str) -> Result<()>;
+
+    /// Let go of idle resources (pooled connections); called when the daemon goes quiet.
+    fn release_idle(&self) {}
 }
 
 /// A replica location parsed from `-b URL` or the config's `bucket`.

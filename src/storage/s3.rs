@@ -9,28 +9,35 @@
 //! timeouts, 408, 429 and 5xx are transient; 403 and a missing bucket are not, and say which
 //! bucket and endpoint.
 
-use std::io::{self, Read, Write};
-use std::time::Duration;
+use std::io::Read;
 
-use attohttpc::body::{Body as HttpBody, BodyKind};
-use attohttpc::header::{HeaderMap, HeaderName, HeaderValue};
 use log::debug;
 use s3::creds::Credentials;
-use s3::{Bucket, Region};
+use s3::Region;
 
+use super::http::{Client, ReqBody, Response, Target};
+use super::sigv4::{self, Keys};
 use super::{Body, Entry, Storage};
 use crate::error::{Error, Result, StorageKind};
 use crate::layout::Meta;
 
-/// Objects larger than this go up as multipart uploads, in parts of this size (the S3 minimum,
-/// so that the one part buffer stays small), or larger when 10,000 parts would not suffice.
-const PART_SIZE: u64 = 5 * 1024 * 1024;
+/// Objects larger than this go up as multipart uploads, in parts of this size (or larger when
+/// 10,000 parts would not suffice). Parts are streamed from the source, so the size costs
+/// no memory; larger parts mean fewer requests.
+const PART_SIZE: u64 = 16 * 1024 * 1024;
 const MAX_PARTS: u64 = 10_000;
-const PRESIGN_SECS: u32 = 3600;
 const META_PREFIX: &str = "x-amz-meta-";
+const ERROR_BODY_LIMIT: u64 = 64 * 1024;
+/// A LIST page or multipart XML answer is read into memory up to this size.
+const XML_LIMIT: u64 = 4 * 1024 * 1024;
 
 pub struct S3Storage {
-    bucket: Box<Bucket>,
+    client: Client,
+    keys: Keys,
+    bucket: String,
+    /// `/bucket` with path-style addressing, empty with virtual-hosted style; plus any base
+    /// path of the endpoint.
+    base: String,
     endpoint: String,
     describe: String,
 }
@@ -46,44 +53,80 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// The request body of a PUT: `len` bytes from a reader, written once.
-struct ReadBody<'a> {
-    src: &'a mut dyn Read,
-    len: u64,
-    used: bool,
+/// The text of the first `<tag>...</tag>` in `xml`, unescaped.
+fn xml_tag(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let len = xml[start..].find(&close)?;
+    Some(unescape(&xml[start..start + len]))
 }
 
-impl HttpBody for ReadBody<'_> {
-    fn kind(&mut self) -> io::Result<BodyKind> {
-        Ok(BodyKind::KnownLength(self.len))
+/// Every `<tag>...</tag>` block's inner text.
+fn xml_blocks<'a>(xml: &'a str, tag: &str) -> impl Iterator<Item = &'a str> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let mut rest = xml;
+    std::iter::from_fn(move || {
+        let start = rest.find(&open)? + open.len();
+        let len = rest[start..].find(&close)?;
+        let block = &rest[start..start + len];
+        rest = &rest[start + len + close.len()..];
+        Some(block)
+    })
+}
+
+fn unescape(s: &str) -> String {
+    if !s.contains('&') {
+        return s.to_string();
     }
-    fn write<W: Write>(&mut self, mut w: W) -> io::Result<()> {
-        if self.used {
-            return Err(io::Error::other("request body cannot be sent twice"));
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i..];
+        let Some(end) = after.find(';') else {
+            out.push_str(after);
+            return out;
+        };
+        let ent = &after[1..end];
+        let ch = match ent {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            _ => ent
+                .strip_prefix("#x")
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .or_else(|| ent.strip_prefix('#').and_then(|d| d.parse().ok()))
+                .and_then(char::from_u32),
+        };
+        match ch {
+            Some(c) => out.push(c),
+            None => out.push_str(&after[..=end]),
         }
-        self.used = true;
-        let n = io::copy(&mut (&mut *self.src).take(self.len), &mut w)?;
-        if n != self.len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("body ended after {n} of {} bytes", self.len),
-            ));
-        }
-        Ok(())
+        rest = &after[end + 1..];
     }
+    out.push_str(rest);
+    out
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 impl S3Storage {
     pub fn open(bucket: &str, opts: &S3Options) -> Result<Self> {
-        // walsync retries with its own backoff (and keeps the chain's order); rust-s3's
-        // internal retry would sleep inside a worker for seconds.
-        s3::set_retries(0);
         let cfg = |msg: String| Error::Config {
             file: "environment".into(),
             key: String::new(),
             msg,
         };
-        let region_name = opts
+        let region = opts
             .region
             .clone()
             .or_else(|| env("AWS_REGION"))
@@ -98,44 +141,62 @@ impl S3Storage {
             (Some(k), Some(s)) => Credentials::new(Some(&k), Some(&s), env("AWS_SESSION_TOKEN").as_deref(), None, None),
             _ => Credentials::from_profile(env("AWS_PROFILE").as_deref()),
         }
-        .map_err(|_| {
+        .ok()
+        .and_then(|c| Some((c.access_key?, c.secret_key?, c.session_token.or(c.security_token))))
+        .ok_or_else(|| {
             cfg(format!("no S3 credentials for bucket {bucket}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"))
         })?;
-        let (region, shown) = match &endpoint {
+        let (target, base, shown) = match &endpoint {
             Some(e) => {
-                if !(e.starts_with("http://") || e.starts_with("https://")) {
-                    return Err(Error::usage(format!(
-                        "invalid S3 endpoint '{e}': it must start with http:// or https://"
-                    )));
-                }
-                (
-                    Region::Custom {
-                        region: region_name.clone(),
-                        endpoint: e.trim_end_matches('/').to_string(),
-                    },
-                    e.clone(),
-                )
+                let (t, path) = Target::parse(e).ok_or_else(|| {
+                    Error::usage(format!(
+                        "invalid S3 endpoint '{e}': it must look like http(s)://host[:port]"
+                    ))
+                })?;
+                // MinIO, Garage, Tigris, R2 and friends: path-style addressing.
+                let base = format!("{path}/{}", sigv4::encode(bucket, false));
+                (t, base, e.trim_end_matches('/').to_string())
             }
             None => {
-                let r: Region = region_name
-                    .parse()
-                    .map_err(|_| cfg(format!("unknown AWS region '{region_name}'")))?;
-                let shown = format!("https://s3.{region_name}.amazonaws.com");
-                (r, shown)
+                if !matches!(region.parse::<Region>(), Ok(r) if !matches!(r, Region::Custom { .. }))
+                {
+                    return Err(cfg(format!("unknown AWS region '{region}'")));
+                }
+                let aws = format!("s3.{region}.amazonaws.com");
+                // Virtual-hosted style, except for names with dots, which the certificate's
+                // wildcard does not cover.
+                let (host, base) = if bucket.contains('.') {
+                    (aws.clone(), format!("/{}", sigv4::encode(bucket, false)))
+                } else {
+                    (format!("{bucket}.{aws}"), String::new())
+                };
+                let t = Target {
+                    https: true,
+                    host,
+                    port: 443,
+                };
+                (t, base, format!("https://{aws}"))
             }
         };
-        let mut b = Bucket::new(bucket, region, creds)
-            .map_err(|e| cfg(format!("S3 bucket {bucket}: {e}")))?;
-        if endpoint.is_some() {
-            // MinIO, Garage, Tigris, R2 and friends: path-style addressing.
-            b = b.with_path_style();
-        }
-        b.set_request_timeout(Some(Duration::from_secs(60)));
+        let client = Client::new(target).map_err(|e| cfg(format!("S3 endpoint {shown}: {e}")))?;
         Ok(S3Storage {
-            bucket: b,
-            endpoint: shown.clone(),
+            client,
+            keys: Keys {
+                access: creds.0,
+                secret: creds.1,
+                token: creds.2,
+                region,
+            },
+            bucket: bucket.to_string(),
+            base,
             describe: format!("s3://{bucket} at {shown}"),
+            endpoint: shown,
         })
+    }
+
+    /// Connections the client opened so far (for the benchmark's figures).
+    pub fn connects(&self) -> u64 {
+        self.client.connects()
     }
 
     fn err(&self, key: &str, kind: StorageKind, msg: String) -> Error {
@@ -149,24 +210,20 @@ impl S3Storage {
 
     /// Classify an HTTP status.
     fn status_err(&self, key: &str, status: u16, body: &str) -> Error {
-        let code = body
-            .split("<Code>")
-            .nth(1)
-            .and_then(|s| s.split("</Code>").next())
-            .unwrap_or("");
-        let (kind, msg) = match (status, code) {
+        let code = xml_tag(body, "Code").unwrap_or_default();
+        let (kind, msg) = match (status, code.as_str()) {
             (404, "NoSuchBucket") => (
                 StorageKind::Permanent,
-                format!("bucket {} does not exist at {}", self.bucket.name(), self.endpoint),
+                format!("bucket {} does not exist at {}", self.bucket, self.endpoint),
             ),
             (404, _) => (StorageKind::NotFound, "not found".to_string()),
             (403, _) | (401, _) => (
                 StorageKind::Permanent,
                 format!(
                     "access denied to bucket {} at {} ({}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-                    self.bucket.name(),
+                    self.bucket,
                     self.endpoint,
-                    if code.is_empty() { status.to_string() } else { code.to_string() }
+                    if code.is_empty() { status.to_string() } else { code.clone() }
                 ),
             ),
             (408, _) | (429, _) | (500..=599, _) => {
@@ -177,71 +234,117 @@ impl S3Storage {
         self.err(key, kind, msg)
     }
 
-    /// Ok for a 2xx status; otherwise the classified error, reading the body only then.
-    fn expect_2xx(&self, key: &str, status: u16, body: impl FnOnce() -> String) -> Result<()> {
-        if (200..300).contains(&status) {
-            Ok(())
+    /// Send a signed request. `key` is the object key ("" for the bucket itself), `query`
+    /// raw pairs, `headers` extra headers to sign (metadata).
+    fn request(
+        &self,
+        method: &str,
+        key: &str,
+        query: &[(&str, &str)],
+        headers: &[(String, String)],
+        body: ReqBody,
+    ) -> Result<Response> {
+        let path = if key.is_empty() {
+            format!("{}/", self.base)
         } else {
-            Err(self.status_err(key, status, &body()))
-        }
-    }
-
-    fn s3_err(&self, key: &str, e: s3::error::S3Error) -> Error {
-        use s3::error::S3Error as E;
-        match e {
-            E::HttpFailWithBody(status, body) => self.status_err(key, status, &body),
-            E::Atto(e) => self.err(
+            format!("{}/{}", self.base, sigv4::encode(key, true))
+        };
+        let hash = match &body {
+            ReqBody::Empty => sigv4::sha256_hex(b""),
+            ReqBody::Bytes(b) => sigv4::sha256_hex(b),
+            ReqBody::Stream(..) => sigv4::UNSIGNED.to_string(),
+        };
+        let host = self.client.target().host_header();
+        let req = sigv4::Request {
+            method,
+            host: &host,
+            path: &path,
+            query,
+            headers,
+            payload_hash: &hash,
+        };
+        let (qs, head) = sigv4::sign(&self.keys, &req, crate::time::now_ms());
+        let target = if qs.is_empty() {
+            path
+        } else {
+            format!("{path}?{qs}")
+        };
+        self.client.send(method, &target, &head, body).map_err(|e| {
+            self.err(
                 key,
                 StorageKind::Transient,
                 format!("cannot reach {}: {e}", self.endpoint),
-            ),
-            E::Io(e) => self.err(key, StorageKind::Transient, format!("{e}")),
-            other => self.err(key, StorageKind::Permanent, other.to_string()),
+            )
+        })
+    }
+
+    /// Ok with the response for a 2xx status; otherwise the classified error.
+    fn expect_2xx(&self, key: &str, resp: Response) -> Result<Response> {
+        if (200..300).contains(&resp.status) {
+            Ok(resp)
+        } else {
+            let status = resp.status;
+            let body = resp.text(ERROR_BODY_LIMIT).unwrap_or_default();
+            Err(self.status_err(key, status, &body))
         }
     }
 
-    fn atto_err(&self, key: &str, e: attohttpc::Error) -> Error {
-        self.err(
-            key,
-            StorageKind::Transient,
-            format!("cannot reach {}: {e}", self.endpoint),
-        )
+    /// A 2xx answer's body (bounded), read to the end so the connection is reused.
+    fn body_text(&self, key: &str, resp: Response, limit: u64) -> Result<String> {
+        resp.text(limit).map_err(|e| {
+            self.err(
+                key,
+                StorageKind::Transient,
+                format!("reading the answer from {}: {e}", self.endpoint),
+            )
+        })
     }
 
-    fn meta_headers(&self, key: &str, meta: &Meta) -> Result<HeaderMap> {
-        let mut h = HeaderMap::new();
+    fn meta_headers(&self, key: &str, meta: &Meta) -> Result<Vec<(String, String)>> {
+        let mut h = Vec::with_capacity(meta.len());
         for (k, v) in meta {
-            let name =
-                HeaderName::from_bytes(format!("{META_PREFIX}{k}").as_bytes()).map_err(|_| {
-                    self.err(
-                        key,
-                        StorageKind::Permanent,
-                        format!("invalid metadata name {k}"),
-                    )
-                })?;
-            let value = HeaderValue::from_str(v).map_err(|_| {
-                self.err(
+            let name_ok = !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            let value_ok = v.bytes().all(|b| (0x20..0x7f).contains(&b));
+            if !name_ok || !value_ok {
+                return Err(self.err(
                     key,
                     StorageKind::Permanent,
-                    format!("invalid metadata value for {k}"),
-                )
-            })?;
-            h.insert(name, value);
+                    format!("invalid metadata {k}={v:?}"),
+                ));
+            }
+            h.push((
+                format!("{META_PREFIX}{}", k.to_ascii_lowercase()),
+                v.clone(),
+            ));
         }
         Ok(h)
     }
 
-    fn path(key: &str) -> String {
-        format!("/{key}")
+    fn meta_of(resp: &Response) -> Meta {
+        resp.headers
+            .iter()
+            .filter_map(|(k, v)| {
+                let k = k.to_ascii_lowercase();
+                k.strip_prefix(META_PREFIX)
+                    .map(|n| (n.to_string(), v.clone()))
+            })
+            .collect()
     }
 
     /// Check that the bucket exists and the credentials work, with a one-key listing
     /// (`Bucket::exists()` lists every bucket and fails on some servers).
     pub fn check(&self) -> Result<()> {
-        self.bucket
-            .list_page(String::new(), None, None, None, Some(1))
-            .map(|_| ())
-            .map_err(|e| self.s3_err("", e))
+        let resp = self.request(
+            "GET",
+            "",
+            &[("list-type", "2"), ("max-keys", "1")],
+            &[],
+            ReqBody::Empty,
+        )?;
+        let resp = self.expect_2xx("", resp)?;
+        self.body_text("", resp, XML_LIMIT).map(|_| ())
     }
 
     fn put_single(
@@ -249,28 +352,11 @@ impl S3Storage {
         key: &str,
         src: &mut dyn Read,
         len: u64,
-        headers: HeaderMap,
+        headers: &[(String, String)],
     ) -> Result<()> {
-        let url = self
-            .bucket
-            .presign_put(Self::path(key), PRESIGN_SECS, Some(headers.clone()), None)
-            .map_err(|e| self.s3_err(key, e))?;
-        let mut req = attohttpc::put(url)
-            .follow_redirects(false)
-            .timeout(Duration::from_secs(300));
-        for (k, v) in headers.iter() {
-            req = req.header(k, v);
-        }
-        let resp = req
-            .body(ReadBody {
-                src,
-                len,
-                used: false,
-            })
-            .send()
-            .map_err(|e| self.atto_err(key, e))?;
-        let status = resp.status().as_u16();
-        self.expect_2xx(key, status, || resp.text().unwrap_or_default())
+        let resp = self.request("PUT", key, &[], headers, ReqBody::Stream(src, len))?;
+        let resp = self.expect_2xx(key, resp)?;
+        self.body_text(key, resp, ERROR_BODY_LIMIT).map(|_| ())
     }
 
     fn put_multipart(
@@ -278,65 +364,77 @@ impl S3Storage {
         key: &str,
         src: &mut dyn Read,
         len: u64,
-        headers: HeaderMap,
+        headers: &[(String, String)],
     ) -> Result<()> {
-        let with_meta = self
-            .bucket
-            .with_extra_headers(headers)
-            .map_err(|e| self.s3_err(key, e))?;
-        let up = with_meta
-            .initiate_multipart_upload(&Self::path(key), "application/octet-stream")
-            .map_err(|e| self.s3_err(key, e))?;
+        let resp = self.request("POST", key, &[("uploads", "")], headers, ReqBody::Empty)?;
+        let resp = self.expect_2xx(key, resp)?;
+        let xml = self.body_text(key, resp, XML_LIMIT)?;
+        let upload_id = xml_tag(&xml, "UploadId").ok_or_else(|| {
+            self.err(
+                key,
+                StorageKind::Transient,
+                "multipart initiation answered without an UploadId".into(),
+            )
+        })?;
         let res = (|| -> Result<()> {
-            // rust-s3's sync presigning drops query parameters on PUT, so parts cannot be
-            // streamed on presigned URLs; they go through rust-s3 from one reused buffer.
-            let part_size = PART_SIZE.max(len.div_ceil(MAX_PARTS)) as usize;
-            let mut buf = vec![0u8; part_size];
-            let mut parts = Vec::new();
+            let part_size = PART_SIZE.max(len.div_ceil(MAX_PARTS));
+            let mut done = String::from("<CompleteMultipartUpload>");
             let mut sent = 0u64;
             let mut n = 0u32;
             while sent < len {
                 n += 1;
-                let part_len = (part_size as u64).min(len - sent) as usize;
-                src.read_exact(&mut buf[..part_len]).map_err(|e| {
-                    self.err(
+                let part_len = part_size.min(len - sent);
+                let num = n.to_string();
+                let resp = self.request(
+                    "PUT",
+                    key,
+                    &[("partNumber", &num), ("uploadId", &upload_id)],
+                    &[],
+                    ReqBody::Stream(src, part_len),
+                )?;
+                let resp = self.expect_2xx(key, resp)?;
+                let etag = resp.header("etag").unwrap_or("").to_string();
+                self.body_text(key, resp, ERROR_BODY_LIMIT)?;
+                if etag.is_empty() {
+                    return Err(self.err(
                         key,
-                        StorageKind::Permanent,
-                        format!("reading part {n}: {e}"),
-                    )
-                })?;
-                let part = self
-                    .bucket
-                    .put_multipart_chunk(
-                        &buf[..part_len],
-                        &Self::path(key),
-                        n,
-                        &up.upload_id,
-                        "application/octet-stream",
-                    )
-                    .map_err(|e| self.s3_err(key, e))?;
-                parts.push(part);
-                sent += part_len as u64;
-            }
-            match self
-                .bucket
-                .complete_multipart_upload(&Self::path(key), &up.upload_id, parts)
-            {
-                Ok(_) => Ok(()),
-                // A 200 whose XML root rust-s3 does not expect (moto answers
-                // CompleteMultipartUploadResponse) is a success unless it holds an <Error>,
-                // which S3 may send with a 200 status.
-                Err(s3::error::S3Error::HttpFailWithBody(200, body))
-                    if !body.contains("<Error>") =>
-                {
-                    Ok(())
+                        StorageKind::Transient,
+                        format!("part {n} answered without an ETag"),
+                    ));
                 }
-                Err(e) => Err(self.s3_err(key, e)),
+                done.push_str(&format!(
+                    "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag></Part>",
+                    escape(&etag)
+                ));
+                sent += part_len;
             }
+            done.push_str("</CompleteMultipartUpload>");
+            let resp = self.request(
+                "POST",
+                key,
+                &[("uploadId", &upload_id)],
+                &[("content-type".into(), "application/xml".into())],
+                ReqBody::Bytes(done.as_bytes()),
+            )?;
+            let resp = self.expect_2xx(key, resp)?;
+            // S3 may report a failed completion with a 200 status and an <Error> body.
+            let xml = self.body_text(key, resp, XML_LIMIT)?;
+            if xml.contains("<Error>") {
+                return Err(self.status_err(key, 500, &xml));
+            }
+            Ok(())
         })();
         if res.is_err() {
             // Best effort: an unfinished multipart upload is invisible to readers anyway.
-            let _ = self.bucket.abort_upload(&Self::path(key), &up.upload_id);
+            if let Ok(r) = self.request(
+                "DELETE",
+                key,
+                &[("uploadId", &upload_id)],
+                &[],
+                ReqBody::Empty,
+            ) {
+                let _ = r.text(ERROR_BODY_LIMIT);
+            }
         }
         res
     }
@@ -350,84 +448,103 @@ impl Storage for S3Storage {
     fn put(&self, key: &str, src: &mut dyn Read, len: u64, meta: &Meta) -> Result<()> {
         let headers = self.meta_headers(key, meta)?;
         if len > PART_SIZE {
-            self.put_multipart(key, src, len, headers)
+            self.put_multipart(key, src, len, &headers)
         } else {
-            self.put_single(key, src, len, headers)
+            self.put_single(key, src, len, &headers)
         }
     }
 
     fn get(&self, key: &str) -> Result<Body> {
-        let url = self
-            .bucket
-            .presign_get(Self::path(key), PRESIGN_SECS, None)
-            .map_err(|e| self.s3_err(key, e))?;
-        let resp = attohttpc::get(url)
-            .follow_redirects(false)
-            .read_timeout(Duration::from_secs(60))
-            .send()
-            .map_err(|e| self.atto_err(key, e))?;
-        let (status, headers, reader) = resp.split();
-        let mut reader = reader;
-        self.expect_2xx(key, status.as_u16(), || {
-            let mut body = String::new();
-            let _ = (&mut reader).take(64 * 1024).read_to_string(&mut body);
-            body
-        })?;
-        let mut meta = Meta::new();
-        for (k, v) in headers.iter() {
-            if let (Some(name), Ok(v)) = (k.as_str().strip_prefix(META_PREFIX), v.to_str()) {
-                meta.insert(name.to_string(), v.to_string());
-            }
-        }
-        let size = headers
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
+        let resp = self.request("GET", key, &[], &[], ReqBody::Empty)?;
+        let resp = self.expect_2xx(key, resp)?;
+        let meta = Self::meta_of(&resp);
+        let size = resp
+            .header("content-length")
+            .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
         debug!("GET {key}: {size} bytes");
         Ok(Body {
             meta,
             size,
-            reader: Box::new(reader),
+            reader: Box::new(resp.body),
         })
     }
 
     fn head(&self, key: &str) -> Result<Meta> {
-        let (h, status) = self
-            .bucket
-            .head_object(Self::path(key))
-            .map_err(|e| self.s3_err(key, e))?;
-        self.expect_2xx(key, status, String::new)?;
-        Ok(h.metadata.unwrap_or_default().into_iter().collect())
+        let resp = self.request("HEAD", key, &[], &[], ReqBody::Empty)?;
+        let resp = self.expect_2xx(key, resp)?;
+        Ok(Self::meta_of(&resp))
     }
 
     fn list(&self, prefix: &str, f: &mut dyn FnMut(Entry)) -> Result<()> {
-        let mut token = None;
+        let mut token: Option<String> = None;
         loop {
-            let (page, _) = self
-                .bucket
-                .list_page(prefix.to_string(), None, token.take(), None, Some(1000))
-                .map_err(|e| self.s3_err(prefix, e))?;
-            for o in page.contents {
+            let mut q = vec![("list-type", "2"), ("prefix", prefix), ("max-keys", "1000")];
+            if let Some(t) = &token {
+                q.push(("continuation-token", t));
+            }
+            let resp = self.request("GET", "", &q, &[], ReqBody::Empty)?;
+            let resp = self.expect_2xx(prefix, resp)?;
+            let xml = self.body_text(prefix, resp, XML_LIMIT)?;
+            for c in xml_blocks(&xml, "Contents") {
+                let (Some(key), Some(size)) = (xml_tag(c, "Key"), xml_tag(c, "Size")) else {
+                    continue;
+                };
                 f(Entry {
-                    key: o.key,
-                    size: o.size,
+                    key,
+                    size: size.trim().parse().unwrap_or(0),
                 });
             }
-            match page.next_continuation_token {
-                Some(t) if page.is_truncated => token = Some(t),
+            let truncated = xml_tag(&xml, "IsTruncated").is_some_and(|v| v.trim() == "true");
+            match xml_tag(&xml, "NextContinuationToken") {
+                Some(t) if truncated => token = Some(t),
+                _ if truncated => {
+                    return Err(self.err(
+                        prefix,
+                        StorageKind::Permanent,
+                        "a truncated listing came without a continuation token".into(),
+                    ))
+                }
                 _ => return Ok(()),
             }
         }
     }
 
     fn delete(&self, key: &str) -> Result<()> {
-        match self.bucket.delete_object(Self::path(key)) {
-            Ok(_) => Ok(()),
-            Err(e) => match self.s3_err(key, e) {
-                e if e.is_not_found() => Ok(()),
-                e => Err(e),
-            },
+        let resp = self.request("DELETE", key, &[], &[], ReqBody::Empty)?;
+        match self.expect_2xx(key, resp) {
+            Ok(r) => self.body_text(key, r, ERROR_BODY_LIMIT).map(|_| ()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
         }
+    }
+
+    fn release_idle(&self) {
+        self.client.release_idle();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_helpers() {
+        let x = "<R><IsTruncated>true</IsTruncated><Contents><Key>a&amp;b</Key><Size>3</Size></Contents>\
+                 <Contents><Key>c&#x2F;d&lt;</Key><Size>0</Size></Contents></R>";
+        let got: Vec<_> = xml_blocks(x, "Contents")
+            .map(|c| (xml_tag(c, "Key").unwrap(), xml_tag(c, "Size").unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a&b".to_string(), "3".to_string()),
+                ("c/d<".into(), "0".into())
+            ]
+        );
+        assert_eq!(xml_tag(x, "IsTruncated").as_deref(), Some("true"));
+        assert_eq!(xml_tag(x, "Missing"), None);
+        assert_eq!(unescape("x &bogus; &#65;"), "x &bogus; A");
+        assert_eq!(escape("\"e&t\""), "&quot;e&amp;t&quot;");
     }
 }
