@@ -1,6 +1,7 @@
 //! walsync's integration tests: one binary (autotests = false) running the real `walsync`.
 
 mod bench;
+mod bench_https;
 mod errors;
 mod harness;
 mod many;
