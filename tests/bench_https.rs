@@ -45,7 +45,6 @@ pub fn start_tls_proxy(
     std::fs::create_dir_all(dir).unwrap();
     // A private CA and a server certificate it signs (webpki refuses a CA certificate used
     // as the server's own).
-    let cert = dir.join("cert.pem");
     let ca = dir.join("ca.pem");
     let sh = format!(
         "set -e; cd '{d}'; \

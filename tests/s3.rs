@@ -217,3 +217,178 @@ fn s3_errors_are_one_line_and_name_bucket_and_endpoint() {
         assert!(err.lines().count() <= 2, "{err}");
     }
 }
+
+/// Run walsync, sampling its peak RSS (VmHWM) until it exits.
+fn run_sampling_hwm(args: &[&str]) -> (std::process::Output, u64) {
+    let child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let p = peak.clone();
+    let sampler = std::thread::spawn(move || loop {
+        let v = vm_hwm_kb(pid);
+        if v == 0 {
+            return;
+        }
+        p.fetch_max(v, std::sync::atomic::Ordering::SeqCst);
+        sleep(Duration::from_millis(20));
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = sampler.join();
+    (out, peak.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+/// Issue #3: a snapshot of a large database (1 GiB; `WALSYNC_TEST_BIG_MB`) goes up as a
+/// streamed multipart upload and comes back through a streamed GET, each with peak RSS a few
+/// MB above the same command on a tiny database; the restore equals the source.
+#[test]
+fn large_snapshot_streams_in_bounded_memory() {
+    ensure_s3();
+    let mb: u64 = std::env::var("WALSYNC_TEST_BIG_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let t = TestDir::new("big");
+    let replica = Replica::new(&t, Backend::S3);
+    let tiny = t.join("tiny.db");
+    let c = open_app(&tiny);
+    c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    drop(c);
+    let big = t.join("big.db");
+    let c = rusqlite::Connection::open(&big).unwrap();
+    c.execute_batch(&format!(
+        "PRAGMA page_size=65536; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+         WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < {})
+         INSERT INTO t(b) SELECT randomblob(65000) FROM c;",
+        mb * 16
+    ))
+    .unwrap();
+    let _: String = c
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .unwrap();
+    drop(c);
+    let size = std::fs::metadata(&big).unwrap().len();
+    let (o, hwm_tiny) = run_sampling_hwm(&["snapshot", tiny.to_str().unwrap(), "-b", &replica.url]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t0 = Instant::now();
+    let (o, hwm_big) = run_sampling_hwm(&["snapshot", big.to_str().unwrap(), "-b", &replica.url]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let up = t0.elapsed();
+    let out = t.join("restored.db");
+    let (o, hwm_restore_tiny) = run_sampling_hwm(&[
+        "restore",
+        "tiny",
+        "-b",
+        &replica.url,
+        "-o",
+        t.join("tiny-restored.db").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t0 = Instant::now();
+    let (o, hwm_restore) = run_sampling_hwm(&[
+        "restore",
+        "big",
+        "-b",
+        &replica.url,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let down = t0.elapsed();
+    println!(
+        "{} MB database: snapshot {:.1} s, peak RSS {} KB (tiny database: {} KB); restore {:.1} s, peak RSS {} KB (tiny: {} KB)",
+        size >> 20,
+        up.as_secs_f64(),
+        hwm_big,
+        hwm_tiny,
+        down.as_secs_f64(),
+        hwm_restore,
+        hwm_restore_tiny
+    );
+    assert!(
+        hwm_big < hwm_tiny + 8 * 1024,
+        "snapshot of {size} bytes raised peak RSS from {hwm_tiny} KB to {hwm_big} KB"
+    );
+    assert!(
+        hwm_restore < hwm_restore_tiny + 8 * 1024,
+        "restore of {size} bytes raised peak RSS from {hwm_restore_tiny} KB to {hwm_restore} KB"
+    );
+    assert_eq!(content_hash(&out), content_hash(&big));
+}
+
+/// Issue #3, test 4 (second half): uploads cut in the middle (single PUT and multipart) and
+/// injected 500s leave no object visible: `list` shows nothing new, and the replica still
+/// restores exactly what it held before; once the faults stop, the next run succeeds.
+#[test]
+fn failed_uploads_leave_no_partial_objects() {
+    use crate::proxy::Fault;
+    let proxy = Proxy::start(upstream());
+    let ep = proxy.endpoint();
+    let t = TestDir::new("partial");
+    let replica = Replica::new(&t, Backend::S3);
+    let db = t.join("app.db");
+    let c = open_app(&db);
+    c.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB); INSERT INTO t(b) VALUES (x'01');",
+    )
+    .unwrap();
+    let snap = |extra: &[&str]| {
+        let mut a = vec![
+            "snapshot",
+            db.to_str().unwrap(),
+            "-b",
+            &replica.url,
+            "--endpoint",
+            &ep,
+        ];
+        a.extend_from_slice(extra);
+        run_with_env(&a, &[])
+    };
+    let o = snap(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first = content_hash(&db);
+    let keys = |replica: &Replica| {
+        let url = walsync::storage::parse_url(&replica.url).unwrap();
+        let (st, prefix) = walsync::storage::open(&url, &Default::default()).unwrap();
+        let mut v = Vec::new();
+        st.list(&prefix, &mut |e| v.push((e.key, e.size))).unwrap();
+        v
+    };
+    let before = keys(&replica);
+    // ~20 MB of new pages: the next snapshot is a multipart upload, its segment a single PUT.
+    c.execute_batch(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 320)
+         INSERT INTO t(b) SELECT randomblob(65000) FROM c;",
+    )
+    .unwrap();
+    for fault in [
+        Fault::ResetMidUpload,
+        Fault::Status(500),
+        Fault::Status(503),
+    ] {
+        proxy.set_fault(fault);
+        let o = snap(&[]);
+        proxy.set_fault(Fault::None);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{fault:?}: {err}");
+        assert!(err.starts_with("walsync: error: "), "{fault:?}: {err}");
+        assert_eq!(keys(&replica), before, "{fault:?} left an object behind");
+        let out = t.join("restored.db");
+        restore_ok(&replica, "app", &out, None);
+        assert_eq!(content_hash(&out), first, "{fault:?}");
+        std::fs::remove_file(&out).unwrap();
+    }
+    assert!(proxy.injected() >= 3);
+    let o = snap(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = t.join("restored.db");
+    restore_ok(&replica, "app", &out, None);
+    assert_eq!(content_hash(&out), content_hash(&db));
+}
