@@ -185,7 +185,7 @@ fn shippers(
     let mut out = Vec::new();
     for (p, ns, opts) in &entries {
         let mut s = Shipper::new(p, ns.clone(), Arc::clone(storage), opts.clone());
-        s.check_source()?;
+        s.check_source_within(Duration::from_secs(5))?;
         s.claim()?;
         out.push(s);
     }

@@ -8,5 +8,6 @@ mod many;
 mod proxy;
 mod replication;
 mod s3;
+mod torture;
 mod wal_reader;
 mod workload;

@@ -253,9 +253,12 @@ pub fn run(
                 continue;
             }
             let final_step = stopping.is_some() || slot.removing;
-            let due_dirty = s
-                .dirty_since
-                .is_some_and(|t| final_step || t + slot.sync <= now);
+            // After a failure, new writes wait for the backoff too (no retry storm while S3
+            // is down and the application keeps writing).
+            let held = !final_step && s.failures > 0 && s.wake_at.is_some_and(|t| t > now);
+            let due_dirty = !held
+                && s.dirty_since
+                    .is_some_and(|t| final_step || t + slot.sync <= now);
             let due_wake = s.wake_at.is_some_and(|t| t <= now);
             if !(due_dirty || due_wake || final_step) {
                 continue;
@@ -302,7 +305,12 @@ pub fn run(
         // Sleep until something happens or the next deadline.
         let mut next: Option<Instant> = rescan_at.map(|(t, _)| t);
         for slot in slots.iter().flatten().filter(|s| !s.s.in_flight) {
-            next = earliest(next, slot.s.dirty_since.map(|t| t + slot.sync));
+            let dirty_due = slot.s.dirty_since.map(|t| t + slot.sync);
+            let dirty_due = match (dirty_due, slot.s.wake_at) {
+                (Some(d), Some(w)) if slot.s.failures > 0 => Some(d.max(w)),
+                (d, _) => d,
+            };
+            next = earliest(next, dirty_due);
             next = earliest(next, slot.s.wake_at);
         }
         if stopping.is_some() {
@@ -385,9 +393,14 @@ pub fn run(
                     }
                     Err(e) => {
                         s.failures += 1;
-                        // Transient failures back off quickly; permanent ones (access denied, a
-                        // database that left WAL mode) are retried once a minute.
-                        let backoff = if e.is_transient() { backoff(s.failures, d.idx as u64) } else { Duration::from_secs(60) };
+                        // Transient failures back off quickly (0.25-10 s); permanent ones (access
+                        // denied, a database that left WAL mode, often for a moment to change its
+                        // page size) from 1 s up to once a minute.
+                        let backoff = if e.is_transient() {
+                            backoff(s.failures, d.idx as u64)
+                        } else {
+                            Duration::from_secs(1u64 << s.failures.min(6)).min(Duration::from_secs(60))
+                        };
                         let quiet = s.last_error_log.is_some_and(|t| t.elapsed() < Duration::from_secs(30));
                         if !quiet {
                             let level = if e.is_transient() { log::Level::Warn } else { log::Level::Error };

@@ -321,6 +321,34 @@ impl Shipper {
 
     /// The database must exist, be SQLite, and be in WAL mode.
     pub fn check_source(&self) -> Result<()> {
+        self.check_source_within(Duration::ZERO)
+    }
+
+    /// `check_source`, giving a database found in rollback-journal mode `grace` to come back
+    /// to WAL: an application changing its page size leaves WAL mode for a moment.
+    pub fn check_source_within(&self, grace: Duration) -> Result<()> {
+        let t0 = Instant::now();
+        loop {
+            match self.source_is_wal()? {
+                true => return Ok(()),
+                false if t0.elapsed() < grace => std::thread::sleep(Duration::from_millis(100)),
+                false => {
+                    return Err(Error::other(format!(
+                        "database {} is not in WAL mode",
+                        self.path.display()
+                    ))
+                    .with_hint(format!(
+                        "switch it with: sqlite3 {} 'PRAGMA journal_mode=WAL'",
+                        self.path.display()
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Whether the database file is a SQLite database in WAL mode (an error if it is no
+    /// SQLite database at all).
+    fn source_is_wal(&self) -> Result<bool> {
         let md = fs::metadata(&self.path).map_err(|e| Error::io("open database", &self.path, e))?;
         if !md.is_file() {
             return Err(Error::other(format!(
@@ -342,17 +370,7 @@ impl Shipper {
                     .with_hint("point walsync at a SQLite database file"),
             );
         }
-        if hdr[18] != 2 || hdr[19] != 2 {
-            return Err(Error::other(format!(
-                "database {} is not in WAL mode",
-                self.path.display()
-            ))
-            .with_hint(format!(
-                "switch it with: sqlite3 {} 'PRAGMA journal_mode=WAL'",
-                self.path.display()
-            )));
-        }
-        Ok(())
+        Ok(hdr[18] == 2 && hdr[19] == 2)
     }
 
     /// Learn where the chain stands from the newest object in the replica (one LIST, one HEAD).
