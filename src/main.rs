@@ -152,6 +152,7 @@ fn shippers(
     prefix: &str,
     storage: &Arc<dyn Storage>,
     cfg: Option<&Config>,
+    claim: bool,
 ) -> Result<(Vec<Shipper>, Box<dyn Catalog>)> {
     let mut entries: Vec<(PathBuf, String, DbOptions)> = Vec::new();
     if let Some(cfg) = cfg {
@@ -186,7 +187,9 @@ fn shippers(
     for (p, ns, opts) in &entries {
         let mut s = Shipper::new(p, ns.clone(), Arc::clone(storage), opts.clone());
         s.check_source_within(Duration::from_secs(5))?;
-        s.claim()?;
+        if claim {
+            s.claim()?;
+        }
         out.push(s);
     }
     let catalog: Box<dyn Catalog> = match cfg {
@@ -194,6 +197,73 @@ fn shippers(
         None => Box::new(FixedCatalog(entries)),
     };
     Ok((out, catalog))
+}
+
+/// Take a snapshot in this process: claim the database, ship what is pending, snapshot,
+/// release.
+fn snapshot_here(s: &mut Shipper) -> Result<()> {
+    s.claim()?;
+    s.request_snapshot();
+    s.step(true, true).map(|_| ())
+}
+
+/// Ask the walsync daemon `pid` that owns the database for a snapshot and wait for its
+/// answer. Ok(false): the daemon went away before answering (the caller takes the snapshot).
+fn delegate_snapshot(s: &Shipper, pid: u32) -> Result<bool> {
+    use walsync::replicate::daemon::{DONE_PREFIX, REQUEST_PREFIX};
+    let me = std::process::id();
+    let spool = s.spool_dir();
+    let req = spool.join(format!("{REQUEST_PREFIX}{me}"));
+    let done = spool.join(format!("{DONE_PREFIX}{me}"));
+    let _ = std::fs::remove_file(&done);
+    let tmp = spool.join(format!(".{REQUEST_PREFIX}{me}"));
+    std::fs::write(&tmp, format!("{}\n", s.target()))
+        .and_then(|_| std::fs::rename(&tmp, &req))
+        .map_err(|e| Error::io("write", &req, e))?;
+    log::info!(
+        "db={} is replicated by walsync pid {pid}; asking it for the snapshot",
+        s.path.display()
+    );
+    let cleanup = || {
+        let _ = std::fs::remove_file(&req);
+        let _ = std::fs::remove_file(&done);
+    };
+    // SAFETY: kill(2) with a pid and a signal number has no memory-safety preconditions.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) } != 0 {
+        cleanup();
+        return Ok(false);
+    }
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Ok(answer) = std::fs::read_to_string(&done) {
+            cleanup();
+            let answer = answer.trim();
+            return match answer.strip_prefix("error: ") {
+                None if answer == "ok" => Ok(true),
+                Some(msg) => Err(Error::other(format!("walsync pid {pid}: {msg}"))),
+                None => Err(Error::other(format!(
+                    "walsync pid {pid} answered {answer:?}"
+                ))),
+            };
+        }
+        if s.live_owner() != Some(pid) {
+            cleanup();
+            log::info!(
+                "db={} walsync pid {pid} is gone; taking the snapshot here",
+                s.path.display()
+            );
+            return Ok(false);
+        }
+        if t0.elapsed() > Duration::from_secs(3600) {
+            cleanup();
+            return Err(Error::other(format!(
+                "walsync pid {pid} took no snapshot of {} within an hour",
+                s.path.display()
+            ))
+            .with_hint("see that daemon's log"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn print_restored(what: &str, out: &Path, r: &restore::Restored) {
@@ -218,7 +288,7 @@ fn run(a: Args) -> Result<()> {
         Cmd::GenerateMan => print!("{}", cli::man::render()),
         Cmd::Watch => {
             let (storage, prefix, cfg) = replica(&a)?;
-            let (shippers, catalog) = shippers(&a, &prefix, &storage, cfg.as_ref())?;
+            let (shippers, catalog) = shippers(&a, &prefix, &storage, cfg.as_ref(), true)?;
             if shippers.is_empty() && cfg.as_ref().is_none_or(|c| c.dirs.is_empty()) {
                 return Err(Error::other(
                     "no databases to watch (the config's dir entries match nothing)",
@@ -237,10 +307,19 @@ fn run(a: Args) -> Result<()> {
         Cmd::Snapshot => {
             let (storage, prefix, _) = replica(&a)?;
             let mut failed = 0;
-            for mut s in shippers(&a, &prefix, &storage, None)?.0 {
-                s.request_snapshot();
-                match s.step(true, true) {
-                    Ok(_) => println!("{}: snapshot uploaded to {}", s.path.display(), s.ns),
+            for mut s in shippers(&a, &prefix, &storage, None, false)?.0 {
+                // A running `walsync watch` owns the database: it takes the snapshot in its
+                // own chain, so the two never write competing generations.
+                let res = match s.live_owner() {
+                    Some(pid) => match delegate_snapshot(&s, pid) {
+                        Ok(true) => Ok(()),
+                        Ok(false) => snapshot_here(&mut s),
+                        Err(e) => Err(e),
+                    },
+                    None => snapshot_here(&mut s),
+                };
+                match res {
+                    Ok(()) => println!("{}: snapshot uploaded to {}", s.path.display(), s.ns),
                     Err(e) => {
                         eprintln!("walsync: error: db={} {e}", s.path.display());
                         failed += 1;
@@ -382,8 +461,8 @@ fn run(a: Args) -> Result<()> {
 
 /// SIGTERM, SIGINT and SIGHUP delivered to a channel by a small thread.
 fn signal_channel() -> Result<crossbeam_channel::Receiver<i32>> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
         .map_err(|e| Error::io("install signal handlers", "/", e))?;
     let (tx, rx) = crossbeam_channel::bounded(4);
     std::thread::Builder::new()

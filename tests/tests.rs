@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_https;
+mod cron;
 mod errors;
 mod harness;
 mod many;

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use signal_hook::consts::SIGHUP;
+use signal_hook::consts::{SIGHUP, SIGUSR1};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,8 @@ struct Job {
     idx: usize,
     shipper: Arc<Mutex<Shipper>>,
     snapshot: bool,
+    /// Snapshot even if nothing changed (asked for by `walsync snapshot`).
+    forced: bool,
     release: bool,
 }
 
@@ -88,12 +90,74 @@ struct Slot {
     s: Sched,
     /// No longer listed: a final step, then it is dropped.
     removing: bool,
+    /// The spool directory, where `walsync snapshot` leaves its requests.
+    spool: PathBuf,
+    /// `Shipper::target`, which a request must name.
+    target: String,
+    /// Pids of `walsync snapshot` processes waiting for a snapshot not yet started, and for
+    /// the one in flight.
+    requests: Vec<u32>,
+    requests_in_flight: Vec<u32>,
+}
+
+/// `walsync snapshot` run while this daemon owns the database: it writes
+/// `snapshot-request.<pid>` into the spool directory and sends SIGUSR1; the daemon takes a
+/// snapshot in its own chain and answers in `snapshot-done.<pid>` ("ok" or the error).
+pub const REQUEST_PREFIX: &str = "snapshot-request.";
+pub const DONE_PREFIX: &str = "snapshot-done.";
+
+/// Collect the pending requests; one naming another replica than ours is answered with an
+/// error at once.
+fn read_requests(spool: &std::path::Path, target: &str, into: &mut Vec<u32>) {
+    let Ok(rd) = std::fs::read_dir(spool) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        if let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(REQUEST_PREFIX))
+            .and_then(|p| p.parse().ok())
+        {
+            let wanted = std::fs::read_to_string(e.path()).unwrap_or_default();
+            if wanted.trim() != target {
+                let msg = format!(
+                    "error: this database is replicated to {target}, not to {}\n",
+                    wanted.trim()
+                );
+                answer_requests(spool, &[pid], &msg);
+            } else if !into.contains(&pid) {
+                into.push(pid);
+            }
+        }
+    }
+}
+
+fn answer_requests(spool: &std::path::Path, pids: &[u32], answer: &str) {
+    for pid in pids {
+        let tmp = spool.join(format!(".{DONE_PREFIX}{pid}"));
+        let done = spool.join(format!("{DONE_PREFIX}{pid}"));
+        if std::fs::write(&tmp, answer)
+            .and_then(|_| std::fs::rename(&tmp, &done))
+            .is_err()
+        {
+            warn!(
+                "cannot answer the snapshot request of pid {pid} in {}",
+                spool.display()
+            );
+        }
+        let _ = std::fs::remove_file(spool.join(format!("{REQUEST_PREFIX}{pid}")));
+    }
 }
 
 impl Slot {
     fn new(sh: Shipper, now: Instant) -> Slot {
         Slot {
             path: sh.path.clone(),
+            spool: sh.spool_dir().to_path_buf(),
+            target: sh.target(),
+            requests: Vec::new(),
+            requests_in_flight: Vec::new(),
             sync: sh.options().sync_interval,
             snap: sh.options().snapshot_interval,
             shipper: Arc::new(Mutex::new(sh)),
@@ -171,6 +235,9 @@ pub fn run(
             .spawn(move || {
                 for job in rx.iter() {
                     let mut s = job.shipper.lock().unwrap_or_else(|p| p.into_inner());
+                    if job.forced {
+                        s.request_snapshot();
+                    }
                     let result = s.step(job.snapshot, job.release);
                     let changed_since_snapshot = s.changed_since_snapshot();
                     drop(s);
@@ -260,19 +327,23 @@ pub fn run(
                 && s.dirty_since
                     .is_some_and(|t| final_step || t + slot.sync <= now);
             let due_wake = s.wake_at.is_some_and(|t| t <= now);
-            if !(due_dirty || due_wake || final_step) {
+            let forced = !final_step && !slot.requests.is_empty();
+            if !(due_dirty || due_wake || final_step || forced) {
                 continue;
             }
-            let snapshot = !final_step
-                && s.changed_since_snapshot
-                && s.last_snapshot.is_some_and(|t| t + slot.snap <= now);
+            let snapshot = forced
+                || (!final_step
+                    && s.changed_since_snapshot
+                    && s.last_snapshot.is_some_and(|t| t + slot.snap <= now));
             let job = Job {
                 idx: i,
                 shipper: Arc::clone(&slot.shipper),
                 snapshot,
+                forced,
                 release: final_step,
             };
             if job_tx.try_send(job).is_ok() {
+                slot.requests_in_flight = std::mem::take(&mut slot.requests);
                 s.in_flight = true;
                 s.dirty_since = None;
                 s.wake_at = None;
@@ -354,6 +425,15 @@ pub fn run(
                 let Ok(d) = d else { break };
                 let Some(slot) = slots[d.idx].as_mut() else { continue };
                 let path = slot.path.clone();
+                if !slot.requests_in_flight.is_empty() {
+                    let answer = match &d.result {
+                        Ok(r) if r.snapshot => "ok\n".to_string(),
+                        Ok(_) => "error: the step took no snapshot\n".to_string(),
+                        Err(e) => format!("error: {e}\n"),
+                    };
+                    info!("db={} snapshot asked for by pid(s) {:?}: {}", path.display(), slot.requests_in_flight, answer.trim());
+                    answer_requests(&slot.spool, &std::mem::take(&mut slot.requests_in_flight), &answer);
+                }
                 let s = &mut slot.s;
                 s.in_flight = false;
                 s.changed_since_snapshot = d.changed_since_snapshot;
@@ -417,6 +497,13 @@ pub fn run(
             },
             recv(signals) -> sig => {
                 match sig {
+                    Ok(SIGUSR1) => {
+                        for slot in slots.iter_mut().flatten() {
+                            read_requests(&slot.spool, &slot.target, &mut slot.requests);
+                            let waiting = slot.requests_in_flight.clone();
+                            slot.requests.retain(|p| !waiting.contains(p));
+                        }
+                    }
                     Ok(SIGHUP) => {
                         info!("SIGHUP: reloading the database list");
                         rescan_at = Some((Instant::now(), true));

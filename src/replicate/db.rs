@@ -262,6 +262,25 @@ impl Shipper {
         self.changed_since_snapshot
     }
 
+    pub fn spool_dir(&self) -> &Path {
+        &self.spool
+    }
+
+    /// Where this database's objects go: replica and namespace, as one line.
+    pub fn target(&self) -> String {
+        format!("{} namespace {}", self.storage.describe(), self.ns)
+    }
+
+    /// The pid of another live walsync that owns this database, if any.
+    pub fn live_owner(&self) -> Option<u32> {
+        let pid: u32 = fs::read_to_string(self.spool.join("owner"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        (pid != std::process::id() && process_is_walsync(pid)).then_some(pid)
+    }
+
     /// Make the next step take a snapshot even if nothing changed (`walsync snapshot`).
     pub fn request_snapshot(&mut self) {
         self.changed_since_snapshot = true;
@@ -436,7 +455,12 @@ impl Shipper {
         let mut n = 0;
         for e in rd.flatten() {
             let name = e.file_name();
-            if name == "owner" || name.to_string_lossy().starts_with("owner.") {
+            let name = name.to_string_lossy();
+            // The owner file, and `walsync snapshot`'s requests and answers.
+            if name == "owner"
+                || name.starts_with("owner.")
+                || name.trim_start_matches('.').starts_with("snapshot-")
+            {
                 continue;
             }
             if fs::remove_file(e.path()).is_ok() {

@@ -34,8 +34,11 @@ impl LocalStorage {
                     .with_hint("point -b at a directory"),
             );
         }
+        // Absolute, so that messages and `walsync snapshot`'s request name the same place
+        // whatever the working directory.
+        let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
         Ok(LocalStorage {
-            root: root.to_path_buf(),
+            root,
             seq: AtomicU64::new(0),
         })
     }
