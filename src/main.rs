@@ -305,9 +305,26 @@ fn run(a: Args) -> Result<()> {
             daemon::run(shippers, catalog, storage, dcfg, signals)?;
         }
         Cmd::Snapshot => {
-            let (storage, prefix, _) = replica(&a)?;
+            let (storage, prefix, cfg) = replica(&a)?;
+            let mut list = shippers(&a, &prefix, &storage, cfg.as_ref(), false)?.0;
+            if cfg.is_some() && !a.positional.is_empty() {
+                // Only the databases named, each of which the config must hold.
+                let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+                let named: Vec<PathBuf> =
+                    a.positional.iter().map(|p| canon(Path::new(p))).collect();
+                for n in &named {
+                    if !list.iter().any(|s| canon(&s.path) == *n) {
+                        return Err(Error::usage(format!(
+                            "database {} is not in the config file",
+                            n.display()
+                        ))
+                        .with_hint("name databases the config lists, or none for all of them"));
+                    }
+                }
+                list.retain(|s| named.contains(&canon(&s.path)));
+            }
             let mut failed = 0;
-            for mut s in shippers(&a, &prefix, &storage, None, false)?.0 {
+            for mut s in list {
                 // A running `walsync watch` owns the database: it takes the snapshot in its
                 // own chain, so the two never write competing generations.
                 let res = match s.live_owner() {

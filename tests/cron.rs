@@ -76,3 +76,63 @@ crate::both!(
     cron_snapshots_during_writes,
     super::cron_snapshots_during_writes
 );
+
+/// The packaged set-up: the daemon runs from a config file and cron names the same file.
+#[test]
+fn cron_with_the_daemons_config_file() {
+    let t = TestDir::new("cron-config");
+    let db = t.join("app.db");
+    let mut c = open_app(&db);
+    workload::schema(&c);
+    let replica = t.join("replica");
+    let cfg = t.join("walsync.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[storage]\nbucket = \"{}\"\n[[databases]]\npath = \"app.db\"\nprefix = \"tenants/app\"\n",
+            replica.display()
+        ),
+    )
+    .unwrap();
+    let log = t.join("log");
+    let d = Daemon::start_args(&["watch", "--config", cfg.to_str().unwrap()], &log);
+    d.wait_log("uploaded", Duration::from_secs(20));
+    let mut rng = Rng(5);
+    for _ in 0..20 {
+        workload::step(&mut c, &mut rng, false);
+    }
+    let o = walsync(&["snapshot", "--config", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    d.wait_log("snapshot asked for by pid", Duration::from_secs(1));
+    let other = t.join("other.db");
+    open_app(&other);
+    let o = walsync(&[
+        "snapshot",
+        "--config",
+        cfg.to_str().unwrap(),
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with(&format!(
+            "walsync: error: database {} is not in the config file",
+            other.canonicalize().unwrap().display()
+        )),
+        "{}",
+        stderr(&o)
+    );
+    drop(c);
+    d.stop();
+    let out = t.join("restored.db");
+    let o = walsync(&[
+        "restore",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--prefix",
+        "tenants/app",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(content_hash(&out), content_hash(&db));
+}

@@ -120,18 +120,25 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(dbs: &[&Path], replica: &Replica, extra: &[&str], log: &Path) -> Daemon {
+        let mut args: Vec<String> = vec!["watch".into()];
+        args.extend(dbs.iter().map(|d| d.display().to_string()));
+        args.push("-b".into());
+        args.push(replica.url());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        Daemon::start_args(&args, log)
+    }
+
+    /// Start `walsync ARGS` (a `watch`), logging at debug level to `log`; returns once it
+    /// says it is watching.
+    pub fn start_args(args: &[&str], log: &Path) -> Daemon {
         let logf = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("watch");
-        for d in dbs {
-            cmd.arg(d);
-        }
-        cmd.arg("-b").arg(replica.url()).args(extra);
-        let child = cmd
+        let child = Command::new(BIN)
+            .args(args)
             .env("RUST_LOG", "walsync=debug")
             .stdout(Stdio::null())
             .stderr(logf)

@@ -27,7 +27,7 @@ pub const COMMANDS: &[Command] = &[
     Command {
         name: "snapshot",
         args: "DB...",
-        doc: "Ship pending WAL frames and upload one consistent snapshot of each database, then exit (cron-safe; exit 0 only on success).",
+        doc: "Ship pending WAL frames and upload one consistent snapshot of each database (those named, or every one of --config), then exit 0 only on success. Cron-safe: a database a running watch daemon owns is snapshotted by that daemon, in its chain.",
     },
     Command {
         name: "restore",
@@ -79,7 +79,7 @@ pub const FLAGS: &[Flag] = &[
         long: "config",
         short: Some('c'),
         value: Some("FILE"),
-        cmds: &["watch", "restore", "restore-all"],
+        cmds: &["watch", "snapshot", "restore", "restore-all"],
         doc: "TOML config file: [storage], [defaults] and [[databases]] (path, or dir + pattern; prefix; intervals).",
     },
     Flag {

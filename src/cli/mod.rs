@@ -218,7 +218,11 @@ fn validate(a: &Args) -> Result<()> {
     let usage = |m: String| Err(Error::usage(m).with_hint(hint.clone()));
     let with_config = a.config.is_some();
     if a.bucket.is_none()
-        && !(with_config && matches!(a.cmd, Cmd::Watch | Cmd::Restore | Cmd::RestoreAll))
+        && !(with_config
+            && matches!(
+                a.cmd,
+                Cmd::Watch | Cmd::Snapshot | Cmd::Restore | Cmd::RestoreAll
+            ))
     {
         return usage(format!("'{cmd}' needs a replica: -b URL"));
     }
