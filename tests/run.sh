@@ -51,3 +51,8 @@ fi
 
 log "cargo test"
 cargo test --locked -- --test-threads 2
+
+# Packages (issue #6): .deb built, linted, installed, used and purged; .rpm built and listed;
+# systemd unit verified; Dockerfile linted; static musl build; binary size.
+log "packaging/check.sh"
+packaging/check.sh
