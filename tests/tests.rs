@@ -4,6 +4,7 @@ mod bench;
 mod bench_https;
 mod cron;
 mod errors;
+mod fuzz;
 mod harness;
 mod many;
 mod proxy;
