@@ -234,8 +234,15 @@ pub fn parse(file: &Path, text: &str) -> Result<Config> {
         cx.err_at(off, "", msg)
     })?;
     let bucket = cx.expand(&raw.storage.bucket, "bucket")?;
+    // A bare bucket name means S3; anything with a scheme is parsed as given.
     let url = crate::storage::parse_url(&bucket)
-        .or_else(|_| crate::storage::parse_url(&format!("s3://{bucket}")))
+        .or_else(|e| {
+            if bucket.contains("://") {
+                Err(e)
+            } else {
+                crate::storage::parse_url(&format!("s3://{bucket}"))
+            }
+        })
         .map_err(|e| cx.err_at(raw.storage.bucket.span().start, "bucket", e.to_string()))?;
     let bucket_prefix = match &url {
         crate::storage::Url::S3 { prefix, .. } => prefix.clone(),

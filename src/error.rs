@@ -145,6 +145,14 @@ impl Error {
         match self {
             Error::Usage { hint, .. } | Error::Other { hint, .. } => hint.clone(),
             Error::Config { .. } => Some("fix the configuration and run again".into()),
+            Error::Io { source, path, op: "create spool directory" }
+                if source.kind() == io::ErrorKind::PermissionDenied =>
+            {
+                Some(format!(
+                    "walsync needs write access to {} (its spool directory and SQLite's -shm live beside the database)",
+                    path.parent().unwrap_or(path).display()
+                ))
+            }
             Error::Io { source, path, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
                 Some(format!("check the permissions of {}", path.display()))
             }

@@ -106,6 +106,8 @@ pub struct Position {
 /// Metadata keys.
 pub const SHA256: &str = "sha256";
 pub const PREV: &str = "prev";
+/// `host:/path` of the database an object came from (non-ASCII bytes percent-encoded).
+pub const SOURCE: &str = "source";
 
 /// Write a position into metadata.
 pub fn put_position(m: &mut Meta, p: &Position) {

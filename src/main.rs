@@ -186,9 +186,13 @@ fn shippers(
     let mut out = Vec::new();
     for (p, ns, opts) in &entries {
         let mut s = Shipper::new(p, ns.clone(), Arc::clone(storage), opts.clone());
-        s.check_source_within(Duration::from_secs(5))?;
         if claim {
+            // The daemon gives a database caught changing its page size (out of WAL mode
+            // for a moment) a few seconds; a one-shot run does not wait.
+            s.check_source_within(Duration::from_secs(5))?;
             s.claim()?;
+        } else {
+            s.check_source()?;
         }
         out.push(s);
     }
@@ -324,6 +328,7 @@ fn run(a: Args) -> Result<()> {
                 list.retain(|s| named.contains(&canon(&s.path)));
             }
             let mut failed = 0;
+            let total = list.len();
             for mut s in list {
                 // A running `walsync watch` owns the database: it takes the snapshot in its
                 // own chain, so the two never write competing generations.
@@ -337,6 +342,8 @@ fn run(a: Args) -> Result<()> {
                 };
                 match res {
                     Ok(()) => println!("{}: snapshot uploaded to {}", s.path.display(), s.ns),
+                    // One database: its error is the command's error (with its hint).
+                    Err(e) if total == 1 => return Err(e),
                     Err(e) => {
                         eprintln!("walsync: error: db={} {e}", s.path.display());
                         failed += 1;

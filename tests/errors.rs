@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::thread::sleep;
 use std::time::Duration;
 
 use crate::harness::*;
@@ -345,4 +346,199 @@ fn second_walsync_on_the_same_database_is_refused() {
     let o = walsync(&["snapshot", db.to_str().unwrap(), "-b", &replica.url()]);
     assert!(o.status.success(), "{}", stderr(&o));
     drop(c);
+}
+
+/// Issue #5, bad-input matrix (the rest): config files with a syntax error, an unknown key, a
+/// bad duration and a bad URL, each naming file:line:column, exit 2; no write permission
+/// beside the database (run as `nobody`), exit 1 with what to do; nothing written to the
+/// replica by any of them.
+#[test]
+fn bad_configs_and_permissions() {
+    let t = TestDir::new("badcfg");
+    let db = t.join("a.db");
+    let c = open_app(&db);
+    workload::schema(&c);
+    drop(c);
+    let r = t.join("replica");
+    let rs = r.display().to_string();
+    let cases = [
+        ("syntax", format!("[storage]\nbucket = \"{rs}\n"), ":2:"),
+        ("unknown", format!("[storage]\nbucket = \"{rs}\"\nbukket = 1\n[[databases]]\npath = \"a.db\"\n"), ":3:1: unknown field `bukket`, expected one of `bucket`, `endpoint`, `region`"),
+        ("duration", format!("[storage]\nbucket = \"{rs}\"\n[[databases]]\npath = \"a.db\"\nsync_interval = \"fast\"\n"), ":5:17: sync_interval: invalid duration 'fast' (use e.g. 250ms, 1s, 5m, 1h, 1d or 3600)"),
+        ("url", "[storage]\nbucket = \"gs://x\"\n[[databases]]\npath = \"a.db\"\n".to_string(), ":2:10: bucket: invalid replica URL 'gs://x': unknown scheme"),
+    ];
+    for (name, text, want) in cases {
+        let f = t.join(&format!("{name}.toml"));
+        fs::write(&f, text).unwrap();
+        let o = walsync(&["watch", "--config", f.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+        let first = err.lines().next().unwrap_or("");
+        let prefix = format!("walsync: error: config {}{want}", f.display());
+        assert!(
+            first.starts_with(&prefix),
+            "{name}:\n got {first}\nwant {prefix}"
+        );
+        assert_eq!(
+            err.lines().nth(1),
+            Some("hint: fix the configuration and run again")
+        );
+    }
+    assert!(
+        !r.exists() || tree(&r).is_empty(),
+        "a failed start wrote to the replica"
+    );
+
+    // No write permission beside the database: walsync (as nobody) cannot create its spool.
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .unwrap()
+        .stdout
+        == b"0\n";
+    let setpriv = Path::new("/usr/bin/setpriv").exists();
+    if !(is_root && setpriv) {
+        eprintln!("skipping the permission case: needs root and setpriv to run as nobody");
+        return;
+    }
+    let ro = t.join("ro");
+    fs::create_dir(&ro).unwrap();
+    let rodb = ro.join("app.db");
+    fs::copy(&db, &rodb).unwrap();
+    let open = t.join("open-replica");
+    fs::create_dir(&open).unwrap();
+    for p in [&t.path, &ro, &open] {
+        let mode = if *p == open { 0o777 } else { 0o755 };
+        fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+    fs::set_permissions(&rodb, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let o = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            BIN,
+            "snapshot",
+        ])
+        .arg(&rodb)
+        .arg("-b")
+        .arg(&open)
+        .output()
+        .unwrap();
+    let canon = ro.canonicalize().unwrap();
+    assert_fails(
+        &o,
+        1,
+        &format!(
+            "walsync: error: create spool directory {}/.app.db-walsync: permission denied",
+            canon.display()
+        ),
+    );
+    assert_eq!(
+        stderr(&o).lines().nth(1).unwrap_or(""),
+        format!(
+            "hint: walsync needs write access to {} (its spool directory and SQLite's -shm live beside the database)",
+            canon.display()
+        )
+    );
+    assert!(tree(&open).is_empty());
+}
+
+/// Issue #5: a second walsync shipping another database into the same namespace is refused
+/// (a one-shot snapshot exits 1 naming the other source; a daemon logs it and retries later),
+/// and the replica is not touched by it.
+#[test]
+fn second_source_on_the_same_namespace_is_refused() {
+    let t = TestDir::new("samens");
+    fs::create_dir_all(t.join("a")).unwrap();
+    fs::create_dir_all(t.join("b")).unwrap();
+    let (a, b) = (t.join("a/app.db"), t.join("b/app.db"));
+    let replica = Replica::new(&t, Backend::Local);
+    let mut ca = open_app(&a);
+    workload::schema(&ca);
+    let cb = open_app(&b);
+    workload::schema(&cb);
+    let d = Daemon::start(&[&a], &replica, &["--sync-interval", "0"], &t.join("log-a"));
+    d.wait_log("uploaded", Duration::from_secs(10));
+    let mut rng = Rng(9);
+    workload::step(&mut ca, &mut rng, false);
+    sleep(Duration::from_millis(300));
+    let rdir = replica.dir.clone().unwrap();
+    let before = tree(&rdir);
+    let o = walsync(&["snapshot", b.to_str().unwrap(), "-b", &replica.url()]);
+    let first = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{first}");
+    assert!(
+        first.starts_with("walsync: error: namespace app is being replicated from ")
+            && first.lines().next().unwrap().contains(&format!(
+                ":{} (newest object ",
+                a.canonicalize().unwrap().display()
+            )),
+        "{first}"
+    );
+    assert!(
+        first
+            .contains("hint: give this database another name or prefix, or stop the other walsync"),
+        "{first}"
+    );
+    let d2 = Daemon::start(&[&b], &replica, &["--sync-interval", "0"], &t.join("log-b"));
+    d2.wait_log(
+        "namespace app is being replicated from ",
+        Duration::from_secs(10),
+    );
+    d2.stop();
+    // Only the first daemon's objects were added meanwhile.
+    let after = tree(&rdir);
+    for (k, v) in &before {
+        assert!(
+            after.iter().any(|(k2, v2)| k2 == k && v2 == v),
+            "{k} changed"
+        );
+    }
+    drop(ca);
+    d.stop();
+    let out = t.join("restored.db");
+    restore_ok(&replica, "app", &out, None);
+    assert_eq!(content_hash(&out), content_hash(&a));
+}
+
+/// Issue #5: a corrupt WAL (a flipped byte in its last frame). Decision: walsync ships what
+/// SQLite itself sees, the commits before the damaged frame, like SQLite's own recovery; the
+/// restore equals what `sqlite3` reads from the damaged files.
+#[test]
+fn corrupt_wal_ships_what_sqlite_sees() {
+    let t = TestDir::new("corruptwal");
+    let src = t.join("src.db");
+    let c = open_app(&src);
+    c.execute_batch("PRAGMA wal_autocheckpoint=0; CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    for i in 2..6 {
+        c.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+    }
+    // Copy the database and its WAL while open, then damage the copy's last frame.
+    fs::create_dir(t.join("copy")).unwrap();
+    let db = t.join("copy/app.db");
+    fs::copy(&src, &db).unwrap();
+    let wal_src = fs::read(t.join("src.db-wal")).unwrap();
+    drop(c);
+    let mut wal = wal_src.clone();
+    let n = wal.len();
+    wal[n - 10] ^= 0xff;
+    fs::write(t.join("copy/app.db-wal"), &wal).unwrap();
+    let replica = Replica::new(&t, Backend::Local);
+    let o = walsync(&["snapshot", db.to_str().unwrap(), "-b", &replica.url()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = t.join("restored.db");
+    restore_ok(&replica, "app", &out, None);
+    let rows: i64 = rusqlite::Connection::open(&out)
+        .unwrap()
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        rows, 4,
+        "the damaged last commit is not part of the database"
+    );
+    assert_eq!(content_hash(&out), content_hash(&db));
 }

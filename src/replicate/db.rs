@@ -129,6 +129,8 @@ pub struct Shipper {
     /// Namespace of this database in the replica (`<prefix>/<name>`).
     pub ns: String,
     storage: Arc<dyn Storage>,
+    /// `host:/path`, in every object's metadata (see `layout::SOURCE`).
+    source: String,
     spool: PathBuf,
     opts: DbOptions,
     chain: Option<Chain>,
@@ -216,6 +218,7 @@ impl Shipper {
         let mut shm = path.as_os_str().to_owned();
         shm.push("-shm");
         Shipper {
+            source: source_id(path),
             path: path.to_path_buf(),
             wal_path: PathBuf::from(wal),
             shm_path: PathBuf::from(shm),
@@ -418,6 +421,21 @@ impl Shipper {
         if let Some(o) = newest {
             self.last_ts = o.ts;
             let meta = self.storage.head(&o.key)?;
+            // Another database, elsewhere, is shipping into this namespace right now: two
+            // chains in one namespace would make both unrestorable. Refuse (and retry later).
+            if let Some(other) = meta.get(layout::SOURCE).filter(|s| **s != self.source) {
+                let age = time::now_ms().saturating_sub(o.ts);
+                if age < NAMESPACE_BUSY_MS {
+                    return Err(Error::other(format!(
+                        "namespace {} is being replicated from {other} (newest object {} s old)",
+                        self.ns,
+                        age / 1000
+                    ))
+                    .with_hint(
+                        "give this database another name or prefix, or stop the other walsync",
+                    ));
+                }
+            }
             match (meta.get(layout::SHA256), layout::get_position(&meta)) {
                 (Some(sha), Some(pos)) => {
                     let last_sha = match o.kind {
@@ -797,6 +815,7 @@ impl Shipper {
         meta.insert(layout::SHA256.into(), sha.clone());
         meta.insert(layout::PREV.into(), chain.last_sha.clone());
         meta.insert("first".into(), first.to_string());
+        meta.insert(layout::SOURCE.into(), self.source.clone());
         layout::put_position(&mut meta, &pos);
         debug!(
             "db={} captured {key}: frames {first}..{} ({} frames)",
@@ -956,6 +975,7 @@ impl Shipper {
         let key = layout::snapshot_key(&self.ns, ts);
         let mut meta = Meta::new();
         meta.insert(layout::SHA256.into(), sha.clone());
+        meta.insert(layout::SOURCE.into(), self.source.clone());
         if let Some(p) = &prev {
             meta.insert(layout::PREV.into(), p.clone());
         }
@@ -1172,6 +1192,34 @@ impl Drop for Shipper {
 }
 
 /// Is `pid` a live walsync process? (Linux: /proc; elsewhere any live process counts.)
+/// A shipped object counts as another writer's when its source differs and it is younger than
+/// this (state is written at least once a minute while a database changes).
+const NAMESPACE_BUSY_MS: u64 = 120_000;
+
+/// `host:/canonical/path` of a database, printable ASCII for object metadata.
+fn source_id(path: &Path) -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or
+    // truncates, and we stop at the first NUL.
+    let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) } == 0 {
+        let n = buf.iter().position(|&b| b == 0).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    } else {
+        "localhost".to_string()
+    };
+    let p = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let raw = format!("{host}:{}", p.display());
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if (0x21..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn process_is_walsync(pid: u32) -> bool {
     let proc_dir = Path::new("/proc").join(pid.to_string());
     if Path::new("/proc/self").exists() {
