@@ -234,8 +234,9 @@ impl S3Storage {
         self.err(key, kind, msg)
     }
 
-    /// Send a signed request. `key` is the object key ("" for the bucket itself), `query`
-    /// raw pairs, `headers` extra headers to sign (metadata).
+    /// Send a signed request and check its status (a non-2xx answer is the classified error).
+    /// `key` is the object key ("" for the bucket itself), `query` raw pairs, `headers` extra
+    /// headers to sign (metadata).
     fn request(
         &self,
         method: &str,
@@ -269,13 +270,32 @@ impl S3Storage {
         } else {
             format!("{path}?{qs}")
         };
-        self.client.send(method, &target, &head, body).map_err(|e| {
-            self.err(
-                key,
-                StorageKind::Transient,
-                format!("cannot reach {}: {e}", self.endpoint),
-            )
-        })
+        let resp = self
+            .client
+            .send(method, &target, &head, body)
+            .map_err(|e| {
+                self.err(
+                    key,
+                    StorageKind::Transient,
+                    format!("cannot reach {}: {e}", self.endpoint),
+                )
+            })?;
+        self.expect_2xx(key, resp)
+    }
+
+    /// `request`, then its answer's body as text (at most `limit` bytes), read to the end so
+    /// the connection is reused.
+    fn request_text(
+        &self,
+        method: &str,
+        key: &str,
+        query: &[(&str, &str)],
+        headers: &[(String, String)],
+        body: ReqBody,
+        limit: u64,
+    ) -> Result<String> {
+        let resp = self.request(method, key, query, headers, body)?;
+        self.body_text(key, resp, limit)
     }
 
     /// Ok with the response for a 2xx status; otherwise the classified error.
@@ -336,15 +356,9 @@ impl S3Storage {
     /// Check that the bucket exists and the credentials work, with a one-key listing
     /// (`Bucket::exists()` lists every bucket and fails on some servers).
     pub fn check(&self) -> Result<()> {
-        let resp = self.request(
-            "GET",
-            "",
-            &[("list-type", "2"), ("max-keys", "1")],
-            &[],
-            ReqBody::Empty,
-        )?;
-        let resp = self.expect_2xx("", resp)?;
-        self.body_text("", resp, XML_LIMIT).map(|_| ())
+        let q = [("list-type", "2"), ("max-keys", "1")];
+        self.request_text("GET", "", &q, &[], ReqBody::Empty, XML_LIMIT)
+            .map(|_| ())
     }
 
     fn put_single(
@@ -354,9 +368,9 @@ impl S3Storage {
         len: u64,
         headers: &[(String, String)],
     ) -> Result<()> {
-        let resp = self.request("PUT", key, &[], headers, ReqBody::Stream(src, len))?;
-        let resp = self.expect_2xx(key, resp)?;
-        self.body_text(key, resp, ERROR_BODY_LIMIT).map(|_| ())
+        let body = ReqBody::Stream(src, len);
+        self.request_text("PUT", key, &[], headers, body, ERROR_BODY_LIMIT)
+            .map(|_| ())
     }
 
     fn put_multipart(
@@ -366,9 +380,8 @@ impl S3Storage {
         len: u64,
         headers: &[(String, String)],
     ) -> Result<()> {
-        let resp = self.request("POST", key, &[("uploads", "")], headers, ReqBody::Empty)?;
-        let resp = self.expect_2xx(key, resp)?;
-        let xml = self.body_text(key, resp, XML_LIMIT)?;
+        let q = [("uploads", "")];
+        let xml = self.request_text("POST", key, &q, headers, ReqBody::Empty, XML_LIMIT)?;
         let upload_id = xml_tag(&xml, "UploadId").ok_or_else(|| {
             self.err(
                 key,
@@ -392,7 +405,6 @@ impl S3Storage {
                     &[],
                     ReqBody::Stream(src, part_len),
                 )?;
-                let resp = self.expect_2xx(key, resp)?;
                 let etag = resp.header("etag").unwrap_or("").to_string();
                 self.body_text(key, resp, ERROR_BODY_LIMIT)?;
                 if etag.is_empty() {
@@ -409,16 +421,15 @@ impl S3Storage {
                 sent += part_len;
             }
             done.push_str("</CompleteMultipartUpload>");
-            let resp = self.request(
+            // S3 may report a failed completion with a 200 status and an <Error> body.
+            let xml = self.request_text(
                 "POST",
                 key,
                 &[("uploadId", &upload_id)],
                 &[("content-type".into(), "application/xml".into())],
                 ReqBody::Bytes(done.as_bytes()),
+                XML_LIMIT,
             )?;
-            let resp = self.expect_2xx(key, resp)?;
-            // S3 may report a failed completion with a 200 status and an <Error> body.
-            let xml = self.body_text(key, resp, XML_LIMIT)?;
             if xml.contains("<Error>") {
                 return Err(self.status_err(key, 500, &xml));
             }
@@ -456,7 +467,6 @@ impl Storage for S3Storage {
 
     fn get(&self, key: &str) -> Result<Body> {
         let resp = self.request("GET", key, &[], &[], ReqBody::Empty)?;
-        let resp = self.expect_2xx(key, resp)?;
         let meta = Self::meta_of(&resp);
         let size = resp
             .header("content-length")
@@ -472,7 +482,6 @@ impl Storage for S3Storage {
 
     fn head(&self, key: &str) -> Result<Meta> {
         let resp = self.request("HEAD", key, &[], &[], ReqBody::Empty)?;
-        let resp = self.expect_2xx(key, resp)?;
         Ok(Self::meta_of(&resp))
     }
 
@@ -483,9 +492,7 @@ impl Storage for S3Storage {
             if let Some(t) = &token {
                 q.push(("continuation-token", t));
             }
-            let resp = self.request("GET", "", &q, &[], ReqBody::Empty)?;
-            let resp = self.expect_2xx(prefix, resp)?;
-            let xml = self.body_text(prefix, resp, XML_LIMIT)?;
+            let xml = self.request_text("GET", "", &q, &[], ReqBody::Empty, XML_LIMIT)?;
             for c in xml_blocks(&xml, "Contents") {
                 let (Some(key), Some(size)) = (xml_tag(c, "Key"), xml_tag(c, "Size")) else {
                     continue;
@@ -511,9 +518,8 @@ impl Storage for S3Storage {
     }
 
     fn delete(&self, key: &str) -> Result<()> {
-        let resp = self.request("DELETE", key, &[], &[], ReqBody::Empty)?;
-        match self.expect_2xx(key, resp) {
-            Ok(r) => self.body_text(key, r, ERROR_BODY_LIMIT).map(|_| ()),
+        match self.request_text("DELETE", key, &[], &[], ReqBody::Empty, ERROR_BODY_LIMIT) {
+            Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e),
         }
