@@ -386,13 +386,21 @@ fn restart_while_idle_is_proven_or_refused(backend: Backend) {
     for _ in 0..20 {
         workload::step(&mut c, &mut rng, false);
     }
-    d.wait_log("released", Duration::from_secs(10));
+    // Everything shipped and walsync idle (under load its first step may come after all 20
+    // commits, so count nothing; wait until its last word is "released").
+    let idle = |d: &Daemon| {
+        let log = d.log_text();
+        log.contains("uploaded") && log.lines().last().is_some_and(|l| l.ends_with("released"))
+    };
+    sleep(Duration::from_millis(300));
+    wait_until("walsync idle", Duration::from_secs(20), || idle(&d));
+    let captured = d.log_text().matches("captured").count();
     // Proven: the app checkpoints everything and its next write restarts the WAL.
     assert_eq!(checkpoint(&c, "PASSIVE").0, 0);
     c.execute("INSERT INTO log(msg) VALUES ('after restart')", [])
         .unwrap();
     wait_until("capture after the restart", Duration::from_secs(10), || {
-        d.log_text().matches("captured").count() >= 2
+        d.log_text().matches("captured").count() > captured
     });
     sleep(Duration::from_millis(200));
     assert_eq!(
@@ -405,9 +413,8 @@ fn restart_while_idle_is_proven_or_refused(backend: Backend) {
 
     // Refused: while walsync is idle, a reader keeps SQLite from restarting, so new frames are
     // appended after ours; then everything is checkpointed and the next write restarts.
-    wait_until("release", Duration::from_secs(10), || {
-        d.log_text().matches("released").count() >= 2
-    });
+    sleep(Duration::from_millis(300));
+    wait_until("release", Duration::from_secs(20), || idle(&d));
     let reader = open_app(&db);
     reader
         .execute_batch("BEGIN; SELECT count(*) FROM kv;")
