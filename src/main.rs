@@ -17,6 +17,11 @@ use walsync::storage::{self, Storage};
 use walsync::time;
 
 fn main() -> ExitCode {
+    // SIGUSR1 is how `walsync snapshot` asks the daemon owning a database for a snapshot. Any
+    // other walsync (a one-shot run holding the database, or a daemon not yet listening)
+    // must not die of it: ignore it until the daemon installs its handler.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGUSR1, libc::SIG_IGN) };
     let args = match cli::parse(std::env::args_os().skip(1)) {
         Ok(a) => a,
         Err(e) => return fail(&e),
@@ -238,7 +243,15 @@ fn delegate_snapshot(s: &Shipper, pid: u32) -> Result<bool> {
         return Ok(false);
     }
     let t0 = std::time::Instant::now();
+    let mut signalled = t0;
     loop {
+        // The daemon may have missed the signal (it was still starting): say it again now
+        // and then; requests already taken are not taken twice.
+        if signalled.elapsed() > Duration::from_secs(10) {
+            signalled = std::time::Instant::now();
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) };
+        }
         if let Ok(answer) = std::fs::read_to_string(&done) {
             cleanup();
             let answer = answer.trim();

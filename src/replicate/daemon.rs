@@ -261,6 +261,10 @@ pub fn run(
         slots.len()
     );
 
+    // Snapshot requests left while we were starting (before SIGUSR1 was handled).
+    for slot in slots.iter_mut().flatten() {
+        read_requests(&slot.spool, &slot.target, &mut slot.requests);
+    }
     let mut stopping: Option<Instant> = None;
     let mut rescan_at: Option<(Instant, bool)> = None;
     loop {
