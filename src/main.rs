@@ -44,7 +44,19 @@ fn main() -> ExitCode {
             )
         })
         .init();
-    match run(args) {
+    let res = run(args);
+    // For operators and the memory tests: what this run needed at most.
+    if let Some(kb) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+    {
+        log::debug!("peak RSS {kb} KB");
+    }
+    match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

@@ -218,29 +218,21 @@ fn s3_errors_are_one_line_and_name_bucket_and_endpoint() {
     }
 }
 
-/// Run walsync, sampling its peak RSS (VmHWM) until it exits.
+/// Run walsync and return its output and its peak RSS in KB, as walsync itself reports it at
+/// exit (VmHWM; sampling /proc from outside misses the end of a short run).
 fn run_sampling_hwm(args: &[&str]) -> (std::process::Output, u64) {
-    let child = Command::new(BIN)
+    let out = Command::new(BIN)
         .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+        .env("RUST_LOG", "walsync=debug")
+        .output()
         .unwrap();
-    let pid = child.id();
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let p = peak.clone();
-    let sampler = std::thread::spawn(move || loop {
-        let v = vm_hwm_kb(pid);
-        if v == 0 {
-            return;
-        }
-        p.fetch_max(v, std::sync::atomic::Ordering::SeqCst);
-        sleep(Duration::from_millis(20));
-    });
-    let out = child.wait_with_output().unwrap();
-    let _ = sampler.join();
-    (out, peak.load(std::sync::atomic::Ordering::SeqCst))
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let kb = err
+        .lines()
+        .find_map(|l| l.split("peak RSS ").nth(1))
+        .and_then(|v| v.trim_end_matches(" KB").parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS line in:\n{err}"));
+    (out, kb)
 }
 
 /// Issue #3: a snapshot of a large database (1 GiB; `WALSYNC_TEST_BIG_MB`) goes up as a
