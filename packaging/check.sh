@@ -72,7 +72,7 @@ done
 say "purged cleanly"
 
 say "rpm package"
-cargo generate-rpm -o target/generate-rpm/ >/dev/null
+cargo generate-rpm >/dev/null
 rpmf=$(ls -t target/generate-rpm/walsync-*.rpm | head -n1)
 rpm -qlp "$rpmf"
 rpm -qcp "$rpmf" | grep -q /etc/walsync/walsync.toml || fail "walsync.toml is not a %config file"
