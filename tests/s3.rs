@@ -31,14 +31,6 @@ fn storage_conformance_s3() {
     walsync::storage::local::check_storage(st.as_ref()).unwrap();
 }
 
-fn vm_hwm_kb(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Issue #3, test 2: the S3 server is unreachable for a while during writes; walsync logs
 /// retries, keeps its memory bounded, catches up, and the restore equals the source.
 #[test]

@@ -114,15 +114,6 @@ fn writer(db: PathBuf, seed: u64, stop: Arc<AtomicBool>, states: States, counter
     }
 }
 
-fn peak_rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn torture() {
     ensure_s3();
@@ -209,16 +200,16 @@ fn torture() {
             faults += 1;
             let until = Instant::now() + dur;
             while Instant::now() < until {
-                peak_kb = peak_kb.max(peak_rss_kb(pid));
+                peak_kb = peak_kb.max(vm_hwm_kb(pid));
                 sleep(Duration::from_millis(100));
             }
             proxy.set_fault(Fault::None);
         }
         while Instant::now() < run_end {
-            peak_kb = peak_kb.max(peak_rss_kb(pid));
+            peak_kb = peak_kb.max(vm_hwm_kb(pid));
             sleep(Duration::from_millis(100));
         }
-        peak_kb = peak_kb.max(peak_rss_kb(pid));
+        peak_kb = peak_kb.max(vm_hwm_kb(pid));
         if rng.below(4) == 0 {
             d.stop(); // a clean restart now and then
         } else {
@@ -235,7 +226,7 @@ fn torture() {
         w.join().unwrap();
     }
     sleep(Duration::from_millis(300));
-    peak_kb = peak_kb.max(peak_rss_kb(d.child.id()));
+    peak_kb = peak_kb.max(vm_hwm_kb(d.child.id()));
     d.stop();
 
     let (mut restores, mut mismatches) = (0u64, Vec::new());
