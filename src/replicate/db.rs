@@ -920,10 +920,13 @@ impl Shipper {
 
     /// Start a new generation: a fresh snapshot at an exact position, under a new pin.
     fn new_generation(&mut self, why: &str) -> Result<()> {
-        // The database changed while we were away: count it as active, so the new chain is
-        // held pinned for IDLE_RELEASE (an application closing right after writing would
-        // otherwise cost yet another generation).
-        self.last_frames_at = Instant::now();
+        // A chain existed and the database changed while we were away: count it as active, so
+        // the new chain is held pinned for IDLE_RELEASE (an application closing right after
+        // writing would otherwise cost yet another generation). A first generation does not:
+        // starting on a thousand new databases must not pin them all at once.
+        if self.chain.is_some() {
+            self.last_frames_at = Instant::now();
+        }
         let idx = self.pin_exact()?;
         let wal = if idx.max_frame == 0 {
             None
