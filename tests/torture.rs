@@ -198,6 +198,10 @@ fn torture() {
             sleep(Duration::from_millis(rng.below(500)));
             proxy.set_fault(f);
             faults += 1;
+            eprintln!(
+                "{} torture: fault {f:?} for {dur:?}",
+                walsync::time::iso(walsync::time::now_ms())
+            );
             let until = Instant::now() + dur;
             while Instant::now() < until {
                 peak_kb = peak_kb.max(vm_hwm_kb(pid));
