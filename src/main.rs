@@ -316,7 +316,20 @@ fn run(a: Args) -> Result<()> {
         Cmd::Version => println!("walsync {}", env!("CARGO_PKG_VERSION")),
         Cmd::GenerateMan => print!("{}", cli::man::render()),
         Cmd::Watch => {
-            let (storage, prefix, cfg) = replica(&a)?;
+            // A daemon (re)started during a blip of its storage waits a little for it; wrong
+            // credentials or a missing bucket still fail at once.
+            let mut attempt = 0;
+            let (storage, prefix, cfg) = loop {
+                match replica(&a) {
+                    Err(e) if e.is_transient() && attempt < 5 => {
+                        attempt += 1;
+                        let wait = Duration::from_secs(1 << attempt);
+                        log::warn!("{e}; trying again in {wait:?} (attempt {attempt} of 5)");
+                        std::thread::sleep(wait);
+                    }
+                    r => break r?,
+                }
+            };
             let (shippers, catalog) = shippers(&a, &prefix, &storage, cfg.as_ref(), true)?;
             if shippers.is_empty() && cfg.as_ref().is_none_or(|c| c.dirs.is_empty()) {
                 return Err(Error::other(
