@@ -45,7 +45,12 @@ fn random_workload_restores_exactly(backend: Backend) {
         d.stop();
         let segs = replica.objects("app", "wal").len();
         eprintln!("sync-interval {sync}: 300 transactions in {write_secs:.2}s, {segs} segments");
-        assert!(segs >= 1);
+        // At 1 s, a busy machine may see the application close (SQLite deletes the WAL) before
+        // walsync's first capture: then a new generation's snapshot holds it all, and that is
+        // correct too; the restore below is what matters.
+        if sync == "0" {
+            assert!(segs >= 1);
+        }
         assert_restores_equal(&replica, "app", &db, &t.join("restored.db"));
     }
 }
