@@ -23,12 +23,24 @@ const MAX_IDLE: usize = 8;
 const IDLE_TTL: Duration = Duration::from_secs(15);
 const MAX_HEAD: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request fails when the connection makes no progress for this long (no byte of the body
+/// accepted, no byte of the answer received).
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// While a request body is being sent, a write that blocks this long makes the client look
+/// for an early answer: a server that rejects a request (or is closing) may answer before
+/// reading the whole body, and then stop reading, so the write would otherwise only end at
+/// `IO_TIMEOUT`.
+const SEND_POLL: Duration = Duration::from_millis(500);
 
 enum Stream {
     Plain(TcpStream),
+    /// `early`: the request body was abandoned because the server answered first; reads
+    /// must not try to flush the TLS records still waiting to be written.
     #[cfg(feature = "tls")]
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Tls {
+        s: Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
+        early: bool,
+    },
 }
 
 impl Stream {
@@ -47,8 +59,59 @@ impl Stream {
         match self {
             Stream::Plain(s) => s,
             #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.get_ref(),
+            Stream::Tls { s, .. } => s.get_ref(),
         }
+    }
+
+    /// Has the server sent something (an answer, or the end of the connection) while we are
+    /// still sending? Never blocks. Over TLS, records that carry no application data (session
+    /// tickets) do not count.
+    fn answered(&mut self) -> io::Result<bool> {
+        self.tcp().set_nonblocking(true)?;
+        let r = match self {
+            Stream::Plain(s) => {
+                let mut b = [0u8; 1];
+                match s.peek(&mut b) {
+                    Ok(_) => Ok(true), // data, or 0 = closed
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+            #[cfg(feature = "tls")]
+            Stream::Tls { s, early } => loop {
+                match s.conn.read_tls(&mut s.sock) {
+                    Ok(n) => {
+                        let st = s.conn.process_new_packets().map_err(io::Error::other)?;
+                        if n == 0 || st.plaintext_bytes_to_read() > 0 || st.peer_has_closed() {
+                            *early = true;
+                            break Ok(true);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
+                    Err(e) => break Err(e),
+                }
+            },
+        };
+        self.tcp().set_nonblocking(false)?;
+        r
+    }
+}
+
+/// Read a TLS connection's application data without writing anything: after an early answer
+/// the records of the abandoned request body are still queued, and the server no longer reads.
+#[cfg(feature = "tls")]
+fn read_tls_only(
+    s: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    loop {
+        match s.conn.reader().read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        s.conn.read_tls(&mut s.sock)?;
+        s.conn.process_new_packets().map_err(io::Error::other)?;
     }
 }
 
@@ -57,7 +120,9 @@ impl Read for Stream {
         match self {
             Stream::Plain(s) => s.read(buf),
             #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.read(buf),
+            Stream::Tls { s, early: true } => read_tls_only(s, buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls { s, .. } => s.read(buf),
         }
     }
 }
@@ -67,14 +132,14 @@ impl Write for Stream {
         match self {
             Stream::Plain(s) => s.write(buf),
             #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.write(buf),
+            Stream::Tls { s, .. } => s.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Plain(s) => s.flush(),
             #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.flush(),
+            Stream::Tls { s, .. } => s.flush(),
         }
     }
 }
@@ -173,6 +238,7 @@ pub struct Client {
     tls: Option<Arc<rustls::ClientConfig>>,
     pool: Arc<Mutex<Vec<Conn>>>,
     connects: AtomicU64,
+    io_timeout: Duration,
 }
 
 impl Client {
@@ -195,7 +261,15 @@ impl Client {
             tls,
             pool: Arc::new(Mutex::new(Vec::new())),
             connects: AtomicU64::new(0),
+            io_timeout: IO_TIMEOUT,
         })
+    }
+
+    /// How long a request may go without progress (default 60 s).
+    #[cfg(test)]
+    pub fn with_io_timeout(mut self, t: Duration) -> Client {
+        self.io_timeout = t;
+        self
     }
 
     pub fn target(&self) -> &Target {
@@ -228,8 +302,8 @@ impl Client {
         }
         let tcp = tcp.ok_or(last)?;
         tcp.set_nodelay(true)?;
-        tcp.set_read_timeout(Some(IO_TIMEOUT))?;
-        tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+        tcp.set_read_timeout(Some(self.io_timeout))?;
+        tcp.set_write_timeout(Some(self.io_timeout))?;
         self.connects.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "tls")]
         let stream = match &self.tls {
@@ -238,7 +312,10 @@ impl Client {
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
                 let conn = rustls::ClientConnection::new(Arc::clone(cfg), name)
                     .map_err(io::Error::other)?;
-                Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)))
+                Stream::Tls {
+                    s: Box::new(rustls::StreamOwned::new(conn, tcp)),
+                    early: false,
+                }
             }
             None => Stream::Plain(tcp),
         };
@@ -277,7 +354,16 @@ impl Client {
             let mut conn = self.checkout()?;
             let reused = conn.reused;
             match self.exchange(&mut conn, method, path_query, head, &mut body) {
-                Ok((status, headers, framing, keep)) => {
+                Ok((status, _, _, _, true)) if (200..300).contains(&status) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{method} {path_query}: the server answered {status} before the request body was sent"),
+                    ));
+                }
+                Ok((status, headers, framing, keep, early)) => {
+                    if early {
+                        log::debug!("{method} {path_query}: answered {status} before the whole body was sent");
+                    }
                     let body = BodyReader {
                         conn: Some(conn),
                         framing,
@@ -332,23 +418,12 @@ impl Client {
             req.push_str(&format!("Content-Length: {len}\r\n"));
         }
         req.push_str("\r\n");
-        let w = conn.io.get_mut();
-        w.write_all(req.as_bytes())?;
-        match body {
-            ReqBody::Empty => {}
-            ReqBody::Bytes(b) => w.write_all(b)?,
-            ReqBody::Stream(r, n) => {
-                let sent = io::copy(&mut r.take(*n), w)?;
-                if sent != *n {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("request body ended after {sent} of {n} bytes"),
-                    ));
-                }
-            }
-        }
-        w.flush()?;
-        w.quickack();
+        let early = match body {
+            ReqBody::Empty => self.send_all(conn, &mut io::empty(), req.as_bytes(), 0)?,
+            ReqBody::Bytes(b) => self.send_all(conn, &mut &b[..], req.as_bytes(), len)?,
+            ReqBody::Stream(r, n) => self.send_all(conn, r, req.as_bytes(), *n)?,
+        };
+        conn.io.get_ref().quickack();
         loop {
             let (status, headers) = read_head(&mut conn.io)?;
             if (100..200).contains(&status) {
@@ -376,9 +451,128 @@ impl Client {
             } else {
                 Framing::Close
             };
-            let keep = !close && !matches!(framing, Framing::Close);
-            return Ok((status, headers, framing, keep));
+            let keep = !early && !close && !matches!(framing, Framing::Close);
+            return Ok((status, headers, framing, keep, early));
         }
+    }
+
+    /// Write the request head and `n` body bytes from `src`. Returns true when the server
+    /// answered (or closed the connection) before the body was all sent: the caller reads
+    /// that answer, and the connection is not reused. Fails when no byte is accepted for the
+    /// I/O timeout (a connection that went dead without a reset).
+    fn send_all(
+        &self,
+        conn: &mut Conn,
+        src: &mut dyn Read,
+        head: &[u8],
+        n: u64,
+    ) -> io::Result<bool> {
+        let stream = conn.io.get_mut();
+        stream.tcp().set_write_timeout(Some(SEND_POLL))?;
+        let r = self.send_inner(stream, src, head, n);
+        // A stream in a bad state is dropped with the connection anyway.
+        let _ = stream.tcp().set_write_timeout(Some(self.io_timeout));
+        r
+    }
+
+    fn send_inner(
+        &self,
+        stream: &mut Stream,
+        src: &mut dyn Read,
+        head: &[u8],
+        n: u64,
+    ) -> io::Result<bool> {
+        let mut buf = vec![0u8; if n == 0 { 0 } else { 16 * 1024 }];
+        let mut progress = Instant::now();
+        if self.write_out(stream, head, &mut progress, n)? {
+            return Ok(true);
+        }
+        let mut left = n;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let k = match src.read(&mut buf[..want]) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("request body ended after {} of {n} bytes", n - left),
+                    ))
+                }
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            left -= k as u64;
+            if self.write_out(stream, &buf[..k], &mut progress, left)? {
+                return Ok(true);
+            }
+        }
+        loop {
+            match stream.flush() {
+                Ok(()) => return Ok(false),
+                Err(e) => {
+                    if self.stalled(stream, e, progress, 0)? {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write all of `data`; true when the server answered first.
+    fn write_out(
+        &self,
+        stream: &mut Stream,
+        mut data: &[u8],
+        progress: &mut Instant,
+        left: u64,
+    ) -> io::Result<bool> {
+        while !data.is_empty() {
+            match stream.write(data) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => {
+                    data = &data[k..];
+                    *progress = Instant::now();
+                }
+                Err(e) => {
+                    if self.stalled(stream, e, *progress, left + data.len() as u64)? {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// The stream refused bytes: true when the server answered (or closed) meanwhile, an
+    /// error when it is a hard error or the stall lasted the I/O timeout, false to go on.
+    fn stalled(
+        &self,
+        stream: &mut Stream,
+        e: io::Error,
+        progress: Instant,
+        left: u64,
+    ) -> io::Result<bool> {
+        let retry = matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+        );
+        // Reset or broken pipe: the server may still have answered before it closed.
+        if stream.answered().unwrap_or(false) {
+            return Ok(true);
+        }
+        if !retry {
+            return Err(e);
+        }
+        if progress.elapsed() >= self.io_timeout {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no progress sending the request for {} s ({left} bytes not sent)",
+                    self.io_timeout.as_secs()
+                ),
+            ));
+        }
+        Ok(false)
     }
 }
 
@@ -435,8 +629,9 @@ fn read_head(r: &mut BufReader<Stream>) -> io::Result<(u16, Vec<(String, String)
     }
 }
 
-/// Status, headers, body framing, and whether the connection may be reused.
-type Head = (u16, Vec<(String, String)>, Framing, bool);
+/// Status, headers, body framing, whether the connection may be reused, and whether the
+/// answer came before the whole request body was sent.
+type Head = (u16, Vec<(String, String)>, Framing, bool, bool);
 
 #[derive(Debug)]
 enum Framing {
@@ -623,5 +818,85 @@ mod tests {
         assert!(Target::parse("ftp://x").is_none());
         assert!(Target::parse("http://:80").is_none());
         assert!(Target::parse("http://h:port").is_none());
+    }
+
+    /// A server that reads a request's head, then whatever `then` does with the connection.
+    fn server(then: fn(std::net::TcpStream)) -> Target {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            then(s);
+        });
+        Target {
+            https: false,
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+
+    /// PUT 64 MiB (far more than loopback's socket buffers hold) to `t`.
+    fn put_big(c: &Client) -> io::Result<Response> {
+        let mut body = io::repeat(7).take(64 << 20);
+        c.send("PUT", "/b/k", &[], ReqBody::Stream(&mut body, 64 << 20))
+    }
+
+    #[test]
+    fn early_answer_while_the_body_is_sent_is_read() {
+        // S3 answers some errors before reading the body, then stops reading.
+        let t = server(|mut s| {
+            s.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 12\r\n\r\nAccessDenied")
+                .unwrap();
+            std::thread::sleep(Duration::from_secs(30));
+        });
+        let c = Client::new(t).unwrap();
+        let t0 = Instant::now();
+        let resp = put_big(&c).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_eq!(resp.status, 403);
+        assert_eq!(resp.text(100).unwrap(), "AccessDenied");
+        assert!(
+            c.pool.lock().unwrap().is_empty(),
+            "an early answer's connection is not reused"
+        );
+    }
+
+    #[test]
+    fn server_closing_mid_body_fails_fast() {
+        let t = server(|s| {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(s);
+        });
+        let c = Client::new(t).unwrap();
+        let t0 = Instant::now();
+        let e = put_big(&c).err().expect("must fail");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{:?}: {e}",
+            t0.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_dead_connection_times_out_without_progress() {
+        // Neither an answer nor a reset: the server holds the connection and reads nothing.
+        let t = server(|_s| std::thread::sleep(Duration::from_secs(30)));
+        let c = Client::new(t)
+            .unwrap()
+            .with_io_timeout(Duration::from_secs(2));
+        let t0 = Instant::now();
+        let e = put_big(&c).err().expect("must fail");
+        assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            e.to_string()
+                .starts_with("no progress sending the request for 2 s"),
+            "{e}"
+        );
     }
 }
