@@ -225,7 +225,7 @@ fn shippers(
 fn snapshot_here(s: &mut Shipper) -> Result<()> {
     s.claim()?;
     s.request_snapshot();
-    s.step(true, true).map(|_| ())
+    s.step(true, true, true).map(|_| ())
 }
 
 /// Ask the walsync daemon `pid` that owns the database for a snapshot and wait for its

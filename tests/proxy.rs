@@ -24,6 +24,9 @@ pub enum Fault {
     Status(u16),
     /// Hold each request this long before forwarding it.
     Slow(Duration),
+    /// A dead connection: read nothing more and answer nothing (the client's writes and reads
+    /// block) until the fault is cleared, then cut the connection.
+    Stall,
 }
 
 struct Shared {
@@ -200,6 +203,14 @@ fn forward_requests(from: TcpStream, mut to: TcpStream, sh: &Shared) {
             Fault::Slow(d) => {
                 sh.injected.fetch_add(1, Ordering::SeqCst);
                 thread::sleep(d);
+            }
+            Fault::Stall => {
+                sh.injected.fetch_add(1, Ordering::SeqCst);
+                while *sh.fault.lock().unwrap() == Fault::Stall {
+                    thread::sleep(Duration::from_millis(50));
+                }
+                cut(&to, &answer);
+                return;
             }
         }
         if to.write_all(&head).is_err() {

@@ -7,7 +7,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
-use crate::proxy::Proxy;
+use crate::proxy::{Fault, Proxy};
 use crate::workload;
 
 fn upstream() -> std::net::SocketAddr {
@@ -82,6 +82,66 @@ fn outage_during_writes_is_survived() {
     d.stop();
     eprintln!("outage {outage}s, {i} commits during it; walsync VmHWM {hwm_during} kB during, {hwm} kB after");
     assert!(hwm < 64 * 1024, "RSS must stay bounded: VmHWM {hwm} kB");
+    restore_ok(&replica, "app", &t.join("restored.db"), None);
+    integrity_ok(&t.join("restored.db"));
+    assert_eq!(content_hash(&t.join("restored.db")), content_hash(&db));
+}
+
+/// Issue #5's liveness finding: an upload that hangs (a dead connection: no answer, no reset)
+/// must not stop the database from being captured. While the upload is stuck, committed frames
+/// keep moving into the spool, the pin keeps moving, and the application's own checkpoints keep
+/// its WAL bounded; once the connection is cut, everything is shipped and restores exactly.
+#[test]
+fn stalled_upload_does_not_stop_capture() {
+    let proxy = Proxy::start(upstream());
+    let t = TestDir::new("stall");
+    let db = t.join("app.db");
+    let wal = t.join("app.db-wal");
+    let replica = Replica::new(&t, Backend::S3);
+    let c = open_app(&db);
+    c.execute_batch("CREATE TABLE blob(id INTEGER PRIMARY KEY, b BLOB)")
+        .unwrap();
+    let ep = proxy.endpoint();
+    let d = Daemon::start(
+        &[&db],
+        &replica,
+        &["--sync-interval", "200ms", "--endpoint", &ep],
+        &t.join("log"),
+    );
+    d.wait_log("uploaded", Duration::from_secs(20));
+    proxy.set_fault(Fault::Stall);
+    // 40 MB in 64 KiB rows, about 10x SQLite's auto-checkpoint threshold (1000 pages), with
+    // short pauses between commits (an application committing without any pause can keep
+    // the WAL from restarting while walsync's reader pins it: see README, "The WAL stays
+    // bounded").
+    let mut rng = Rng(77);
+    let mut max_wal = 0u64;
+    let t0 = Instant::now();
+    for i in 0..640 {
+        let b: Vec<u8> = (0..65536).map(|_| rng.below(256) as u8).collect();
+        c.execute(
+            "INSERT INTO blob(id, b) VALUES (?1, ?2)",
+            rusqlite::params![i, b],
+        )
+        .unwrap();
+        max_wal = max_wal.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        sleep(Duration::from_millis(10));
+    }
+    let stalled = proxy.injected();
+    let took = t0.elapsed();
+    proxy.set_fault(Fault::None);
+    drop(c);
+    let log = d.log_text();
+    d.stop();
+    eprintln!(
+        "40 MB written in {took:?} while uploads stalled ({stalled} requests hit): WAL peaked at {} KB",
+        max_wal / 1024
+    );
+    assert!(stalled >= 1, "the stall must have hit an upload:\n{log}");
+    assert!(
+        max_wal < 16 << 20,
+        "the WAL grew to {max_wal} bytes while an upload was stuck:\n{log}"
+    );
     restore_ok(&replica, "app", &t.join("restored.db"), None);
     integrity_ok(&t.join("restored.db"));
     assert_eq!(content_hash(&t.join("restored.db")), content_hash(&db));

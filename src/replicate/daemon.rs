@@ -6,7 +6,12 @@
 //!   interval has passed or its own deadline (idle release, snapshot, retry) has come. It never
 //!   blocks on I/O; a database with a job in flight gets no second one, so its uploads stay in
 //!   order. With nothing dirty and no deadline it sleeps in `select!` without a timeout.
-//! * Workers (`walsync-upload/N`) run `Shipper::step`, which does all reading and uploading.
+//! * Workers (`walsync-upload/N`) run two kinds of jobs: a database's step (`Shipper::step`:
+//!   capture into the spool, snapshots, checkpoints; local work) and its upload job (the
+//!   outbox, in order, to storage). They are separate so that a slow or stalled upload never
+//!   stops a database from being captured, and its WAL stays bounded. At most one of each per
+//!   database runs at a time, and uploads take at most `workers - 1` workers, so captures
+//!   always find one.
 //! * SIGTERM/SIGINT: every database gets a final step that ships everything and releases its
 //!   connections; then the workers are joined. A second signal exits at once.
 //! * Membership changes while running: a change in a directory of the config's `dir` entries
@@ -26,6 +31,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use log::{debug, error, info, warn};
 
 use super::db::{DbOptions, Shipper, StepReport, IDLE_RELEASE};
+use super::upload::Outbox;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 use crate::watch::{self, WatchEvent};
@@ -51,30 +57,58 @@ pub trait Catalog: Send {
     fn dirs(&self) -> Vec<PathBuf>;
 }
 
-struct Job {
-    idx: usize,
-    shipper: Arc<Mutex<Shipper>>,
-    snapshot: bool,
-    /// Snapshot even if nothing changed (asked for by `walsync snapshot`).
-    forced: bool,
-    release: bool,
+enum Job {
+    Step {
+        idx: usize,
+        shipper: Arc<Mutex<Shipper>>,
+        snapshot: bool,
+        /// Snapshot even if nothing changed, and upload it before answering (asked for by
+        /// `walsync snapshot`).
+        forced: bool,
+        /// A final step: upload everything, then let the database go.
+        release: bool,
+    },
+    Upload {
+        idx: usize,
+        outbox: Arc<Outbox>,
+    },
 }
 
-struct Done {
-    idx: usize,
-    /// The job was a final one (shutdown or removal: ship everything, release).
-    release: bool,
-    result: Result<StepReport>,
-    changed_since_snapshot: bool,
+enum Done {
+    Step {
+        idx: usize,
+        /// The job was a final one (shutdown or removal: ship everything, release).
+        release: bool,
+        result: Result<StepReport>,
+        changed_since_snapshot: bool,
+    },
+    Upload {
+        idx: usize,
+        result: Result<usize>,
+    },
 }
+
+/// Objects one upload job ships at most before the worker is handed on (a database written
+/// without pause must not keep a worker for itself).
+const UPLOADS_PER_JOB: usize = 32;
 
 #[derive(Default)]
 struct Sched {
     dirty_since: Option<Instant>,
     wake_at: Option<Instant>,
+    /// A step is running; `step_uploads`: one that uploads itself (final or asked-for).
     in_flight: bool,
+    step_uploads: bool,
+    /// The last step left its pin where it holds back no WAL restart: the next change is
+    /// captured at once, not after the sync interval.
+    hurry: bool,
     failures: u32,
     last_error_log: Option<Instant>,
+    /// An upload job is running; failed ones back off until `up_wake_at`.
+    uploading: bool,
+    up_failures: u32,
+    up_wake_at: Option<Instant>,
+    up_last_error_log: Option<Instant>,
     last_snapshot: Option<Instant>,
     changed_since_snapshot: bool,
     final_done: bool,
@@ -85,6 +119,7 @@ struct Sched {
 struct Slot {
     path: PathBuf,
     shipper: Arc<Mutex<Shipper>>,
+    outbox: Arc<Outbox>,
     sync: Duration,
     snap: Duration,
     s: Sched,
@@ -154,6 +189,7 @@ impl Slot {
     fn new(sh: Shipper, now: Instant) -> Slot {
         Slot {
             path: sh.path.clone(),
+            outbox: sh.outbox(),
             spool: sh.spool_dir().to_path_buf(),
             target: sh.target(),
             requests: Vec::new(),
@@ -169,6 +205,149 @@ impl Slot {
             removing: false,
         }
     }
+}
+
+impl Slot {
+    /// When this database's next upload job is due, if it needs one and may have one now.
+    /// Final and asked-for steps upload themselves; a database being let go gets only those.
+    fn upload_due(&self, now: Instant) -> Option<Instant> {
+        let s = &self.s;
+        if s.uploading || (s.in_flight && s.step_uploads) || self.removing || self.outbox.is_empty()
+        {
+            return None;
+        }
+        Some(s.up_wake_at.unwrap_or(now))
+    }
+}
+
+impl Done {
+    fn ok(&self) -> std::result::Result<(), ()> {
+        match self {
+            Done::Step { result: Ok(_), .. } | Done::Upload { result: Ok(_), .. } => Ok(()),
+            _ => Err(()),
+        }
+    }
+}
+
+impl Slot {
+    /// A step reported back.
+    fn step_done(
+        &mut self,
+        idx: usize,
+        release: bool,
+        result: Result<StepReport>,
+        changed_since_snapshot: bool,
+        finishing: bool,
+    ) {
+        let path = &self.path;
+        if !self.requests_in_flight.is_empty() {
+            let answer = match &result {
+                Ok(r) if r.snapshot => "ok\n".to_string(),
+                Ok(_) => "error: the step took no snapshot\n".to_string(),
+                Err(e) => format!("error: {e}\n"),
+            };
+            info!(
+                "db={} snapshot asked for by pid(s) {:?}: {}",
+                path.display(),
+                self.requests_in_flight,
+                answer.trim()
+            );
+            answer_requests(
+                &self.spool,
+                &std::mem::take(&mut self.requests_in_flight),
+                &answer,
+            );
+        }
+        let s = &mut self.s;
+        s.in_flight = false;
+        s.step_uploads = false;
+        s.changed_since_snapshot = changed_since_snapshot;
+        let now = Instant::now();
+        match result {
+            Ok(r) => {
+                if s.failures > 0 {
+                    info!(
+                        "db={} recovered after {} failed attempt(s)",
+                        path.display(),
+                        s.failures
+                    );
+                }
+                s.failures = 0;
+                s.hurry = r.hurry;
+                if r.snapshot {
+                    s.last_snapshot = Some(now);
+                }
+                if finishing {
+                    // Only a step that ran as the final one proves everything shipped; a step
+                    // started before the signal may have missed later commits.
+                    s.final_done = release && r.pending == 0 && !r.pinned;
+                } else {
+                    let mut w = None;
+                    if r.pinned {
+                        w = earliest(w, Some(now + IDLE_RELEASE));
+                    }
+                    if s.changed_since_snapshot {
+                        w = earliest(w, s.last_snapshot.map(|t| t + self.snap));
+                    }
+                    s.wake_at = w;
+                }
+            }
+            Err(e) => {
+                s.failures += 1;
+                let wait = failure_backoff(&e, s.failures, idx);
+                log_failure(path, &e, s.failures, wait, &mut s.last_error_log);
+                if finishing && (s.failures >= 3 || (self.removing && !path.exists())) {
+                    error!(
+                        "db={} could not ship everything before letting go: {e}",
+                        path.display()
+                    );
+                    s.final_done = true;
+                }
+                s.wake_at = Some(
+                    now + if finishing {
+                        Duration::from_millis(200)
+                    } else {
+                        wait
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Transient failures back off quickly (0.25-10 s); permanent ones (access denied, a database
+/// that left WAL mode, often for a moment to change its page size) from 1 s up to once a
+/// minute.
+fn failure_backoff(e: &Error, failures: u32, idx: usize) -> Duration {
+    if e.is_transient() {
+        backoff(failures, idx as u64)
+    } else {
+        Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60))
+    }
+}
+
+/// One line per failure, at most one per database every 30 s.
+fn log_failure(
+    path: &std::path::Path,
+    e: &Error,
+    attempt: u32,
+    wait: Duration,
+    last: &mut Option<Instant>,
+) {
+    if last.is_some_and(|t| t.elapsed() < Duration::from_secs(30)) {
+        return;
+    }
+    let level = if e.is_transient() {
+        log::Level::Warn
+    } else {
+        log::Level::Error
+    };
+    log::log!(
+        level,
+        "db={} {e} (attempt {attempt}, retrying in {wait:?})",
+        path.display()
+    );
+    *last = Some(Instant::now());
 }
 
 /// Exponential backoff with jitter: 0.5 s, 1 s, 2 s ... capped at 10 s, +-20 %.
@@ -224,6 +403,9 @@ pub fn run(
     }
 
     let workers = cfg.workers.max(1);
+    // Uploads may stall for a long time; at least one worker stays free for captures.
+    let max_uploads = workers.saturating_sub(1).max(1);
+    let mut upload_turn = 0;
     let (job_tx, job_rx) = bounded::<Job>(workers);
     let (done_tx, done_rx) = bounded::<Done>(workers * 2);
     let mut handles = Vec::new();
@@ -234,18 +416,33 @@ pub fn run(
             .name(format!("walsync-upload/{n}"))
             .spawn(move || {
                 for job in rx.iter() {
-                    let mut s = job.shipper.lock().unwrap_or_else(|p| p.into_inner());
-                    if job.forced {
-                        s.request_snapshot();
-                    }
-                    let result = s.step(job.snapshot, job.release);
-                    let changed_since_snapshot = s.changed_since_snapshot();
-                    drop(s);
-                    let done = Done {
-                        idx: job.idx,
-                        release: job.release,
-                        result,
-                        changed_since_snapshot,
+                    let done = match job {
+                        Job::Step {
+                            idx,
+                            shipper,
+                            snapshot,
+                            forced,
+                            release,
+                        } => {
+                            let mut s = shipper.lock().unwrap_or_else(|p| p.into_inner());
+                            if forced {
+                                s.request_snapshot();
+                            }
+                            let result = s.step(snapshot, forced, release);
+                            Done::Step {
+                                idx,
+                                release,
+                                result,
+                                changed_since_snapshot: s.changed_since_snapshot(),
+                            }
+                        }
+                        Job::Upload { idx, outbox } => {
+                            let result = outbox.upload(UPLOADS_PER_JOB).and_then(|n| {
+                                outbox.write_state(false)?;
+                                Ok(n)
+                            });
+                            Done::Upload { idx, result }
+                        }
                     };
                     if tx.send(done).is_err() {
                         return;
@@ -316,7 +513,9 @@ pub fn run(
                 }
             }
         }
-        // Hand out due work.
+        // Hand out due work: steps first, then uploads, the latter starting from a rotating
+        // position so that busy databases take turns.
+        let mut queue_full = false;
         for (i, slot) in slots.iter_mut().enumerate() {
             let Some(slot) = slot else { continue };
             let s = &mut slot.s;
@@ -324,14 +523,16 @@ pub fn run(
                 continue;
             }
             let final_step = stopping.is_some() || slot.removing;
+            let forced = !final_step && !slot.requests.is_empty();
+            if (final_step || forced) && s.uploading {
+                continue; // such a step uploads itself: after the running upload job
+            }
             // After a failure, new writes wait for the backoff too (no retry storm while S3
             // is down and the application keeps writing).
             let held = !final_step && s.failures > 0 && s.wake_at.is_some_and(|t| t > now);
-            let due_dirty = !held
-                && s.dirty_since
-                    .is_some_and(|t| final_step || t + slot.sync <= now);
+            let sync = if s.hurry { Duration::ZERO } else { slot.sync };
+            let due_dirty = !held && s.dirty_since.is_some_and(|t| final_step || t + sync <= now);
             let due_wake = s.wake_at.is_some_and(|t| t <= now);
-            let forced = !final_step && !slot.requests.is_empty();
             if !(due_dirty || due_wake || final_step || forced) {
                 continue;
             }
@@ -339,7 +540,7 @@ pub fn run(
                 || (!final_step
                     && s.changed_since_snapshot
                     && s.last_snapshot.is_some_and(|t| t + slot.snap <= now));
-            let job = Job {
+            let job = Job::Step {
                 idx: i,
                 shipper: Arc::clone(&slot.shipper),
                 snapshot,
@@ -349,16 +550,45 @@ pub fn run(
             if job_tx.try_send(job).is_ok() {
                 slot.requests_in_flight = std::mem::take(&mut slot.requests);
                 s.in_flight = true;
+                s.step_uploads = final_step || forced;
                 s.dirty_since = None;
                 s.wake_at = None;
+            } else {
+                // Left due; retried when a worker reports back.
+                queue_full = true;
             }
-            // A full queue leaves the database due; it is retried when a worker reports back.
+        }
+        let mut uploads = slots.iter().flatten().filter(|s| s.s.uploading).count();
+        let n = slots.len();
+        for k in 0..n {
+            if uploads >= max_uploads || queue_full || stopping.is_some() {
+                break;
+            }
+            let i = (upload_turn + k) % n;
+            let Some(slot) = slots[i].as_mut() else {
+                continue;
+            };
+            if slot.upload_due(now).is_none_or(|t| t > now) {
+                continue;
+            }
+            let s = &mut slot.s;
+            let job = Job::Upload {
+                idx: i,
+                outbox: Arc::clone(&slot.outbox),
+            };
+            if job_tx.try_send(job).is_ok() {
+                s.uploading = true;
+                uploads += 1;
+                upload_turn = i + 1;
+            } else {
+                queue_full = true;
+            }
         }
         // Databases let go.
         for slot in slots.iter_mut() {
             if slot
                 .as_ref()
-                .is_some_and(|s| s.removing && s.s.final_done && !s.s.in_flight)
+                .is_some_and(|s| s.removing && s.s.final_done && !s.s.in_flight && !s.s.uploading)
             {
                 let s = slot.take().expect("checked");
                 index.remove(&s.path);
@@ -377,21 +607,40 @@ pub fn run(
                 break;
             }
         }
-        // Sleep until something happens or the next deadline.
+        // Sleep until something happens or the next deadline. Work left due because the
+        // queue was full or every upload slot was taken waits for a worker to report back.
         let mut next: Option<Instant> = rescan_at.map(|(t, _)| t);
-        for slot in slots.iter().flatten().filter(|s| !s.s.in_flight) {
-            let dirty_due = slot.s.dirty_since.map(|t| t + slot.sync);
-            let dirty_due = match (dirty_due, slot.s.wake_at) {
-                (Some(d), Some(w)) if slot.s.failures > 0 => Some(d.max(w)),
-                (d, _) => d,
-            };
-            next = earliest(next, dirty_due);
-            next = earliest(next, slot.s.wake_at);
+        let busy = slots
+            .iter()
+            .flatten()
+            .any(|s| s.s.in_flight || s.s.uploading);
+        let uploads = slots.iter().flatten().filter(|s| s.s.uploading).count();
+        for slot in slots.iter().flatten() {
+            if !slot.s.in_flight {
+                let sync = if slot.s.hurry {
+                    Duration::ZERO
+                } else {
+                    slot.sync
+                };
+                let dirty_due = slot.s.dirty_since.map(|t| t + sync);
+                let dirty_due = match (dirty_due, slot.s.wake_at) {
+                    (Some(d), Some(w)) if slot.s.failures > 0 => Some(d.max(w)),
+                    (d, _) => d,
+                };
+                next = earliest(next, dirty_due);
+                next = earliest(next, slot.s.wake_at);
+            }
+            if uploads < max_uploads && stopping.is_none() {
+                next = earliest(next, slot.upload_due(now));
+            }
+        }
+        if queue_full && busy {
+            next = next.filter(|t| *t > Instant::now());
         }
         if stopping.is_some() {
             next = earliest(next, Some(Instant::now() + Duration::from_millis(200)));
         }
-        if next.is_none() && !slots.iter().flatten().any(|s| s.s.in_flight) {
+        if next.is_none() && !busy {
             // Quiet until the next change: an idle daemon holds no connection.
             storage.release_idle();
         }
@@ -427,75 +676,37 @@ pub fn run(
             },
             recv(done_rx) -> d => {
                 let Ok(d) = d else { break };
-                let Some(slot) = slots[d.idx].as_mut() else { continue };
-                let path = slot.path.clone();
-                if !slot.requests_in_flight.is_empty() {
-                    let answer = match &d.result {
-                        Ok(r) if r.snapshot => "ok\n".to_string(),
-                        Ok(_) => "error: the step took no snapshot\n".to_string(),
-                        Err(e) => format!("error: {e}\n"),
-                    };
-                    info!("db={} snapshot asked for by pid(s) {:?}: {}", path.display(), slot.requests_in_flight, answer.trim());
-                    answer_requests(&slot.spool, &std::mem::take(&mut slot.requests_in_flight), &answer);
-                }
-                let s = &mut slot.s;
-                s.in_flight = false;
-                s.changed_since_snapshot = d.changed_since_snapshot;
+                let (Done::Step { idx, .. } | Done::Upload { idx, .. }) = d;
+                let Some(slot) = slots[idx].as_mut() else { continue };
                 let now = Instant::now();
                 let finishing = stopping.is_some() || slot.removing;
-                match d.result {
-                    Ok(r) => {
-                        if s.failures > 0 {
-                            info!("db={} recovered after {} failed attempt(s)", path.display(), s.failures);
-                        }
-                        s.failures = 0;
-                        if r.snapshot {
-                            s.last_snapshot = Some(now);
-                        }
-                        if finishing {
-                            // Only a step that ran as the final one proves everything shipped;
-                            // a step started before the signal may have missed later commits.
-                            s.final_done = d.release && r.pending == 0 && !r.pinned;
-                            // The shutdown deadline counts time without progress, so a large
-                            // backlog that is still moving is shipped, not abandoned.
-                            if let Some(t) = stopping.as_mut() {
-                                *t = now;
-                            }
-                        } else {
-                            let mut w = None;
-                            if r.pinned {
-                                w = earliest(w, Some(now + IDLE_RELEASE));
-                            }
-                            if r.pending > 0 {
-                                w = earliest(w, Some(now + Duration::from_secs(1)));
-                            }
-                            if s.changed_since_snapshot {
-                                w = earliest(w, s.last_snapshot.map(|t| t + slot.snap));
-                            }
-                            s.wake_at = w;
-                        }
+                // The shutdown deadline counts time without progress, so a large backlog that
+                // is still moving is shipped, not abandoned.
+                if let (Some(t), Ok(_)) = (stopping.as_mut(), d.ok()) {
+                    *t = now;
+                }
+                match d {
+                    Done::Step { release, result, changed_since_snapshot, .. } => {
+                        slot.step_done(idx, release, result, changed_since_snapshot, finishing);
                     }
-                    Err(e) => {
-                        s.failures += 1;
-                        // Transient failures back off quickly (0.25-10 s); permanent ones (access
-                        // denied, a database that left WAL mode, often for a moment to change its
-                        // page size) from 1 s up to once a minute.
-                        let backoff = if e.is_transient() {
-                            backoff(s.failures, d.idx as u64)
-                        } else {
-                            Duration::from_secs(1u64 << s.failures.min(6)).min(Duration::from_secs(60))
-                        };
-                        let quiet = s.last_error_log.is_some_and(|t| t.elapsed() < Duration::from_secs(30));
-                        if !quiet {
-                            let level = if e.is_transient() { log::Level::Warn } else { log::Level::Error };
-                            log::log!(level, "db={} {e} (attempt {}, retrying in {:?})", path.display(), s.failures, backoff);
-                            s.last_error_log = Some(now);
+                    Done::Upload { result, .. } => {
+                        let s = &mut slot.s;
+                        s.uploading = false;
+                        match result {
+                            Ok(_) => {
+                                if s.up_failures > 0 {
+                                    info!("db={} uploads recovered after {} failed attempt(s)", slot.path.display(), s.up_failures);
+                                }
+                                s.up_failures = 0;
+                                s.up_wake_at = None;
+                            }
+                            Err(e) => {
+                                s.up_failures += 1;
+                                let wait = failure_backoff(&e, s.up_failures, idx);
+                                log_failure(&slot.path, &e, s.up_failures, wait, &mut s.up_last_error_log);
+                                s.up_wake_at = Some(now + wait);
+                            }
                         }
-                        if finishing && (s.failures >= 3 || (slot.removing && !path.exists())) {
-                            error!("db={} could not ship everything before letting go: {e}", path.display());
-                            s.final_done = true;
-                        }
-                        s.wake_at = Some(now + if finishing { Duration::from_millis(200) } else { backoff });
                     }
                 }
             },

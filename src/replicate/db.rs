@@ -24,7 +24,6 @@
 //! * Only frames up to the last commit frame are captured; segments are standalone WAL files
 //!   (see `wal::segment`), each naming the SHA-256 of the object before it in the chain.
 
-use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
@@ -47,6 +46,8 @@ use crate::wal::reader;
 use crate::wal::segment::SegmentWriter;
 use crate::wal::shm::{self, WalIndex};
 use crate::wal::{WalEnd, WalHeader};
+
+use super::upload::{Outbox, Pending};
 
 /// How long a database must see no new frames before its pin is released.
 pub const IDLE_RELEASE: Duration = Duration::from_secs(3);
@@ -83,15 +84,6 @@ struct Chain {
     last_sha: String,
 }
 
-/// A captured object waiting in the spool for upload, in chain order.
-#[derive(Debug)]
-struct Pending {
-    file: PathBuf,
-    key: String,
-    meta: Meta,
-    len: u64,
-}
-
 struct Pin {
     /// The connection holding the pinning read transaction (the only one kept open).
     reader: Connection,
@@ -118,6 +110,8 @@ pub struct StepReport {
     pub snapshot: bool,
     /// True while the database is pinned (it wants another step after IDLE_RELEASE).
     pub pinned: bool,
+    /// The pin may sit on read-mark 0 after a checkpoint: capture the next change at once.
+    pub hurry: bool,
     /// Objects still waiting for upload (it wants a retry).
     pub pending: usize,
 }
@@ -136,7 +130,8 @@ pub struct Shipper {
     chain: Option<Chain>,
     loaded: bool,
     pin: Option<Pin>,
-    pending: VecDeque<Pending>,
+    /// Captured objects waiting for upload (shared with the daemon's upload jobs).
+    outbox: Arc<Outbox>,
     last_ts: u64,
     db_id: Option<(u64, u64)>,
     last_frames_at: Instant,
@@ -148,15 +143,9 @@ pub struct Shipper {
     checkpointed_at: u32,
     /// Highest generation seen in the replica; a new generation is always above it.
     max_gen: u32,
-    /// Key of the newest object uploaded, and what `state.json` last said.
-    last_uploaded: Option<String>,
-    state_written: Option<String>,
-    state_written_at: Option<Instant>,
     /// We own the database's `owner` file (see `claim`).
     claimed: bool,
 }
-
-const STATE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Databases pinned right now, in this process.
 static PINNED: AtomicUsize = AtomicUsize::new(0);
@@ -183,21 +172,6 @@ fn pin_budget() -> usize {
     })
 }
 
-/// A JSON string literal.
-fn json_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
 fn db_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
     move |e| Error::sqlite(op, path, e)
 }
@@ -218,6 +192,11 @@ impl Shipper {
         let mut shm = path.as_os_str().to_owned();
         shm.push("-shm");
         Shipper {
+            outbox: Arc::new(Outbox::new(
+                path.to_path_buf(),
+                ns.clone(),
+                Arc::clone(&storage),
+            )),
             source: source_id(path),
             path: path.to_path_buf(),
             wal_path: PathBuf::from(wal),
@@ -229,7 +208,6 @@ impl Shipper {
             chain: None,
             loaded: false,
             pin: None,
-            pending: VecDeque::new(),
             last_ts: 0,
             db_id: None,
             // As if idle for long: a database with nothing to ship is released right after its
@@ -242,9 +220,6 @@ impl Shipper {
             wal_frames: 0,
             checkpointed_at: 0,
             max_gen: 0,
-            last_uploaded: None,
-            state_written: None,
-            state_written_at: None,
             claimed: false,
         }
     }
@@ -823,7 +798,7 @@ impl Shipper {
             walk.end.frame,
             n
         );
-        self.pending.push_back(Pending {
+        self.outbox.push(Pending {
             file: dst,
             key,
             meta,
@@ -994,7 +969,7 @@ impl Shipper {
             secs,
             len as f64 / 1e6 / secs.max(1e-6)
         );
-        self.pending.push_back(Pending {
+        self.outbox.push(Pending {
             file,
             key,
             meta,
@@ -1016,81 +991,111 @@ impl Shipper {
         self.take_snapshot(chain.pos, Some(chain.last_sha))
     }
 
-    /// Upload spooled objects in chain order; stops at the first failure (kept for retry).
-    pub fn upload(&mut self) -> Result<()> {
-        while let Some(p) = self.pending.front() {
-            let mut f =
-                File::open(&p.file).map_err(|e| Error::io("open spool file", &p.file, e))?;
-            self.storage.put(&p.key, &mut f, p.len, &p.meta)?;
-            debug!(
-                "db={} uploaded {} ({} bytes)",
-                self.path.display(),
-                p.key,
-                p.len
-            );
-            let _ = fs::remove_file(&p.file);
-            self.last_uploaded = Some(p.key.clone());
-            self.pending.pop_front();
-        }
-        Ok(())
+    /// The objects this database's steps captured, for the daemon's upload jobs.
+    pub fn outbox(&self) -> Arc<Outbox> {
+        Arc::clone(&self.outbox)
     }
 
-    fn checkpoint_if_large(&mut self) {
-        if self.wal_frames <= self.opts.checkpoint_frames || self.wal_frames <= self.checkpointed_at
+    /// Keep the WAL bounded (SPEC section 4, guarantee 5). Our pin holds a read mark, and
+    /// SQLite restarts a WAL only when no reader holds any but read-mark 0, which a reader gets
+    /// only by beginning on a completely backfilled WAL. So once the WAL passes the threshold:
+    /// capture everything up to our pin, backfill up to it (PASSIVE: never blocks the
+    /// application), and at once begin the next pin on a connection opened beforehand. If
+    /// nothing committed in between, the new pin sits on read-mark 0 and the application's
+    /// next write restarts the WAL, which continues our chain exactly: the old pin kept the
+    /// backfill at or below its own mark, and everything up to that mark was captured. An
+    /// application committing without pause can keep that window shut, so it is tried a few
+    /// times, and again whenever the WAL has grown. walsync never takes the write lock: an
+    /// application's deferred transaction would fail at once with SQLITE_BUSY, whatever its
+    /// busy timeout. Returns why continuity broke, if a capture found it broken.
+    fn checkpoint_if_large(&mut self, report: &mut StepReport) -> Result<Option<String>> {
+        let limit = self.opts.checkpoint_frames;
+        if self.pin.is_none() || self.wal_frames <= limit || self.wal_frames <= self.checkpointed_at
         {
-            return;
+            return Ok(None);
         }
         self.checkpointed_at = self.wal_frames;
-        if self.pin.is_none() {
-            return;
-        }
-        // Backfilling is always safe: it never destroys WAL frames; only a restart does, and
-        // our pin prevents that until everything is captured. A short-lived second
-        // connection runs it (the pinned one is inside its read transaction).
-        let c = match self.open_conn() {
-            Ok(c) => c,
-            Err(e) => {
-                warn!("db={} checkpoint: {e}", self.path.display());
-                return;
+        let c = self.open_conn()?;
+        let mut r = Ok(None);
+        for attempt in 1..=3 {
+            r = self.checkpoint_and_move(&c, report, attempt);
+            if !matches!(r, Ok(Some(ref s)) if s.is_empty()) {
+                break;
             }
-        };
-        match c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        }) {
-            Ok((busy, log, done)) => {
-                debug!(
-                    "db={} checkpoint PASSIVE: busy={busy} log={log} checkpointed={done}",
-                    self.path.display()
-                )
-            }
-            Err(e) if is_busy(&e) => {}
-            Err(e) => warn!("db={} checkpoint: {e}", self.path.display()),
+            r = Ok(None);
         }
         Self::close_conn(c, &self.path);
+        // The pin may now be on read-mark 0, which holds back no restart: the next change
+        // should be captured at once, before a second restart could follow the first.
+        report.hurry = true;
+        r
+    }
+
+    /// One attempt; `Ok(Some(""))` when a commit slipped in and it may be tried again.
+    fn checkpoint_and_move(
+        &mut self,
+        c: &Connection,
+        report: &mut StepReport,
+        attempt: u32,
+    ) -> Result<Option<String>> {
+        let next = self.open_conn()?;
+        if let Some(why) = self.capture_pinned(report)? {
+            Self::close_conn(next, &self.path);
+            return Ok(Some(why));
+        }
+        // Backfilling never destroys WAL frames; only a restart does, and our pin prevents
+        // that until the next one begins.
+        let ckpt = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        // The next pin, at once.
+        if let Err(e) = Self::begin_read(&next, &self.path) {
+            Self::close_conn(next, &self.path);
+            return Err(e);
+        }
+        let pin = self.pin.as_mut().expect("pinned");
+        let after = shm::read(&pin.shm, &self.shm_path)?;
+        let old = std::mem::replace(&mut pin.reader, next);
+        Self::close_conn(old, &self.path);
+        match ckpt {
+            Ok((log, done)) => {
+                let clear = after.is_some_and(|i| i.max_frame == i.backfill);
+                debug!(
+                    "db={} checkpoint PASSIVE (attempt {attempt}): log={log} checkpointed={done}{}",
+                    self.path.display(),
+                    if clear { ", WAL free to restart" } else { "" }
+                );
+                Ok((!clear).then(String::new))
+            }
+            Err(e) if is_busy(&e) => Ok(None),
+            Err(e) => {
+                warn!("db={} checkpoint: {e}", self.path.display());
+                Ok(None)
+            }
+        }
     }
 
     /// One round of work: pin if needed, capture new frames (or start a new generation),
-    /// upload, snapshot when asked, checkpoint when the WAL is large, release when idle
-    /// (or when `release` is set, after everything is uploaded).
-    pub fn step(&mut self, want_snapshot: bool, release: bool) -> Result<StepReport> {
+    /// snapshot when asked, checkpoint when the WAL is large, release when idle. With
+    /// `upload`, the outbox is then uploaded here (`walsync snapshot`, a snapshot asked of the
+    /// daemon); otherwise the daemon's upload jobs ship it. `release` uploads everything and
+    /// then lets the database go (shutdown, a database no longer listed).
+    pub fn step(&mut self, want_snapshot: bool, upload: bool, release: bool) -> Result<StepReport> {
         let mut report = StepReport::default();
-        let res = self.step_inner(want_snapshot, release, &mut report);
-        if res.is_err() && self.pending.is_empty() {
+        let res = self.step_inner(want_snapshot, upload || release, release, &mut report);
+        if res.is_err() && self.outbox.is_empty() {
             // Whatever failed, a fresh pin re-proves continuity next time.
             self.release();
         }
         report.pinned = self.pin.is_some();
-        report.pending = self.pending.len();
+        report.pending = self.outbox.len();
         res.map(|_| report)
     }
 
     fn step_inner(
         &mut self,
         want_snapshot: bool,
+        upload: bool,
         release: bool,
         report: &mut StepReport,
     ) -> Result<()> {
@@ -1123,61 +1128,24 @@ impl Shipper {
             report.snapshot = true;
         }
         self.leapfrog()?;
-        self.checkpoint_if_large();
-        self.upload()?;
+        if let Some(why) = self.checkpoint_if_large(report)? {
+            self.new_generation(&why)?;
+            report.snapshot = true;
+        }
+        if upload {
+            self.outbox.upload(usize::MAX)?;
+        }
         // Over the descriptor budget, a database is released right after its step instead of
         // after IDLE_RELEASE: still correct (the next pin proves continuity), possibly at the
-        // price of a snapshot, but the process keeps within its open-files limit.
+        // price of a snapshot, but the process keeps within its open-files limit. Objects
+        // still waiting for upload need no pin: their frames are in the spool.
         let over_budget = PINNED.load(Ordering::Relaxed) > pin_budget();
-        let releasing = release || over_budget || self.idle_for() >= IDLE_RELEASE;
-        if releasing {
+        if release || over_budget || self.idle_for() >= IDLE_RELEASE {
             self.release();
         }
-        self.write_state(release)?;
-        Ok(())
-    }
-
-    /// `state.json`: a small human-readable summary (never needed to restore), written at most
-    /// once a minute while something changed, and at shutdown: PUTs cost money (LS#261).
-    fn write_state(&mut self, force: bool) -> Result<()> {
-        let Some(last) = self.last_uploaded.clone() else {
-            return Ok(());
-        };
-        if self.state_written.as_deref() == Some(last.as_str()) {
-            return Ok(());
+        if upload {
+            self.outbox.write_state(release)?;
         }
-        if !force
-            && self
-                .state_written_at
-                .is_some_and(|t| t.elapsed() < STATE_INTERVAL)
-        {
-            return Ok(());
-        }
-        let chain = self.chain.as_ref();
-        let (gen, frame) = chain.map_or((0, 0), |c| {
-            (c.pos.gen, c.pos.wal.map_or(0, |(_, e)| e.frame))
-        });
-        let json = format!(
-            "{{\"database\":{},\"generation\":{gen},\"last_object\":{},\"wal_frame\":{frame},\"updated\":\"{}\"}}\n",
-            json_str(&self.path.display().to_string()),
-            json_str(&last),
-            time::iso(time::now_ms())
-        );
-        let mut meta = Meta::new();
-        meta.insert(
-            layout::SHA256.into(),
-            digest::hex({
-                use sha2::Digest;
-                let mut h = Sha256::new();
-                h.update(json.as_bytes());
-                h
-            }),
-        );
-        let key = layout::state_key(&self.ns);
-        self.storage
-            .put(&key, &mut json.as_bytes(), json.len() as u64, &meta)?;
-        self.state_written = Some(last);
-        self.state_written_at = Some(Instant::now());
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
-//! Replication: the per-database state machine (`db`) and the daemon that drives many of them
-//! (`daemon`).
+//! Replication: the per-database state machine (`db`), its outbox of objects waiting for
+//! upload (`upload`), and the daemon that drives many of them (`daemon`).
 
 pub mod daemon;
 pub mod db;
+pub mod upload;

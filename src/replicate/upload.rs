@@ -1,0 +1,179 @@
+//! A database's outbox: the objects its capture steps spooled, uploaded in chain order by one
+//! upload job at a time.
+//!
+//! Capture and upload are separate jobs so that a slow or stalled upload (a large snapshot over
+//! a thin link, a connection that went dead without a reset) never stops a database from being
+//! captured: its committed frames keep moving from the WAL into the spool, the pin keeps
+//! leapfrogging, and the application's checkpoints keep the WAL bounded (SPEC section 4,
+//! guarantee 5). The outbox is the only state the two share, behind one short-held mutex; the
+//! daemon runs at most one upload job per database, so objects reach the replica in order.
+
+use std::collections::VecDeque;
+use std::fs::{self, File};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use log::debug;
+use sha2::{Digest, Sha256};
+
+use crate::digest;
+use crate::error::{Error, Result};
+use crate::layout::{self, Meta};
+use crate::storage::Storage;
+use crate::time;
+
+/// A captured object waiting in the spool for upload.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub file: PathBuf,
+    pub key: String,
+    pub meta: Meta,
+    pub len: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    items: VecDeque<Pending>,
+    bytes: u64,
+    /// Key, generation and WAL frame of the newest object uploaded, and the key `state.json`
+    /// last named.
+    last: Option<(String, u32, u32)>,
+    state_written: Option<String>,
+    state_written_at: Option<Instant>,
+}
+
+/// `state.json` is written at most this often while something changes, and at shutdown:
+/// PUTs cost money (LS#261).
+const STATE_INTERVAL: Duration = Duration::from_secs(60);
+
+pub struct Outbox {
+    /// The database, for the logs and `state.json`.
+    path: PathBuf,
+    ns: String,
+    storage: Arc<dyn Storage>,
+    inner: Mutex<Inner>,
+    /// Held by the upload running now: a second one for the same database waits.
+    uploading: Mutex<()>,
+}
+
+impl Outbox {
+    pub fn new(path: PathBuf, ns: String, storage: Arc<dyn Storage>) -> Outbox {
+        Outbox {
+            path,
+            ns,
+            storage,
+            inner: Mutex::new(Inner::default()),
+            uploading: Mutex::new(()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, p: Pending) {
+        let mut i = self.lock();
+        i.bytes += p.len;
+        i.items.push_back(p);
+    }
+
+    /// Objects waiting.
+    pub fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes waiting.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    /// Upload the objects waiting, in order, at most `max` of them (a database written without
+    /// pause must not keep a worker forever); stops at the first failure, which leaves the
+    /// object first in line for the next attempt. Returns how many were uploaded.
+    pub fn upload(&self, max: usize) -> Result<usize> {
+        let _only_one = self.uploading.lock().unwrap_or_else(|p| p.into_inner());
+        let mut done = 0;
+        while done < max {
+            let Some(p) = self.lock().items.front().cloned() else {
+                break;
+            };
+            let mut f =
+                File::open(&p.file).map_err(|e| Error::io("open spool file", &p.file, e))?;
+            self.storage.put(&p.key, &mut f, p.len, &p.meta)?;
+            debug!(
+                "db={} uploaded {} ({} bytes)",
+                self.path.display(),
+                p.key,
+                p.len
+            );
+            let _ = fs::remove_file(&p.file);
+            let (gen, frame) = layout::get_position(&p.meta)
+                .map_or((0, 0), |pos| (pos.gen, pos.wal.map_or(0, |(_, e)| e.frame)));
+            let mut i = self.lock();
+            i.bytes -= p.len;
+            i.items.pop_front();
+            i.last = Some((p.key, gen, frame));
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// `state.json`: a small human-readable summary (never needed to restore), written when
+    /// something new was uploaded, at most once a minute unless `force`d (at shutdown).
+    pub fn write_state(&self, force: bool) -> Result<()> {
+        let (last, gen, frame) = {
+            let i = self.lock();
+            let Some(last) = i.last.clone() else {
+                return Ok(());
+            };
+            if i.state_written.as_deref() == Some(last.0.as_str()) {
+                return Ok(());
+            }
+            if !force
+                && i.state_written_at
+                    .is_some_and(|t| t.elapsed() < STATE_INTERVAL)
+            {
+                return Ok(());
+            }
+            last
+        };
+        let json = format!(
+            "{{\"database\":{},\"generation\":{gen},\"last_object\":{},\"wal_frame\":{frame},\"updated\":\"{}\"}}\n",
+            json_str(&self.path.display().to_string()),
+            json_str(&last),
+            time::iso(time::now_ms())
+        );
+        let mut meta = Meta::new();
+        meta.insert(
+            layout::SHA256.into(),
+            digest::hex(Sha256::new_with_prefix(json.as_bytes())),
+        );
+        let key = layout::state_key(&self.ns);
+        self.storage
+            .put(&key, &mut json.as_bytes(), json.len() as u64, &meta)?;
+        let mut i = self.lock();
+        i.state_written = Some(last);
+        i.state_written_at = Some(Instant::now());
+        Ok(())
+    }
+}
+
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
