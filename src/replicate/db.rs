@@ -102,6 +102,16 @@ enum Continuity {
     Broken(String),
 }
 
+/// How an attempt to let the WAL restart went (see `Shipper::checkpoint_if_large`).
+enum Ckpt {
+    /// The WAL was completely backfilled as the new pin began: it may restart.
+    Free,
+    /// A commit slipped in, or the checkpoint could not run.
+    Missed,
+    /// A capture found the chain broken, for this reason.
+    Broken(String),
+}
+
 /// What a step did, for the scheduler and the logs.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StepReport {
@@ -1018,30 +1028,39 @@ impl Shipper {
         let c = self.open_conn()?;
         let mut r = Ok(None);
         for attempt in 1..=3 {
-            r = self.checkpoint_and_move(&c, report, attempt);
-            if !matches!(r, Ok(Some(ref s)) if s.is_empty()) {
-                break;
+            match self.checkpoint_and_move(&c, report, attempt) {
+                // The pin is on read-mark 0 and holds back no restart: the next change is to
+                // be captured at once, before a second restart could follow the first.
+                Ok(Ckpt::Free) => {
+                    report.hurry = true;
+                    break;
+                }
+                Ok(Ckpt::Missed) => {}
+                Ok(Ckpt::Broken(why)) => {
+                    r = Ok(Some(why));
+                    break;
+                }
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
             }
-            r = Ok(None);
         }
         Self::close_conn(c, &self.path);
-        // The pin may now be on read-mark 0, which holds back no restart: the next change
-        // should be captured at once, before a second restart could follow the first.
-        report.hurry = true;
         r
     }
 
-    /// One attempt; `Ok(Some(""))` when a commit slipped in and it may be tried again.
+    /// One attempt.
     fn checkpoint_and_move(
         &mut self,
         c: &Connection,
         report: &mut StepReport,
         attempt: u32,
-    ) -> Result<Option<String>> {
+    ) -> Result<Ckpt> {
         let next = self.open_conn()?;
         if let Some(why) = self.capture_pinned(report)? {
             Self::close_conn(next, &self.path);
-            return Ok(Some(why));
+            return Ok(Ckpt::Broken(why));
         }
         // Backfilling never destroys WAL frames; only a restart does, and our pin prevents
         // that until the next one begins.
@@ -1065,12 +1084,12 @@ impl Shipper {
                     self.path.display(),
                     if clear { ", WAL free to restart" } else { "" }
                 );
-                Ok((!clear).then(String::new))
+                Ok(if clear { Ckpt::Free } else { Ckpt::Missed })
             }
-            Err(e) if is_busy(&e) => Ok(None),
+            Err(e) if is_busy(&e) => Ok(Ckpt::Missed),
             Err(e) => {
                 warn!("db={} checkpoint: {e}", self.path.display());
-                Ok(None)
+                Ok(Ckpt::Missed)
             }
         }
     }
