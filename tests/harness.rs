@@ -132,24 +132,38 @@ impl Daemon {
     /// Start `walsync ARGS` (a `watch`), logging at debug level to `log`; returns once it
     /// says it is watching.
     pub fn start_args(args: &[&str], log: &Path) -> Daemon {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args);
+        Daemon::spawn(cmd, log)
+    }
+
+    /// Start a prepared `walsync watch` command (or a wrapper of it), logging to `log` (at
+    /// debug level unless the command sets RUST_LOG); returns once it says it is watching.
+    pub fn spawn(mut cmd: Command, log: &Path) -> Daemon {
         let logf = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let child = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "walsync=debug")
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .unwrap();
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env("RUST_LOG", "walsync=debug");
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(logf).spawn().unwrap();
         let d = Daemon {
             child,
             log: log.to_path_buf(),
         };
         d.wait_log("watching", Duration::from_secs(10));
         d
+    }
+
+    /// Send a signal (`"HUP"`, `"USR1"` ...).
+    pub fn signal(&self, sig: &str) {
+        assert!(Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
     }
 
     pub fn log_text(&self) -> String {

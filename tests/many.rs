@@ -129,15 +129,10 @@ fn config_file_and_restore_all(backend: Backend) {
         ),
     )
     .unwrap();
-    let log = std::fs::File::create(t.join("log")).unwrap();
-    let mut child = std::process::Command::new(BIN)
-        .args(["watch", "--config", cfg.to_str().unwrap()])
-        .env("WALSYNC_TEST_SYNC", "100ms")
-        .env("RUST_LOG", "walsync=debug")
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    sleep(Duration::from_millis(500));
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["watch", "--config", cfg.to_str().unwrap()])
+        .env("WALSYNC_TEST_SYNC", "100ms");
+    let d = Daemon::spawn(cmd, &t.join("log"));
     let mut rng = Rng(77);
     for _ in 0..15 {
         for c in conns.iter_mut() {
@@ -145,16 +140,7 @@ fn config_file_and_restore_all(backend: Backend) {
         }
     }
     sleep(Duration::from_millis(300));
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert!(
-        child.wait().unwrap().success(),
-        "{}",
-        std::fs::read_to_string(t.join("log")).unwrap()
-    );
+    d.stop();
 
     // The config expands ${WALSYNC_TEST_SYNC}: every command reading it needs the variable.
     let walsync = |args: &[&str]| {
@@ -232,14 +218,10 @@ fn dir_watching_and_sighup(backend: Backend) {
     let storage = storage_toml(backend, &replica);
     let base_cfg = format!("[storage]\n{storage}\n[defaults]\nsync_interval = \"100ms\"\n\n[[databases]]\ndir = \"tenants\"\nprefix = \"tenants\"\n");
     std::fs::write(&cfg, &base_cfg).unwrap();
-    let log = t.join("log");
-    let mut child = std::process::Command::new(BIN)
-        .args(["watch", "--config", cfg.to_str().unwrap()])
-        .env("RUST_LOG", "walsync=debug")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["watch", "--config", cfg.to_str().unwrap()]);
+    let d = Daemon::spawn(cmd, &t.join("log"));
+    let log_text = || d.log_text();
     wait_until(
         "the first database shipped",
         Duration::from_secs(10),
@@ -285,11 +267,7 @@ fn dir_watching_and_sighup(backend: Backend) {
         format!("{base_cfg}\n[[databases]]\npath = \"extra.db\"\n"),
     )
     .unwrap();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    d.signal("HUP");
     wait_until("extra.db added on SIGHUP", Duration::from_secs(5), || {
         log_text().contains("extra.db added")
     });
@@ -298,12 +276,7 @@ fn dir_watching_and_sighup(backend: Backend) {
         workload::step(&mut c2, &mut rng, false);
     }
     sleep(Duration::from_millis(300));
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert!(child.wait().unwrap().success(), "{}", log_text());
+    d.stop();
     for (name, path) in [
         ("tenants/first", &first),
         ("tenants/late", &late),
@@ -338,12 +311,9 @@ fn many_databases_within_an_open_files_limit() {
         "--sync-interval",
         "100ms",
     ]);
-    let mut child = cmd
-        .env("RUST_LOG", "walsync=info")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    cmd.env("RUST_LOG", "walsync=info");
+    let d = Daemon::spawn(cmd, &log);
+    let log_text = || d.log_text();
     wait_until("every database replicated", Duration::from_secs(60), || {
         log_text().matches("starting generation").count() >= dbs.len()
     });
@@ -358,13 +328,8 @@ fn many_databases_within_an_open_files_limit() {
         sleep(Duration::from_millis(200));
     }
     sleep(Duration::from_millis(500));
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert!(child.wait().unwrap().success(), "{}", log_text());
-    let text = log_text();
+    d.stop();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         !text.contains("Too many open files") && !text.contains("ERROR"),
         "{text}"
