@@ -18,9 +18,12 @@
 //!   and still holds our last frame with the same running checksum; anything else (restarted,
 //!   truncated, deleted, replaced, the database file replaced) starts a new generation with a
 //!   fresh snapshot, and the log says why.
-//! * **Idle.** After `IDLE_RELEASE` without new frames, once everything is uploaded, both
-//!   connections are closed (no file descriptors, no page cache) with `SQLITE_FCNTL_PERSIST_WAL`,
-//!   so our close never deletes the WAL we would need to prove continuity with.
+//! * **Idle.** After `IDLE_RELEASE` without new frames (captured objects may still wait for
+//!   upload: their frames are in the spool), both connections are closed (no file descriptors,
+//!   no page cache) with `SQLITE_FCNTL_PERSIST_WAL`, so our close never deletes the WAL we
+//!   would need to prove continuity with.
+//! * **Bounded WAL.** A pin on a read mark above 0 blocks every WAL restart, so once the WAL is
+//!   large the pin is moved where it can sit on read-mark 0 (see `checkpoint_if_large`).
 //! * Only frames up to the last commit frame are captured; segments are standalone WAL files
 //!   (see `wal::segment`), each naming the SHA-256 of the object before it in the chain.
 
