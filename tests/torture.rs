@@ -163,17 +163,23 @@ fn torture() {
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(secs);
     let mut outage_done = false;
-    // The largest WAL seen while walsync ran (it must stay bounded, even while uploads hang).
-    let mut max_wal = 0u64;
+    // The largest WAL seen while walsync ran (it must stay bounded, even while uploads hang),
+    // next to the largest database (a VACUUM writes the whole database into the WAL).
+    let (mut max_wal, mut max_db) = (0u64, 0u64);
     let wal_bytes = || {
         dbs.iter()
             .map(|d| {
                 let mut w = d.as_os_str().to_owned();
                 w.push("-wal");
-                std::fs::metadata(w).map_or(0, |m| m.len())
+                let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+                (len(Path::new(&w)), len(d))
             })
-            .max()
-            .unwrap_or(0)
+            .fold((0, 0), |(w, d), (w1, d1)| (w.max(w1), d.max(d1)))
+    };
+    let sample = |max_wal: &mut u64, max_db: &mut u64| {
+        let (w, d) = wal_bytes();
+        *max_wal = (*max_wal).max(w);
+        *max_db = (*max_db).max(d);
     };
     while Instant::now() < deadline {
         rounds += 1;
@@ -219,14 +225,14 @@ fn torture() {
             let until = Instant::now() + dur;
             while Instant::now() < until {
                 peak_kb = peak_kb.max(vm_hwm_kb(pid));
-                max_wal = max_wal.max(wal_bytes());
+                sample(&mut max_wal, &mut max_db);
                 sleep(Duration::from_millis(100));
             }
             proxy.set_fault(Fault::None);
         }
         while Instant::now() < run_end {
             peak_kb = peak_kb.max(vm_hwm_kb(pid));
-            max_wal = max_wal.max(wal_bytes());
+            sample(&mut max_wal, &mut max_db);
             sleep(Duration::from_millis(100));
         }
         peak_kb = peak_kb.max(vm_hwm_kb(pid));
@@ -297,7 +303,7 @@ fn torture() {
     println!(
         "torture summary: {:.0} s, {ndb} databases, seed {seed}: rounds {rounds}, commits {}, checkpoints {}, \
          vacuums {}, page-size changes {}, app closes {}, kills {kills}, faults injected {faults} \
-         ({} requests/connections hit), restores checked {restores}, mismatches {}, peak RSS {} KB, largest WAL {} KB",
+         ({} requests/connections hit), restores checked {restores}, mismatches {}, peak RSS {} KB, largest WAL {} KB (largest database {} KB)",
         t0.elapsed().as_secs_f64(),
         c.commits.load(Ordering::Relaxed),
         c.checkpoints.load(Ordering::Relaxed),
@@ -307,7 +313,8 @@ fn torture() {
         proxy.injected(),
         mismatches.len(),
         peak_kb,
-        max_wal / 1024
+        max_wal / 1024,
+        max_db / 1024
     );
     assert!(mismatches.is_empty(), "{mismatches:#?}");
     assert!(peak_kb < 64 * 1024, "walsync's peak RSS {peak_kb} KB");
