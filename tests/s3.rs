@@ -2,6 +2,7 @@
 //! conformance checks, an outage in the middle of replication, request accounting, and the
 //! errors users see for wrong credentials, a missing bucket and an unreachable endpoint.
 
+use std::path::Path;
 use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -17,6 +18,13 @@ fn upstream() -> std::net::SocketAddr {
         .trim_end_matches('/')
         .parse()
         .unwrap()
+}
+
+/// `walsync watch` of one database, sending its requests through `proxy`.
+fn daemon_via(proxy: &Proxy, db: &Path, replica: &Replica, sync: &str, t: &TestDir) -> Daemon {
+    let ep = proxy.endpoint();
+    let args = ["--sync-interval", sync, "--endpoint", &ep];
+    Daemon::start(&[db], replica, &args, &t.join("log"))
 }
 
 fn bucket() -> String {
@@ -42,13 +50,7 @@ fn outage_during_writes_is_survived() {
     let replica = Replica::new(&t, Backend::S3);
     let mut c = open_app(&db);
     workload::schema(&c);
-    let ep = proxy.endpoint();
-    let d = Daemon::start(
-        &[&db],
-        &replica,
-        &["--sync-interval", "200ms", "--endpoint", &ep],
-        &t.join("log"),
-    );
+    let d = daemon_via(&proxy, &db, &replica, "200ms", &t);
     let mut rng = Rng(31);
     for _ in 0..30 {
         workload::step(&mut c, &mut rng, false);
@@ -101,13 +103,7 @@ fn stalled_upload_does_not_stop_capture() {
     let c = open_app(&db);
     c.execute_batch("CREATE TABLE blob(id INTEGER PRIMARY KEY, b BLOB)")
         .unwrap();
-    let ep = proxy.endpoint();
-    let d = Daemon::start(
-        &[&db],
-        &replica,
-        &["--sync-interval", "200ms", "--endpoint", &ep],
-        &t.join("log"),
-    );
+    let d = daemon_via(&proxy, &db, &replica, "200ms", &t);
     d.wait_log("uploaded", Duration::from_secs(20));
     proxy.set_fault(Fault::Stall);
     // 40 MB in 64 KiB rows, about 10x SQLite's auto-checkpoint threshold (1000 pages), with
@@ -157,13 +153,7 @@ fn request_accounting() {
     let replica = Replica::new(&t, Backend::S3);
     let c = open_app(&db);
     workload::schema(&c);
-    let ep = proxy.endpoint();
-    let d = Daemon::start(
-        &[&db],
-        &replica,
-        &["--sync-interval", "1s", "--endpoint", &ep],
-        &t.join("log"),
-    );
+    let d = daemon_via(&proxy, &db, &replica, "1s", &t);
     d.wait_log("uploaded", Duration::from_secs(10));
     sleep(Duration::from_millis(500));
     let startup = proxy.counts();
