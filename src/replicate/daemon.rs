@@ -221,11 +221,11 @@ impl Slot {
 }
 
 impl Done {
-    fn ok(&self) -> std::result::Result<(), ()> {
-        match self {
-            Done::Step { result: Ok(_), .. } | Done::Upload { result: Ok(_), .. } => Ok(()),
-            _ => Err(()),
-        }
+    fn succeeded(&self) -> bool {
+        matches!(
+            self,
+            Done::Step { result: Ok(_), .. } | Done::Upload { result: Ok(_), .. }
+        )
     }
 }
 
@@ -682,7 +682,7 @@ pub fn run(
                 let finishing = stopping.is_some() || slot.removing;
                 // The shutdown deadline counts time without progress, so a large backlog that
                 // is still moving is shipped, not abandoned.
-                if let (Some(t), Ok(_)) = (stopping.as_mut(), d.ok()) {
+                if let Some(t) = stopping.as_mut().filter(|_| d.succeeded()) {
                     *t = now;
                 }
                 match d {

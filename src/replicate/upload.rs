@@ -35,7 +35,6 @@ pub struct Pending {
 #[derive(Default)]
 struct Inner {
     items: VecDeque<Pending>,
-    bytes: u64,
     /// Key, generation and WAL frame of the newest object uploaded, and the key `state.json`
     /// last named.
     last: Option<(String, u32, u32)>,
@@ -73,9 +72,7 @@ impl Outbox {
     }
 
     pub fn push(&self, p: Pending) {
-        let mut i = self.lock();
-        i.bytes += p.len;
-        i.items.push_back(p);
+        self.lock().items.push_back(p);
     }
 
     /// Objects waiting.
@@ -85,11 +82,6 @@ impl Outbox {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Bytes waiting.
-    pub fn bytes(&self) -> u64 {
-        self.lock().bytes
     }
 
     /// Upload the objects waiting, in order, at most `max` of them (a database written without
@@ -115,7 +107,6 @@ impl Outbox {
             let (gen, frame) = layout::get_position(&p.meta)
                 .map_or((0, 0), |pos| (pos.gen, pos.wal.map_or(0, |(_, e)| e.frame)));
             let mut i = self.lock();
-            i.bytes -= p.len;
             i.items.pop_front();
             i.last = Some((p.key, gen, frame));
             done += 1;
