@@ -406,6 +406,7 @@ fn failed_uploads_leave_no_partial_objects() {
         Fault::ResetMidUpload,
         Fault::Status(500),
         Fault::Status(503),
+        Fault::Status(413),
     ] {
         proxy.set_fault(fault);
         let o = snap(&[]);
@@ -413,13 +414,21 @@ fn failed_uploads_leave_no_partial_objects() {
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(1), "{fault:?}: {err}");
         assert!(err.starts_with("walsync: error: "), "{fault:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{fault:?}: {err}");
+        if fault == Fault::Status(413) {
+            // A proxy in front of S3 limiting request bodies (nginx's default is 1 MB).
+            assert!(
+                err.contains(&format!("HTTP 413: {ep} refused a request body of this size (walsync sends up to 16 MiB per request); if a proxy stands in front of S3, raise its limit (nginx: client_max_body_size)")),
+                "{err}"
+            );
+        }
         assert_eq!(keys(&replica), before, "{fault:?} left an object behind");
         let out = t.join("restored.db");
         restore_ok(&replica, "app", &out, None);
         assert_eq!(content_hash(&out), first, "{fault:?}");
         std::fs::remove_file(&out).unwrap();
     }
-    assert!(proxy.injected() >= 3);
+    assert!(proxy.injected() >= 4);
     let o = snap(&[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = t.join("restored.db");

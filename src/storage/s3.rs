@@ -226,6 +226,14 @@ impl S3Storage {
                     if code.is_empty() { status.to_string() } else { code.clone() }
                 ),
             ),
+            (413, _) => (
+                StorageKind::Permanent,
+                format!(
+                    "HTTP 413: {} refused a request body of this size (walsync sends up to 16 MiB per request); \
+                     if a proxy stands in front of S3, raise its limit (nginx: client_max_body_size)",
+                    self.endpoint
+                ),
+            ),
             (408, _) | (429, _) | (500..=599, _) => {
                 (StorageKind::Transient, format!("HTTP {status} {code}").trim().to_string())
             }
