@@ -208,6 +208,16 @@ impl Slot {
 }
 
 impl Slot {
+    /// How long changes are batched before a step: the sync interval, or nothing right after a
+    /// checkpoint that let the WAL restart.
+    fn batch_for(&self) -> Duration {
+        if self.s.hurry {
+            Duration::ZERO
+        } else {
+            self.sync
+        }
+    }
+
     /// When this database's next upload job is due, if it needs one and may have one now.
     /// Final and asked-for steps upload themselves; a database being let go gets only those.
     fn upload_due(&self, now: Instant) -> Option<Instant> {
@@ -530,7 +540,8 @@ pub fn run(
             // After a failure, new writes wait for the backoff too (no retry storm while S3
             // is down and the application keeps writing).
             let held = !final_step && s.failures > 0 && s.wake_at.is_some_and(|t| t > now);
-            let sync = if s.hurry { Duration::ZERO } else { slot.sync };
+            let sync = slot.batch_for();
+            let s = &mut slot.s;
             let due_dirty = !held && s.dirty_since.is_some_and(|t| final_step || t + sync <= now);
             let due_wake = s.wake_at.is_some_and(|t| t <= now);
             if !(due_dirty || due_wake || final_step || forced) {
@@ -614,14 +625,9 @@ pub fn run(
             .iter()
             .flatten()
             .any(|s| s.s.in_flight || s.s.uploading);
-        let uploads = slots.iter().flatten().filter(|s| s.s.uploading).count();
         for slot in slots.iter().flatten() {
             if !slot.s.in_flight {
-                let sync = if slot.s.hurry {
-                    Duration::ZERO
-                } else {
-                    slot.sync
-                };
+                let sync = slot.batch_for();
                 let dirty_due = slot.s.dirty_since.map(|t| t + sync);
                 let dirty_due = match (dirty_due, slot.s.wake_at) {
                     (Some(d), Some(w)) if slot.s.failures > 0 => Some(d.max(w)),
