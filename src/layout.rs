@@ -106,6 +106,14 @@ pub struct Position {
 /// Metadata keys.
 pub const SHA256: &str = "sha256";
 pub const PREV: &str = "prev";
+/// First frame of a segment in its WAL cycle.
+pub const FIRST: &str = "first";
+/// `base=db` on a segment: its first frame follows the *database state* of the object before
+/// it, not a WAL cycle of it (the WAL before it is gone; see `replicate::bridge`).
+pub const BASE: &str = "base";
+pub const BASE_DB: &str = "db";
+/// On a bridge segment: how many pages of the database file it carries.
+pub const BRIDGE: &str = "bridge";
 /// `host:/path` of the database an object came from (non-ASCII bytes percent-encoded).
 pub const SOURCE: &str = "source";
 

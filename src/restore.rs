@@ -132,7 +132,7 @@ impl ChainCheck {
         }
         let pos = layout::get_position(meta)
             .ok_or_else(|| Error::integrity(key, "has no chain position metadata"))?;
-        let first: u32 = need(meta, key, "first")?
+        let first: u32 = need(meta, key, layout::FIRST)?
             .parse()
             .map_err(|_| Error::integrity(key, "bad 'first' metadata"))?;
         let Some((h, e)) = pos.wal else {
@@ -140,7 +140,10 @@ impl ChainCheck {
         };
         let ok = match &self.pos.wal {
             Some((ph, pe)) if h.same_wal(ph) => first == pe.frame + 1 && pos.gen == self.pos.gen,
-            Some((ph, _)) => h.is_restart_of(ph) && first == 1 && pos.gen > self.pos.gen,
+            Some((ph, _)) => {
+                let base_db = meta.get(layout::BASE).map(String::as_str) == Some(layout::BASE_DB);
+                (h.is_restart_of(ph) || base_db) && first == 1 && pos.gen > self.pos.gen
+            }
             None => first == 1,
         };
         if !ok || e.frame < first {

@@ -50,6 +50,8 @@ use crate::wal::segment::SegmentWriter;
 use crate::wal::shm::{self, WalIndex};
 use crate::wal::{WalEnd, WalHeader};
 
+use super::bridge::{self, Live, Outcome};
+use super::pagemap::{FileFacts, PageMap};
 use super::upload::{Outbox, Pending};
 
 /// How long a database must see no new frames before its pin is released.
@@ -85,6 +87,11 @@ struct Chain {
     pos: Position,
     /// SHA-256 of the last object in the chain: the `prev` of the next segment.
     last_sha: String,
+    /// The database file alone holds the chain's state and the WAL was empty when walsync
+    /// pinned it: the valid frames of whatever header the WAL file has next follow the chain.
+    /// (Frames the file still holds from before are those of its newest cycle, all in the
+    /// database already: replaying them again changes nothing.)
+    at_db: bool,
 }
 
 struct Pin {
@@ -94,16 +101,13 @@ struct Pin {
     shm: File,
     /// Identity of the WAL file we read, to notice a deleted or replaced WAL.
     wal_id: Option<(u64, u64)>,
+    /// The database file, open for as long as the connections are (the same reason as `shm`),
+    /// read to prove what changed (see `bridge`), and its identity.
+    db: File,
+    db_id: Option<(u64, u64)>,
 }
 
-/// Whether a chain continues into the WAL found when pinning.
-enum Continuity {
-    /// Same WAL cycle, our frames intact.
-    Same,
-    /// The WAL restarted exactly at our position: a new generation continuing the chain.
-    Restarted,
-    Broken(String),
-}
+use super::continuity::{self, Continuity};
 
 /// How an attempt to let the WAL restart went (see `Shipper::checkpoint_if_large`).
 enum Ckpt {
@@ -187,6 +191,10 @@ fn pin_budget() -> usize {
 
 fn db_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
     move |e| Error::sqlite(op, path, e)
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 fn file_id(path: &Path) -> Option<(u64, u64)> {
@@ -437,7 +445,11 @@ impl Shipper {
                         o.key,
                         pos.gen
                     );
-                    self.chain = Some(Chain { pos, last_sha });
+                    self.chain = Some(Chain {
+                        pos,
+                        last_sha,
+                        at_db: false,
+                    });
                 }
                 _ => warn!(
                     "db={} newest object {} has no chain metadata; a new generation will start",
@@ -464,6 +476,7 @@ impl Shipper {
             let name = name.to_string_lossy();
             // The owner file, and `walsync snapshot`'s requests and answers.
             if name == "owner"
+                || name == "pages"
                 || name.starts_with("owner.")
                 || name.trim_start_matches('.').starts_with("snapshot-")
             {
@@ -573,12 +586,15 @@ impl Shipper {
             // A first read makes SQLite create and initialise the -shm file.
             Self::begin_read(&c, &self.path)?;
             Self::end_txn(&c, &self.path)?;
-            Some(File::open(&self.shm_path).map_err(|e| Error::io("open", &self.shm_path, e))?)
+            let shm =
+                File::open(&self.shm_path).map_err(|e| Error::io("open", &self.shm_path, e))?;
+            let db = File::open(&self.path).map_err(|e| Error::io("open", &self.path, e))?;
+            Some((shm, db))
         } else {
             None
         };
         let shm = match (&fresh_shm, &self.pin) {
-            (Some(f), _) => f,
+            (Some((f, _)), _) => f,
             (None, Some(p)) => &p.shm,
             (None, None) => unreachable!("a pin or a fresh -shm descriptor"),
         };
@@ -611,12 +627,15 @@ impl Shipper {
                 let old = std::mem::replace(&mut pin.reader, c);
                 Self::close_conn(old, &self.path);
             }
-            (None, Some(shm)) => {
+            (None, Some((shm, db))) => {
                 PINNED.fetch_add(1, Ordering::Relaxed);
+                let db_id = db.metadata().ok().map(|m| (m.dev(), m.ino()));
                 self.pin = Some(Pin {
                     reader: c,
                     shm,
                     wal_id: None,
+                    db,
+                    db_id,
                 })
             }
             (None, None) => unreachable!("checked above"),
@@ -646,8 +665,9 @@ impl Shipper {
         if let Some(pin) = self.pin.take() {
             PINNED.fetch_sub(1, Ordering::Relaxed);
             Self::close_conn(pin.reader, &self.path);
-            // Only now: closing it earlier would drop SQLite's locks (see `wal::shm::read`).
+            // Only now: closing them earlier would drop SQLite's locks (see `wal::shm::read`).
             drop(pin.shm);
+            drop(pin.db);
             debug!("db={} released", self.path.display());
         }
     }
@@ -666,66 +686,37 @@ impl Shipper {
         g
     }
 
-    /// Can the chain continue from the WAL as found right after (re)pinning at `idx`?
+    /// Can the chain continue from the WAL as found right after (re)pinning at `idx`? Gathers
+    /// the facts `continuity::decide` needs (reading the WAL only as far as the case requires).
     fn continuity(&self, idx: &WalIndex, cur: &Option<(File, WalHeader)>) -> Result<Continuity> {
-        let Some(chain) = &self.chain else {
-            return Ok(Continuity::Broken("no chain in the replica yet".into()));
+        let chain = self.chain.as_ref();
+        let mut found = continuity::Found {
+            max_frame: idx.max_frame,
+            index_salts: (idx.salt1, idx.salt2),
+            header: cur.as_ref().map(|(_, h)| *h),
+            db_replaced: self.db_id.is_some_and(|id| file_id(&self.path) != Some(id)),
+            ..Default::default()
         };
-        if let Some(id) = self.db_id {
-            if file_id(&self.path) != Some(id) {
-                return Ok(Continuity::Broken("the database file was replaced".into()));
+        if let (
+            Some(Chain {
+                pos, at_db: false, ..
+            }),
+            Some((f, h)),
+        ) = (chain, cur)
+        {
+            if let Some((ours, end)) = &pos.wal {
+                if h.same_wal(ours) {
+                    found.holds_ours = reader::holds(f, &self.wal_path, h, end)?;
+                } else if h.is_restart_of(ours) {
+                    found.old_end = reader::ends_at(f, &self.wal_path, ours, end)?;
+                }
             }
         }
-        let m = idx.max_frame;
-        let (h, end) = match (&chain.pos.wal, m) {
-            (None, 0) => return Ok(Continuity::Same),
-            (None, _) => {
-                return Ok(Continuity::Broken(
-                    "a WAL appeared that walsync did not see start".into(),
-                ))
-            }
-            (Some((h, end)), _) => (h, end),
-        };
-        let Some((f, cur)) = cur else {
-            return Ok(Continuity::Broken(format!(
-                "the WAL (checkpoint sequence {}) was truncated or deleted while not pinned",
-                h.seq
-            )));
-        };
-        if m > 0 && (cur.salt1 != idx.salt1 || cur.salt2 != idx.salt2) {
-            return Ok(Continuity::Broken(
-                "the WAL header does not match SQLite's wal-index".into(),
-            ));
-        }
-        if cur.same_wal(h) {
-            // Frames up to ours unchanged; anything after them (even if already checkpointed
-            // and the WAL reset since) is still in the file: SQLite only overwrites a WAL after
-            // writing a new header.
-            if (m == 0 || m >= end.frame) && reader::holds(f, &self.wal_path, cur, end)? {
-                return Ok(Continuity::Same);
-            }
-            return Ok(Continuity::Broken(format!(
-                "the WAL no longer holds shipped frame {} unchanged",
-                end.frame
-            )));
-        }
-        if cur.is_restart_of(h) {
-            // One restart happened while not pinned. It continues our chain only if the old WAL
-            // ended exactly at our last frame: that frame is still in the file (the new WAL has
-            // not reached it, and no TRUNCATE removed it) and nothing valid follows it.
-            let (intact, more) = reader::ends_at(f, &self.wal_path, h, end)?;
-            if m < end.frame && intact && !more {
-                return Ok(Continuity::Restarted);
-            }
-            return Ok(Continuity::Broken(format!(
-                "the WAL was restarted while not pinned (checkpoint sequence {} -> {}) and its old end cannot be proven",
-                h.seq, cur.seq
-            )));
-        }
-        Ok(Continuity::Broken(format!(
-            "the WAL was restarted or replaced while not pinned (checkpoint sequence {} -> {})",
-            h.seq, cur.seq
-        )))
+        Ok(continuity::decide(
+            chain.map(|c| &c.pos),
+            chain.is_some_and(|c| c.at_db),
+            &found,
+        ))
     }
 
     /// Capture the committed frames after the chain's position into a spooled segment.
@@ -791,6 +782,7 @@ impl Shipper {
         let sha = hex(at_commit);
         let ts = self.next_ts();
         let key = layout::segment_key(&self.ns, gen, ts);
+        self.update_map(&chain.last_sha, &tmp, hdr.page_size, &sha);
         let dst = self
             .spool
             .join(format!("{gen:08x}-{}.wal", time::key_ts(ts)));
@@ -802,8 +794,12 @@ impl Shipper {
         let mut meta = Meta::new();
         meta.insert(layout::SHA256.into(), sha.clone());
         meta.insert(layout::PREV.into(), chain.last_sha.clone());
-        meta.insert("first".into(), first.to_string());
+        meta.insert(layout::FIRST.into(), first.to_string());
         meta.insert(layout::SOURCE.into(), self.source.clone());
+        if chain.at_db && chain.pos.wal.is_some() {
+            // Follows the database state of the object before it, not a WAL cycle of it.
+            meta.insert(layout::BASE.into(), layout::BASE_DB.into());
+        }
         layout::put_position(&mut meta, &pos);
         debug!(
             "db={} captured {key}: frames {first}..{} ({} frames)",
@@ -817,7 +813,11 @@ impl Shipper {
             meta,
             len: seg.committed_len,
         });
-        self.chain = Some(Chain { pos, last_sha: sha });
+        self.chain = Some(Chain {
+            pos,
+            last_sha: sha,
+            at_db: false,
+        });
         self.changed_since_snapshot = true;
         self.last_frames_at = Instant::now();
         Ok((n, walk.end))
@@ -847,8 +847,16 @@ impl Shipper {
         let Some((f, hdr)) = cur else {
             return Ok(None); // truncated (or never written): nothing new
         };
+        if file_id(&self.path) != pin.db_id {
+            return Ok(Some(
+                "the database file was replaced while walsync had it open".into(),
+            ));
+        }
         let chain = self.chain.as_ref().expect("pinned implies a chain");
         let restart = match &chain.pos.wal {
+            // The database held everything and the WAL was empty when we pinned, and our pin
+            // has held every checkpoint back since: this WAL's frames follow the chain.
+            _ if chain.at_db => true,
             None => true,
             Some((h, _)) if hdr.same_wal(h) => false,
             Some((h, _)) if hdr.is_restart_of(h) => true,
@@ -877,7 +885,7 @@ impl Shipper {
         let idx = self.pin_exact()?;
         let cur = reader::read_header(&self.wal_path)?;
         let restart = match self.continuity(&idx, &cur)? {
-            Continuity::Broken(why) => return Ok(Some(why)),
+            Continuity::Unproven(why) => return Ok(Some(why)),
             Continuity::Same => false,
             Continuity::Restarted => true,
         };
@@ -904,6 +912,230 @@ impl Shipper {
         let wal_id = file_id(&self.wal_path);
         self.pin.as_mut().expect("pinned").wal_id = wal_id;
         Ok(None)
+    }
+
+    /// Continuity is unproven (`why`): prove the chain from the database file and ship what
+    /// changed (a bridge segment), or else start a new generation with a snapshot. Returns
+    /// whether a snapshot was taken.
+    fn recover(&mut self, why: &str, report: &mut StepReport) -> Result<bool> {
+        if self.chain.is_some() {
+            if self
+                .pin
+                .as_ref()
+                .is_some_and(|p| file_id(&self.path) != p.db_id)
+            {
+                self.release(); // our connection still reads the file that was replaced
+            }
+            match self.try_bridge(why, report)? {
+                Ok(()) => return Ok(false),
+                Err(reason) => {
+                    self.new_generation(&format!("{why}; {reason}"))?;
+                    return Ok(true);
+                }
+            }
+        }
+        self.new_generation(why)?;
+        Ok(true)
+    }
+
+    /// Pin, compare the database with the page map of the chain's state, and capture the
+    /// difference (see `bridge`). `Ok(Err(reason))` when it cannot, and a snapshot is needed.
+    fn try_bridge(
+        &mut self,
+        why: &str,
+        report: &mut StepReport,
+    ) -> Result<std::result::Result<(), String>> {
+        let idx = self.pin_exact()?;
+        let chain = self.chain.clone().expect("recover checked the chain");
+        let pin = self.pin.as_ref().expect("pinned");
+        let ps = bridge::db_page_size(&pin.db, &self.path)?;
+        let Some(mut map) = PageMap::open(&self.spool, &chain.last_sha, ps)? else {
+            return Ok(Err(
+                "no page map of the chain's state to compare the database file with".into(),
+            ));
+        };
+        let cur = reader::read_header(&self.wal_path)?;
+        let live = match &cur {
+            _ if idx.max_frame == 0 => None,
+            Some((f, h)) if (h.salt1, h.salt2) == (idx.salt1, idx.salt2) && h.page_size == ps => {
+                Some(Live {
+                    file: f,
+                    path: &self.wal_path,
+                    hdr: *h,
+                    max_frame: idx.max_frame,
+                    cksum: idx.cksum,
+                })
+            }
+            _ => {
+                return Err(Error::Busy {
+                    what: format!(
+                        "WAL {} does not match SQLite's wal-index while pinned",
+                        self.wal_path.display()
+                    ),
+                })
+            }
+        };
+        let has_live = live.is_some();
+        let facts = FileFacts::of(&pin.db);
+        let diff = !facts.is_some_and(|f| map.proves_unchanged(&f));
+        fs::create_dir_all(&self.spool)
+            .map_err(|e| Error::io("create spool directory", &self.spool, e))?;
+        let tmp = self
+            .spool
+            .join(format!("bridge-{}.tmp", std::process::id()));
+        let t0 = Instant::now();
+        let outcome = bridge::build(&pin.db, &self.path, &mut map, live, diff, &tmp)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let b = match outcome {
+            Outcome::TooLarge { changed, pages } => {
+                PageMap::remove(&self.spool);
+                return Ok(Err(format!(
+                    "{changed} or more of {pages} pages changed, so a snapshot is smaller"
+                )));
+            }
+            Outcome::Unchanged { read } => {
+                map.finish(&chain.last_sha)?;
+                // Pinned on an empty WAL: no checkpoint can write the file while we read it.
+                if let Some(f) = facts {
+                    map.record_facts(f, &chain.last_sha)?;
+                }
+                info!(
+                    "db={} {why}: the database file proves nothing changed (read {} in {secs:.3}s)",
+                    self.path.display(),
+                    mb(read)
+                );
+                self.chain.as_mut().expect("chain").at_db = true;
+                return Ok(Ok(()));
+            }
+            Outcome::Built(b) => b,
+        };
+        let gen = self.new_gen();
+        let ts = self.next_ts();
+        let key = layout::segment_key(&self.ns, gen, ts);
+        let dst = self
+            .spool
+            .join(format!("{gen:08x}-{}.wal", time::key_ts(ts)));
+        fs::rename(&tmp, &dst).map_err(|e| Error::io("rename spool file", &dst, e))?;
+        map.finish(&b.sha)?;
+        if let (Some(f), false) = (facts, has_live) {
+            map.record_facts(f, &b.sha)?;
+        }
+        let end = b.end.unwrap_or(WalEnd {
+            frame: b.frames,
+            cksum: b.seg_cksum,
+            db_pages: b.pages,
+        });
+        let pos = Position {
+            gen,
+            wal: Some((b.hdr, end)),
+        };
+        let mut meta = Meta::new();
+        meta.insert(layout::SHA256.into(), b.sha.clone());
+        meta.insert(layout::PREV.into(), chain.last_sha.clone());
+        meta.insert(layout::FIRST.into(), "1".into());
+        meta.insert(layout::SOURCE.into(), self.source.clone());
+        meta.insert(layout::BASE.into(), layout::BASE_DB.into());
+        meta.insert(layout::BRIDGE.into(), b.changed.to_string());
+        layout::put_position(&mut meta, &pos);
+        info!(
+            "db={} {why}: proven from the database file: {} changed page(s) of {}{} shipped as {key} in generation {gen} (read {} in {secs:.3}s)",
+            self.path.display(),
+            b.changed,
+            b.pages,
+            if has_live {
+                format!(" and WAL frames 1..{}", b.wal_frames)
+            } else {
+                String::new()
+            },
+            mb(b.read)
+        );
+        self.outbox.push(Pending {
+            file: dst,
+            key,
+            meta,
+            len: b.len,
+        });
+        self.chain = Some(Chain {
+            pos,
+            last_sha: b.sha,
+            at_db: !has_live,
+        });
+        if has_live {
+            self.wal_frames = idx.max_frame;
+            self.checkpointed_at = 0;
+        }
+        let wal_id = file_id(&self.wal_path);
+        self.pin.as_mut().expect("pinned").wal_id = wal_id;
+        self.changed_since_snapshot = true;
+        self.last_frames_at = Instant::now();
+        report.segments += 1;
+        report.frames += b.frames;
+        Ok(Ok(()))
+    }
+
+    /// Bring the page map from chain tip `old` to `new` by the frames of the segment in
+    /// `file`. A map that does not describe `old` is removed: it can never be trusted again.
+    fn update_map(&self, old: &str, file: &Path, page_size: u32, new: &str) {
+        let r = (|| -> Result<bool> {
+            let Some(mut map) = PageMap::open(&self.spool, old, page_size)? else {
+                return Ok(false);
+            };
+            map.begin()?;
+            let f = File::open(file).map_err(|e| Error::io("open spool file", file, e))?;
+            let mut r = std::io::BufReader::with_capacity(64 * 1024, f);
+            let mut err = None;
+            let res = crate::wal::segment::read_segment(&mut r, |fh, page| {
+                if let Err(e) = map.set(fh.pgno, &super::pagemap::page_hash(page)) {
+                    err = Some(e);
+                    return Err(std::io::Error::other("page map"));
+                }
+                if fh.is_commit() {
+                    map.resize(fh.commit);
+                }
+                Ok(())
+            });
+            if let Some(e) = err {
+                return Err(e);
+            }
+            res.map_err(|why| Error::other(format!("re-read {}: {why}", file.display())))?;
+            map.finish(new)?;
+            Ok(true)
+        })();
+        match r {
+            Ok(true) => {}
+            Ok(false) => PageMap::remove(&self.spool),
+            Err(e) => {
+                warn!(
+                    "db={} page map dropped ({e}); a later unproven change will cost a snapshot",
+                    self.path.display()
+                );
+                PageMap::remove(&self.spool);
+            }
+        }
+    }
+
+    /// The chain's state is exactly the database file (pinned on an empty WAL, nothing
+    /// captured since): record the file's identity and times in the page map, so that a later
+    /// start or re-pin proves an unchanged file without reading it.
+    fn note_db_facts(&mut self) {
+        let (Some(chain), Some(pin)) = (&self.chain, &self.pin) else {
+            return;
+        };
+        if !chain.at_db {
+            return;
+        }
+        if !shm::read(&pin.shm, &self.shm_path).is_ok_and(|i| i.is_some_and(|i| i.max_frame == 0)) {
+            return;
+        }
+        let Ok(ps) = bridge::db_page_size(&pin.db, &self.path) else {
+            return;
+        };
+        if let (Ok(Some(mut map)), Some(f)) = (
+            PageMap::open(&self.spool, &chain.last_sha, ps),
+            FileFacts::of(&pin.db),
+        ) {
+            let _ = map.record_facts(f, &chain.last_sha);
+        }
     }
 
     /// Start a new generation: a fresh snapshot at an exact position, under a new pin.
@@ -982,17 +1214,53 @@ impl Shipper {
             secs,
             len as f64 / 1e6 / secs.max(1e-6)
         );
+        let periodic = prev.is_some();
+        let last_sha = prev.unwrap_or(sha);
+        self.snapshot_map(&file, &last_sha, pos.wal.is_none());
         self.outbox.push(Pending {
             file,
             key,
             meta,
             len,
         });
-        let last_sha = prev.unwrap_or(sha);
-        self.chain = Some(Chain { pos, last_sha });
+        // A periodic snapshot keeps what the chain knew; a new generation's at an empty WAL
+        // has the database file hold the chain's state.
+        let at_db = match (periodic, &self.chain) {
+            (true, Some(c)) => c.at_db,
+            _ => pos.wal.is_none(),
+        };
+        self.chain = Some(Chain {
+            pos,
+            last_sha,
+            at_db,
+        });
         self.changed_since_snapshot = false;
         self.last_snapshot_at = Some(Instant::now());
         Ok(())
+    }
+
+    /// The page map of a snapshot just taken (kept as it is when it already describes that
+    /// state); with `at_db`, the database file holds that state too: record its facts.
+    fn snapshot_map(&self, file: &Path, tag: &str, at_db: bool) {
+        let pin = self.pin.as_ref().expect("snapshot needs a pin");
+        let r = (|| -> Result<()> {
+            let ps = bridge::db_page_size(&pin.db, &self.path)?;
+            let mut map = match PageMap::open(&self.spool, tag, ps)? {
+                Some(m) => m,
+                None => PageMap::build(&self.spool, file, ps, tag)?,
+            };
+            if let (true, Some(f)) = (at_db, FileFacts::of(&pin.db)) {
+                map.record_facts(f, tag)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            warn!(
+                "db={} no page map ({e}); a later unproven change will cost a snapshot",
+                self.path.display()
+            );
+            PageMap::remove(&self.spool);
+        }
     }
 
     /// A periodic snapshot of a continuing chain, at the exact position the chain has reached.
@@ -1127,15 +1395,13 @@ impl Shipper {
         if self.pin.is_none() {
             self.check_source()?;
             if let Some(why) = self.pin_and_check(report)? {
-                self.new_generation(&why)?;
-                report.snapshot = true;
+                report.snapshot |= self.recover(&why, report)?;
             }
             if self.db_id.is_none() {
                 self.db_id = file_id(&self.path);
             }
         } else if let Some(why) = self.capture_pinned(report)? {
-            self.new_generation(&why)?;
-            report.snapshot = true;
+            report.snapshot |= self.recover(&why, report)?;
         }
         if want_snapshot && self.changed_since_snapshot && !report.snapshot {
             self.periodic_snapshot(report)?;
@@ -1146,13 +1412,11 @@ impl Shipper {
         // ahead of the position we pinned at (and the kernel event for the last write may
         // be the one that woke us); commits made during a snapshot are caught here too.
         if let Some(why) = self.capture_pinned(report)? {
-            self.new_generation(&why)?;
-            report.snapshot = true;
+            report.snapshot |= self.recover(&why, report)?;
         }
         self.leapfrog()?;
         if let Some(why) = self.checkpoint_if_large(report)? {
-            self.new_generation(&why)?;
-            report.snapshot = true;
+            report.snapshot |= self.recover(&why, report)?;
         }
         if upload {
             self.outbox.upload(usize::MAX)?;
@@ -1163,6 +1427,7 @@ impl Shipper {
         // still waiting for upload need no pin: their frames are in the spool.
         let over_budget = PINNED.load(Ordering::Relaxed) > pin_budget();
         if release || over_budget || self.idle_for() >= IDLE_RELEASE {
+            self.note_db_facts();
             self.release();
         }
         if upload {

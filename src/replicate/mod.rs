@@ -1,6 +1,9 @@
 //! Replication: the per-database state machine (`db`), its outbox of objects waiting for
 //! upload (`upload`), and the daemon that drives many of them (`daemon`).
 
+pub mod bridge;
+pub mod continuity;
 pub mod daemon;
 pub mod db;
+pub mod pagemap;
 pub mod upload;

@@ -127,7 +127,7 @@ pub fn holds(f: &File, path: &Path, hdr: &WalHeader, pos: &WalEnd) -> Result<boo
 
 /// Does the file still end the WAL cycle `hdr` exactly at `pos`? Returns (frame `pos.frame` is
 /// still there as shipped: same salts, same running checksum, a commit; a valid frame of the
-/// same cycle follows it). Used after a restart to prove the old cycle ended where we stopped.
+/// same cycle, or a partial frame, follows it). Used after a restart to prove the old cycle ended where we stopped.
 pub fn ends_at(f: &File, path: &Path, hdr: &WalHeader, pos: &WalEnd) -> Result<(bool, bool)> {
     if pos.frame == 0 {
         return Ok((true, false));
@@ -146,5 +146,14 @@ pub fn ends_at(f: &File, path: &Path, hdr: &WalHeader, pos: &WalEnd) -> Result<(
         more = true;
         Ok(())
     })?;
+    // A partial frame right after ours counts as "more existed": `journal_size_limit` cuts
+    // the WAL in the middle of a later frame of the old cycle. (A whole frame with other salts
+    // is a stale frame of an older, longer cycle: SQLite rewrites WAL files in place.)
+    let len = f
+        .metadata()
+        .map_err(|e| Error::io("stat WAL", path, e))?
+        .len();
+    let ours_end = hdr.frame_offset(pos.frame + 1);
+    more |= len > ours_end && len < ours_end + hdr.frame_len();
     Ok((intact, more))
 }

@@ -39,6 +39,11 @@ impl SegmentWriter {
         })
     }
 
+    /// The running checksum after the last frame written.
+    pub fn cksum(&self) -> Checksum {
+        self.cksum
+    }
+
     pub fn frame(
         &mut self,
         out: &mut impl Write,
