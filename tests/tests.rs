@@ -7,6 +7,7 @@ mod errors;
 mod fuzz;
 mod harness;
 mod many;
+mod oneshot;
 mod proxy;
 mod replication;
 mod s3;

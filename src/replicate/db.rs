@@ -999,7 +999,7 @@ impl Shipper {
                 if let Some(f) = facts {
                     map.record_facts(f, &chain.last_sha)?;
                 }
-                info!(
+                debug!(
                     "db={} {why}: the database file proves nothing changed (read {} in {secs:.3}s)",
                     self.path.display(),
                     mb(read)

@@ -1,0 +1,345 @@
+//! Issue #11: the ways applications really use SQLite. Connections opened per write and closed
+//! (the `sqlite3` CLI, a current SQLite through rusqlite), one-shot checkpoints, a pool of
+//! connections restarting the WAL in turn, `journal_size_limit`, databases replaced by rename
+//! or recreated; walsync running, stopped and `kill -9`ed in between. Every restore (latest and
+//! points in time) must equal the recorded state of the source.
+
+use std::path::Path;
+use std::process::Command;
+use std::thread::sleep;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use crate::harness::*;
+
+/// `sqlite3 DB SQL`: the system CLI as a one-shot writer (open, write, close: the last close
+/// checkpoints the WAL into the database file and deletes it).
+fn cli(db: &Path, sql: &str) {
+    let o = Command::new("sqlite3")
+        .arg("-cmd")
+        .arg(".timeout 5000")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("run sqlite3");
+    assert!(o.status.success(), "sqlite3 {sql}: {}", stderr(&o));
+}
+
+/// The same with a current SQLite (3.54.1, rusqlite): open, one statement, close.
+fn oneshot(db: &Path, sql: &str) {
+    let c = Connection::open(db).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    c.execute_batch(sql).unwrap();
+    c.close().unwrap();
+}
+
+fn assert_restores(replica: &Replica, name: &str, out: &Path, pit: Option<&str>, want: &str) {
+    let _ = std::fs::remove_file(out);
+    restore_ok(replica, name, out, pit);
+    integrity_ok(out);
+    assert_eq!(content_hash(out), want, "restore of {name} at {pit:?}");
+}
+
+/// Wait until the replica restores to the source's current state; return that state and the
+/// time it was reached (a point in time that must restore to it).
+fn shipped(replica: &Replica, name: &str, src: &Path, scratch: &Path) -> (String, String) {
+    let want = content_hash(src);
+    wait_until(
+        "the source's state restorable",
+        Duration::from_secs(30),
+        || {
+            let _ = std::fs::remove_file(scratch);
+            restore(replica, name, scratch, None).status.success() && content_hash(scratch) == want
+        },
+    );
+    let at = walsync::time::iso(walsync::time::now_ms());
+    sleep(Duration::from_millis(3));
+    (want, at)
+}
+
+/// Wait until walsync's last word is that it let the database go.
+fn wait_released(d: &Daemon) {
+    wait_until(
+        "walsync released the database",
+        Duration::from_secs(20),
+        || {
+            d.log_text()
+                .lines()
+                .last()
+                .is_some_and(|l| l.ends_with("released"))
+        },
+    );
+}
+
+fn created_by_cli(db: &Path) {
+    cli(
+        db,
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);",
+    );
+}
+
+/// The README's quick start, and every variation of a writer that opens, writes and closes:
+/// while walsync runs (pinned and after it let go), across a clean restart and a `kill -9`.
+/// Nothing is lost, no snapshot beyond the first is needed, points in time restore exactly.
+fn one_shot_writers_are_never_lost(backend: Backend) {
+    let t = TestDir::new("oneshot");
+    let replica = Replica::new(&t, backend);
+    let db = t.join("app.db");
+    let scratch = t.join("scratch.db");
+    created_by_cli(&db);
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
+    d.wait_log("uploaded", Duration::from_secs(20));
+    let mut states = Vec::new();
+    for i in 0..12 {
+        match i % 4 {
+            0 => cli(&db, &format!("INSERT INTO t(v) VALUES ('cli {i}')")),
+            1 => oneshot(&db, &format!("INSERT INTO t(v) VALUES ('current {i}')")),
+            2 => {
+                cli(
+                    &db,
+                    &format!("UPDATE t SET v = v || '+' WHERE id % 2 = {}", i % 2),
+                );
+                cli(&db, "PRAGMA wal_checkpoint(TRUNCATE);");
+            }
+            _ => oneshot(
+                &db,
+                &format!("INSERT INTO t(v) SELECT hex(randomblob(3000)) FROM t LIMIT 3; -- {i}"),
+            ),
+        }
+        states.push(shipped(&replica, "app", &db, &scratch));
+        if i % 3 == 2 {
+            // Let walsync let go, so the next writer finds it unpinned.
+            wait_released(&d);
+        }
+    }
+    d.stop();
+    // Stopped: three one-shot writes, then start again.
+    for i in 0..3 {
+        cli(
+            &db,
+            &format!("INSERT INTO t(v) VALUES ('while stopped {i}')"),
+        );
+    }
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log2"));
+    states.push(shipped(&replica, "app", &db, &scratch));
+    assert!(
+        d.log_text().contains("proven from the database file"),
+        "{}",
+        d.log_text()
+    );
+    // Killed: writes after the kill are shipped by the next run.
+    oneshot(&db, "INSERT INTO t(v) VALUES ('before the kill')");
+    states.push(shipped(&replica, "app", &db, &scratch));
+    d.kill9();
+    for i in 0..3 {
+        oneshot(
+            &db,
+            &format!("INSERT INTO t(v) VALUES ('after the kill {i}')"),
+        );
+    }
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log3"));
+    states.push(shipped(&replica, "app", &db, &scratch));
+    d.stop();
+    let logs = [t.join("log"), t.join("log2"), t.join("log3")]
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect::<String>();
+    assert_eq!(
+        logs.matches("starting generation").count(),
+        1,
+        "only the first snapshot is needed:\n{logs}"
+    );
+    assert_eq!(replica.objects("app", "snapshots").len(), 1);
+    assert_restores(
+        &replica,
+        "app",
+        &t.join("latest.db"),
+        None,
+        &content_hash(&db),
+    );
+    for (i, (want, at)) in states.iter().enumerate() {
+        assert_restores(
+            &replica,
+            "app",
+            &t.join(&format!("pit-{i}.db")),
+            Some(at),
+            want,
+        );
+    }
+}
+
+/// Two connections of one process (a pool) restart the WAL in turn, walsync pinned and not:
+/// SQLite writes each connection's own checkpoint counter, salt-1 grows by one. No restart may
+/// cost a snapshot, and the restore is exact.
+fn pool_restarts_cost_no_snapshot(backend: Backend) {
+    let t = TestDir::new("pool");
+    let replica = Replica::new(&t, backend);
+    let db = t.join("app.db");
+    let a = open_app(&db);
+    let b = open_app(&db);
+    for c in [&a, &b] {
+        c.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
+    }
+    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
+    d.wait_log("uploaded", Duration::from_secs(20));
+    let scratch = t.join("scratch.db");
+    let mut states = Vec::new();
+    for (i, who) in ["a", "a", "a", "b", "a", "b", "b", "a"].iter().enumerate() {
+        let c = if *who == "a" { &a } else { &b };
+        c.execute("INSERT INTO t(v) VALUES (?1)", [format!("{who} {i}")])
+            .unwrap();
+        states.push(shipped(&replica, "app", &db, &scratch));
+        if i % 2 == 1 {
+            wait_released(&d);
+        }
+        // A complete checkpoint: the next write (by either connection) restarts the WAL.
+        let (busy, _, _): (i64, i64, i64) = c
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(busy, 0);
+    }
+    drop((a, b));
+    d.stop();
+    let log = std::fs::read_to_string(t.join("log")).unwrap();
+    assert_eq!(log.matches("starting generation").count(), 1, "{log}");
+    assert_restores(
+        &replica,
+        "app",
+        &t.join("latest.db"),
+        None,
+        &content_hash(&db),
+    );
+    for (i, (want, at)) in states.iter().enumerate() {
+        assert_restores(
+            &replica,
+            "app",
+            &t.join(&format!("pit-{i}.db")),
+            Some(at),
+            want,
+        );
+    }
+}
+
+/// Issue #12 finding 2: `journal_size_limit` cuts the WAL inside the frame after walsync's
+/// last one at the first commit after a restart; that partial frame must count as "frames
+/// existed after ours", never as the old cycle's end.
+fn journal_size_limit_cut_is_not_a_proof(backend: Backend) {
+    let t = TestDir::new("jsl");
+    let replica = Replica::new(&t, backend);
+    let db = t.join("app.db");
+    let c = open_app(&db);
+    c.execute_batch(
+        "PRAGMA wal_autocheckpoint=0;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         CREATE TABLE u(id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO t(v) VALUES ('a'), ('b'), ('c');
+         INSERT INTO u(v) VALUES ('a');",
+    )
+    .unwrap();
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
+    d.wait_log("uploaded", Duration::from_secs(20));
+    for i in 0..6 {
+        c.execute("UPDATE t SET v = ?1 WHERE id = 1", [format!("x{i}")])
+            .unwrap();
+    }
+    shipped(&replica, "app", &db, &t.join("scratch.db"));
+    d.stop();
+    // walsync's last frame is the WAL's last; cut 100 bytes into the next one.
+    let wal_len = std::fs::metadata(t.join("app.db-wal")).unwrap().len();
+    c.execute_batch(&format!("PRAGMA journal_size_limit={}", wal_len + 100))
+        .unwrap();
+    for i in 0..20 {
+        c.execute("UPDATE t SET v = ?1 WHERE id = 2", [format!("lost? {i}")])
+            .unwrap();
+    }
+    let (busy, log, done): (i64, i64, i64) = c
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!((busy, log), (0, done));
+    // Another table, so another page: the frames of the 20 updates are the only copy of them.
+    c.execute("UPDATE u SET v = 'after restart' WHERE id = 1", [])
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(t.join("app.db-wal")).unwrap().len(),
+        wal_len + 100,
+        "SQLite cut the WAL at the limit"
+    );
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log2"));
+    shipped(&replica, "app", &db, &t.join("scratch.db"));
+    assert!(
+        d.log_text().contains("its old end cannot be proven"),
+        "{}",
+        d.log_text()
+    );
+    d.stop();
+    drop(c);
+    assert_restores(
+        &replica,
+        "app",
+        &t.join("latest.db"),
+        None,
+        &content_hash(&db),
+    );
+}
+
+/// A database replaced by `mv new.db app.db` while walsync is stopped, and deleted and
+/// recreated while it runs: never taken for the old one.
+fn replaced_database_is_not_the_old_one(backend: Backend) {
+    let t = TestDir::new("replaced");
+    let replica = Replica::new(&t, backend);
+    let db = t.join("app.db");
+    let scratch = t.join("scratch.db");
+    created_by_cli(&db);
+    cli(&db, "INSERT INTO t(v) VALUES ('old 1'), ('old 2')");
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
+    let (old, old_at) = shipped(&replica, "app", &db, &scratch);
+    d.stop();
+    let new = t.join("new.db");
+    cli(
+        &new,
+        "PRAGMA journal_mode=WAL; CREATE TABLE other(y); INSERT INTO other VALUES (42);",
+    );
+    std::fs::rename(&new, &db).unwrap();
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log2"));
+    let (renamed, renamed_at) = shipped(&replica, "app", &db, &scratch);
+    // Deleted and recreated with the same name while walsync runs.
+    std::fs::remove_file(&db).unwrap();
+    created_by_cli(&db);
+    cli(&db, "INSERT INTO t(v) VALUES ('recreated')");
+    let (recreated, _) = shipped(&replica, "app", &db, &scratch);
+    d.stop();
+    assert_ne!(old, renamed);
+    assert_restores(&replica, "app", &t.join("latest.db"), None, &recreated);
+    assert_restores(&replica, "app", &t.join("old.db"), Some(&old_at), &old);
+    assert_restores(
+        &replica,
+        "app",
+        &t.join("renamed.db"),
+        Some(&renamed_at),
+        &renamed,
+    );
+}
+
+crate::both!(
+    one_shot_writers_are_never_lost,
+    super::one_shot_writers_are_never_lost
+);
+crate::both!(
+    pool_restarts_cost_no_snapshot,
+    super::pool_restarts_cost_no_snapshot
+);
+crate::both!(
+    journal_size_limit_cut_is_not_a_proof,
+    super::journal_size_limit_cut_is_not_a_proof
+);
+crate::both!(
+    replaced_database_is_not_the_old_one,
+    super::replaced_database_is_not_the_old_one
+);
