@@ -53,40 +53,49 @@ pub fn state_key(ns: &str) -> String {
     format!("{ns}/state.json")
 }
 
-/// Split a key into (namespace, object) when it is a snapshot or segment key.
+/// Split a key into (namespace, object) when it is a snapshot or segment key, structurally and
+/// from the right: `<ns>/snapshots/<17 digits>.db` or `<ns>/wal/<8 hex>-<17 digits>.wal`, so a
+/// namespace may itself contain `snapshots`, `wal`, dots, spaces or any other character.
 pub fn parse_key(key: &str, size: u64) -> Option<(String, Object)> {
-    if let Some(i) = key.rfind("/snapshots/") {
-        let f = &key[i + 11..];
-        let ts = time::parse_key_ts(f.strip_suffix(".db")?)?;
-        return Some((
-            key[..i].into(),
-            Object {
-                key: key.into(),
-                ts,
-                kind: Kind::Snapshot,
-                size,
-            },
-        ));
+    let (dir, file) = key.rsplit_once('/')?;
+    let (ns, kind_dir) = dir.rsplit_once('/')?;
+    if ns.is_empty() {
+        return None;
     }
-    if let Some(i) = key.rfind("/wal/") {
-        let f = key[i + 5..].strip_suffix(".wal")?;
-        let (g, t) = f.split_once('-')?;
-        if g.len() != 8 {
-            return None;
+    let (ts, kind) = match kind_dir {
+        "snapshots" => (
+            time::parse_key_ts(file.strip_suffix(".db")?)?,
+            Kind::Snapshot,
+        ),
+        "wal" => {
+            let (g, t) = file.strip_suffix(".wal")?.split_once('-')?;
+            if g.len() != 8 || !g.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            let gen = u32::from_str_radix(g, 16).ok()?;
+            (time::parse_key_ts(t)?, Kind::Segment { gen })
         }
-        let gen = u32::from_str_radix(g, 16).ok()?;
-        let ts = time::parse_key_ts(t)?;
-        return Some((
-            key[..i].into(),
-            Object {
-                key: key.into(),
-                ts,
-                kind: Kind::Segment { gen },
-                size,
-            },
-        ));
-    }
-    None
+        _ => return None,
+    };
+    Some((
+        ns.into(),
+        Object {
+            key: key.into(),
+            ts,
+            kind,
+            size,
+        },
+    ))
+}
+
+/// Is `rel` (a database's name taken from storage) a plain relative path, safe to join onto
+/// an output directory? No root, no `.` or `..`, no empty component, no NUL.
+pub fn is_plain_relative(rel: &str) -> bool {
+    !rel.is_empty()
+        && !rel.contains('\0')
+        && rel
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// Sort objects in replay order (timestamp; generation breaks no ties because timestamps are
@@ -139,7 +148,7 @@ pub fn put_position(m: &mut Meta, p: &Position) {
 }
 
 fn hex_pair(s: &str) -> Option<(u32, u32)> {
-    if s.len() != 16 {
+    if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     Some((

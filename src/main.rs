@@ -440,6 +440,14 @@ fn run(a: Args) -> Result<()> {
                             .unwrap_or(ns)
                             .to_string();
                         let out = dir.join(format!("{rel}.db"));
+                        if !layout::is_plain_relative(&rel) {
+                            // Names come from storage: never write outside --output-dir.
+                            let e = Error::other(format!(
+                                "refusing to restore namespace '{ns}': its name is not a plain relative path"
+                            ))
+                            .with_hint("rename or remove those objects in the replica");
+                            return (rel, out, Err(e));
+                        }
                         let r = out
                             .parent()
                             .map_or(Ok(()), |p| {

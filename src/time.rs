@@ -100,7 +100,8 @@ fn to_ms(y: i64, mo: u32, d: u32, h: u32, mi: u32, s: u32, ms: u32) -> Option<u6
 
 /// Parse a key timestamp (`YYYYMMDDHHMMSSmmm`).
 pub fn parse_key_ts(s: &str) -> Option<u64> {
-    if s.len() != 17 {
+    // ASCII only: the byte ranges below must fall on character boundaries.
+    if s.len() != 17 || !s.is_ascii() {
         return None;
     }
     let n = |a: usize, b: usize| num(&s[a..b]);
@@ -120,7 +121,8 @@ pub fn parse_key_ts(s: &str) -> Option<u64> {
 /// bare date (midnight UTC).
 pub fn parse_iso(s: &str) -> Option<u64> {
     let s = s.trim();
-    if s.len() < 10 || s.as_bytes()[4] != b'-' || s.as_bytes()[7] != b'-' {
+    // ASCII only: the byte ranges below must fall on character boundaries.
+    if !s.is_ascii() || s.len() < 10 || s.as_bytes()[4] != b'-' || s.as_bytes()[7] != b'-' {
         return None;
     }
     let (y, mo, d) = (num(&s[0..4])? as i64, num(&s[5..7])?, num(&s[8..10])?);

@@ -221,3 +221,73 @@ fn config_text() -> impl Strategy<Value = String> {
         .prop_map(|v| v.concat()),
     ]
 }
+
+/// A namespace: one to four path components of arbitrary printable text (including
+/// `snapshots`, `wal`, dots, spaces and non-ASCII), never empty.
+fn namespace() -> impl Strategy<Value = String> {
+    let component = prop_oneof![
+        Just("snapshots".to_string()),
+        Just("wal".to_string()),
+        Just("a.db".to_string()),
+        Just("x y".to_string()),
+        Just("tën-ants".to_string()),
+        "[^/\u{0}]{1,12}",
+    ];
+    proptest::collection::vec(component, 1..5).prop_map(|v| v.join("/"))
+}
+
+proptest! {
+    /// Issue #12 finding 1: keys parse back to exactly what made them, whatever the namespace.
+    #[test]
+    fn object_keys_round_trip_for_any_namespace(
+        ns in namespace(),
+        gen in any::<u32>(),
+        ts in 0u64..253_402_300_799_999,
+    ) {
+        use walsync::layout::{parse_key, segment_key, snapshot_key, Kind};
+        let (n, o) = parse_key(&snapshot_key(&ns, ts), 7).expect("snapshot key parses");
+        prop_assert_eq!(&n, &ns);
+        prop_assert_eq!((o.ts, o.kind, o.size), (ts, Kind::Snapshot, 7));
+        let (n, o) = parse_key(&segment_key(&ns, gen, ts), 9).expect("segment key parses");
+        prop_assert_eq!(&n, &ns);
+        prop_assert_eq!((o.ts, o.kind), (ts, Kind::Segment { gen }));
+    }
+
+    /// Issue #12 finding 3: stray keys and timestamps of any text never panic.
+    #[test]
+    fn key_and_time_parsers_never_panic(s in "\\PC{0,40}", t in "[0-9é:T.Z+-]{0,30}") {
+        let _ = walsync::layout::parse_key(&s, 0);
+        let _ = walsync::layout::parse_key(&format!("x/snapshots/{t}.db"), 0);
+        let _ = walsync::layout::parse_key(&format!("x/wal/{t}-{t}.wal"), 0);
+        let _ = walsync::time::parse_iso(&t);
+        let _ = walsync::time::parse_iso(&s);
+        let _ = walsync::time::parse_key_ts(&t);
+    }
+
+    /// Metadata values of any text never panic the position reader.
+    #[test]
+    fn position_metadata_never_panics(salt in "\\PC{0,20}", cksum in "\\PC{0,20}") {
+        let mut m = walsync::layout::Meta::new();
+        for (k, v) in [("gen", "3"), ("magic", "377f0682"), ("page-size", "4096"), ("seq", "1"),
+                       ("frame", "2"), ("db-pages", "5"), ("hdr-cksum", "0011223344556677")] {
+            m.insert(k.into(), v.into());
+        }
+        m.insert("salt".into(), salt);
+        m.insert("cksum".into(), cksum);
+        let _ = walsync::layout::get_position(&m);
+    }
+}
+
+#[test]
+fn stray_non_ascii_keys_and_times_are_rejected() {
+    assert_eq!(walsync::time::parse_iso("2026-11-2é"), None);
+    assert!(walsync::layout::parse_key("x/snapshots/20261é1220004051.db", 0).is_none());
+    assert!(walsync::layout::parse_key("x/wal/+0000001-20261203085034464.wal", 0).is_none());
+    let (ns, _) =
+        walsync::layout::parse_key("team/snapshots/wal/snapshots/20261203085034464.db", 0).unwrap();
+    assert_eq!(ns, "team/snapshots/wal");
+    for bad in ["../x", "a/../b", "/abs", "a//b", ".", ""] {
+        assert!(!walsync::layout::is_plain_relative(bad), "{bad}");
+    }
+    assert!(walsync::layout::is_plain_relative("tenants/a b/ü"));
+}

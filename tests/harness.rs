@@ -334,7 +334,7 @@ impl Replica {
         self.url.clone()
     }
 
-    fn storage(&self) -> (std::sync::Arc<dyn walsync::storage::Storage>, String) {
+    pub fn storage(&self) -> (std::sync::Arc<dyn walsync::storage::Storage>, String) {
         let url = walsync::storage::parse_url(&self.url).unwrap();
         walsync::storage::open(&url, &Default::default()).unwrap()
     }

@@ -6,6 +6,7 @@ mod cron;
 mod errors;
 mod fuzz;
 mod harness;
+mod hazards;
 mod many;
 mod oneshot;
 mod proxy;
