@@ -10,8 +10,9 @@
 //!   capture into the spool, snapshots, checkpoints; local work) and its upload job (the
 //!   outbox, in order, to storage). They are separate so that a slow or stalled upload never
 //!   stops a database from being captured, and its WAL stays bounded. At most one of each per
-//!   database runs at a time, and uploads take at most `workers - 1` workers, so captures
-//!   always find one.
+//!   database runs at a time; up to `uploads` upload jobs run at once (requests in flight,
+//!   one keep-alive connection each) on workers beyond the step workers, so captures always
+//!   find one.
 //! * SIGTERM/SIGINT: every database gets a final step that ships everything and releases its
 //!   connections; then the workers are joined. A second signal exits at once.
 //! * Membership changes while running: a change in a directory of the config's `dir` entries
@@ -37,7 +38,11 @@ use crate::storage::Storage;
 use crate::watch::{self, WatchEvent};
 
 pub struct DaemonConfig {
+    /// Workers for steps (capture, snapshots, checkpoints: local work), sized by cores.
     pub workers: usize,
+    /// Uploads in flight at most, on workers of their own: throughput against storage 10-80 ms
+    /// away comes from requests in flight, not from cores (SPEC section 5).
+    pub uploads: usize,
     /// How long SIGTERM may take to ship what is pending.
     pub shutdown_deadline: Duration,
 }
@@ -91,6 +96,8 @@ enum Done {
 /// Objects one upload job ships at most before the worker is handed on (a database written
 /// without pause must not keep a worker for itself).
 const UPLOADS_PER_JOB: usize = 32;
+/// Stack of a worker thread (SQLite's own deepest paths need well under this).
+const WORKER_STACK: usize = 512 * 1024;
 
 #[derive(Default)]
 struct Sched {
@@ -412,9 +419,10 @@ pub fn run(
         watcher.add_db(&s.path)?;
     }
 
-    let workers = cfg.workers.max(1);
-    // Uploads may stall for a long time; at least one worker stays free for captures.
-    let max_uploads = workers.saturating_sub(1).max(1);
+    // Uploads may stall for a long time: they never take the step workers' share, so
+    // captures always find a worker.
+    let max_uploads = cfg.uploads.max(1);
+    let workers = cfg.workers.max(1) + max_uploads;
     let mut upload_turn = 0;
     let (job_tx, job_rx) = bounded::<Job>(workers);
     let (done_tx, done_rx) = bounded::<Done>(workers * 2);
@@ -424,6 +432,8 @@ pub fn run(
         let tx: Sender<Done> = done_tx.clone();
         let h = thread::Builder::new()
             .name(format!("walsync-upload/{n}"))
+            // Small stacks: a worker's memory is its stack, and most of them wait on sockets.
+            .stack_size(WORKER_STACK)
             .spawn(move || {
                 for job in rx.iter() {
                     let done = match job {
@@ -464,8 +474,9 @@ pub fn run(
     }
     drop(done_tx);
     info!(
-        "watching {} database(s) with {workers} worker(s)",
-        slots.len()
+        "watching {} database(s) with {} step worker(s) and up to {max_uploads} uploads in flight",
+        slots.len(),
+        workers - max_uploads
     );
 
     // Snapshot requests left while we were starting (before SIGUSR1 was handled).
