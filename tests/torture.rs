@@ -1,6 +1,7 @@
 //! Issue #5: the torture harness. Several databases take a randomized workload (inserts,
 //! updates, deletes, transactions over 1,000 pages, schema changes, VACUUM, page-size changes,
-//! application checkpoints of all four modes, the application closing its last connection)
+//! application checkpoints of all four modes, the application closing its last connection,
+//! one-shot writers that open, write and close, `journal_size_limit`)
 //! while the harness `kill -9`s and restarts walsync at random moments and injects storage
 //! faults through the fault-injecting proxy in front of the real S3 server (refused
 //! connections, resets mid-upload, 500/503 answers, slow answers, dead connections that
@@ -42,6 +43,7 @@ struct Counters {
     vacuums: AtomicU64,
     page_size_changes: AtomicU64,
     closes: AtomicU64,
+    oneshots: AtomicU64,
 }
 
 fn record(db: &Path, states: &States, counters: &Counters) {
@@ -66,7 +68,17 @@ fn try_exclusive(c: &Connection, sql: &str, within: Duration) -> bool {
 
 fn writer(db: PathBuf, seed: u64, stop: Arc<AtomicBool>, states: States, counters: Arc<Counters>) {
     let mut rng = Rng(seed);
-    let mut c = open_app(&db);
+    // Some applications cap their WAL (SQLite then cuts it at the first commit of a cycle).
+    let jsl = [None, Some(0), Some(16 * 1024), Some(100_000)][rng.below(4) as usize];
+    let open = |db: &Path| {
+        let c = open_app(db);
+        if let Some(l) = jsl {
+            c.execute_batch(&format!("PRAGMA journal_size_limit={l}"))
+                .unwrap();
+        }
+        c
+    };
+    let mut c = open(&db);
     workload::schema(&c);
     record(&db, &states, &counters);
     let mut n = 0u64;
@@ -104,7 +116,19 @@ fn writer(db: PathBuf, seed: u64, stop: Arc<AtomicBool>, states: States, counter
                 drop(c);
                 counters.closes.fetch_add(1, Ordering::Relaxed);
                 sleep(Duration::from_millis(rng.below(300)));
-                c = open_app(&db);
+                c = open(&db);
+            }
+            52..=91 => {
+                // A one-shot writer (cron, CLI, CGI) while the application is closed: its
+                // close checkpoints the WAL into the database and deletes it at once.
+                drop(c);
+                let mut one = open(&db);
+                workload::step(&mut one, &mut rng, false);
+                drop(one);
+                counters.oneshots.fetch_add(1, Ordering::Relaxed);
+                record(&db, &states, &counters);
+                sleep(Duration::from_millis(rng.below(200)));
+                c = open(&db);
             }
             _ => {
                 workload::step(&mut c, &mut rng, n % 150 == 75);
@@ -268,11 +292,17 @@ fn torture() {
         if got != content_hash(db) || got != states.last().unwrap().1 {
             mismatches.push(format!("{name}: latest restore differs from the source"));
         }
-        // Random points in time after the first few seconds (before them there may be no
-        // snapshot yet). The restored state must be one the application committed, no later
-        // than the point asked for (1 s slack: a commit's recorded time is taken after its
-        // COMMIT returned, the segment's may be a little earlier).
-        let (first, last) = (states[0].0 + 3000, states.last().unwrap().0);
+        // Random points in time from the first snapshot on (the earliest restorable time, as
+        // the replica reports it). The restored state must be one the application committed,
+        // no later than the point asked for (1 s slack: a commit's recorded time is taken
+        // after its COMMIT returned, the segment's may be a little earlier).
+        let first_snapshot = replica
+            .objects(&name, "snapshots")
+            .iter()
+            .filter_map(|k| walsync::layout::parse_key(k, 0).map(|(_, o)| o.ts))
+            .min()
+            .expect("a snapshot");
+        let (first, last) = (states[0].0.max(first_snapshot), states.last().unwrap().0);
         for k in 0..5 {
             if last <= first {
                 break;
@@ -302,7 +332,7 @@ fn torture() {
     let c = &counters;
     println!(
         "torture summary: {:.0} s, {ndb} databases, seed {seed}: rounds {rounds}, commits {}, checkpoints {}, \
-         vacuums {}, page-size changes {}, app closes {}, kills {kills}, faults injected {faults} \
+         vacuums {}, page-size changes {}, app closes {}, one-shot writers {}, kills {kills}, faults injected {faults} \
          ({} requests/connections hit), restores checked {restores}, mismatches {}, peak RSS {} KB, largest WAL {} KB (largest database {} KB)",
         t0.elapsed().as_secs_f64(),
         c.commits.load(Ordering::Relaxed),
@@ -310,6 +340,7 @@ fn torture() {
         c.vacuums.load(Ordering::Relaxed),
         c.page_size_changes.load(Ordering::Relaxed),
         c.closes.load(Ordering::Relaxed),
+        c.oneshots.load(Ordering::Relaxed),
         proxy.injected(),
         mismatches.len(),
         peak_kb,
