@@ -435,3 +435,51 @@ fn failed_uploads_leave_no_partial_objects() {
     restore_ok(&replica, "app", &out, None);
     assert_eq!(content_hash(&out), content_hash(&db));
 }
+
+/// Issue #15 / #12 finding 4: with a slow store (every answer 200 ms late) and commits coming
+/// faster than uploads, pending captures merge into one object instead of queueing: the spool
+/// holds a few objects at any time, far fewer PUTs than commits, and the restore is exact.
+#[test]
+fn slow_store_merges_the_backlog() {
+    let proxy = Proxy::start(upstream());
+    let t = TestDir::new("slow-merge");
+    let db = t.join("app.db");
+    let spool = t.join(".app.db-walsync");
+    let replica = Replica::new(&t, Backend::S3);
+    let mut c = open_app(&db);
+    workload::schema(&c);
+    let d = daemon_via(&proxy, &db, &replica, "0", &t);
+    d.wait_log("uploaded", Duration::from_secs(20));
+    proxy.set_fault(Fault::Slow(Duration::from_millis(200)));
+    let mut rng = Rng(5);
+    let (mut max_spooled, mut hwm) = (0usize, 0u64);
+    let commits = 300;
+    for _ in 0..commits {
+        workload::step(&mut c, &mut rng, false);
+        let n = std::fs::read_dir(&spool).map_or(0, |rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+                .count()
+        });
+        max_spooled = max_spooled.max(n);
+        hwm = hwm.max(vm_hwm_kb(d.child.id()));
+        sleep(Duration::from_millis(5));
+    }
+    proxy.set_fault(Fault::None);
+    drop(c);
+    d.stop();
+    let segments = replica.objects("app", "wal").len();
+    let log = std::fs::read_to_string(t.join("log")).unwrap();
+    eprintln!(
+        "{commits} commits against a 200 ms store: {segments} segment objects, at most {max_spooled} pending in the spool, VmHWM {hwm} kB"
+    );
+    assert!(log.contains("merged with pending frames"), "{log}");
+    assert!(
+        segments * 4 < commits,
+        "{segments} objects for {commits} commits"
+    );
+    assert!(max_spooled <= 4, "{max_spooled} segments pending at once");
+    restore_ok(&replica, "app", &t.join("restored.db"), None);
+    integrity_ok(&t.join("restored.db"));
+    assert_eq!(content_hash(&t.join("restored.db")), content_hash(&db));
+}

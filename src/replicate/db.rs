@@ -28,7 +28,6 @@
 //!   (see `wal::segment`), each naming the SHA-256 of the object before it in the chain.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,20 +36,19 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use rusqlite::{Connection, OpenFlags};
-use sha2::Sha256;
 
-use crate::digest::{self, hex};
+use crate::digest;
 use crate::error::{is_busy, Error, Result};
 use crate::layout::{self, Kind, Meta, Position};
 use crate::snapshot;
 use crate::storage::Storage;
 use crate::time;
 use crate::wal::reader;
-use crate::wal::segment::SegmentWriter;
 use crate::wal::shm::{self, WalIndex};
 use crate::wal::{WalEnd, WalHeader};
 
 use super::bridge::{self, Live, Outcome};
+use super::capture;
 use super::pagemap::{FileFacts, PageMap};
 use super::upload::{Outbox, Pending};
 
@@ -740,87 +738,98 @@ impl Shipper {
         } else {
             chain.pos.gen
         };
+        // A backlog merges: frames continuing the newest pending segment are appended to it.
+        let tail = self.outbox.take_appendable(gen, hdr, from.frame);
         let tmp = self
             .spool
             .join(format!("capture-{}.tmp", std::process::id()));
-        let file = File::create(&tmp).map_err(|e| Error::io("create spool file", &tmp, e))?;
-        let mut out = digest::HashingWriter::new(BufWriter::with_capacity(64 * 1024, file));
-        let mut seg = SegmentWriter::new(hdr, &mut out)
-            .map_err(|e| Error::io("write spool file", &tmp, e))?;
-        let mut at_commit: Sha256 = out.hasher.clone();
-        let mut first = 0;
-        let walk = reader::walk(f, &self.wal_path, hdr, from, limit, |i, fh, page| {
-            if first == 0 {
-                first = i;
+        let target = match &tail {
+            Some(p) => capture::Target::Append(
+                &p.file,
+                p.append
+                    .clone()
+                    .expect("take_appendable returns appendable segments"),
+            ),
+            None => capture::Target::New(&tmp),
+        };
+        let res = capture::capture(f, &self.wal_path, hdr, gen, from, limit, target);
+        let captured = match res {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(p) = tail {
+                    self.outbox.push(p); // unchanged: cut back or never touched
+                }
+                return Err(e);
             }
-            seg.frame(&mut out, fh, page)
-                .map_err(|e| Error::io("write spool file", &tmp, e))?;
-            if fh.is_commit() {
-                at_commit = out.hasher.clone();
+        };
+        let Some((file, c)) = captured else {
+            if let Some(p) = tail {
+                self.outbox.push(p);
             }
-            Ok(())
-        })?;
-        self.wal_frames = walk.end.frame.max(self.wal_frames);
-        let n = seg.committed_frames;
-        let mut w = out
-            .inner
-            .into_inner()
-            .map_err(|e| Error::io("write spool file", &tmp, e.into_error()))?;
-        if n == 0 {
-            drop(w);
-            let _ = fs::remove_file(&tmp);
             if restart && chain.pos.wal.is_some() {
                 self.max_gen -= 1; // nothing captured under the new generation yet
             }
-            return Ok((0, walk.end));
-        }
-        w.set_len(seg.committed_len)
-            .map_err(|e| Error::io("truncate spool file", &tmp, e))?;
-        w.flush()
-            .map_err(|e| Error::io("write spool file", &tmp, e))?;
-        drop(w);
-        let sha = hex(at_commit);
+            return Ok((0, from));
+        };
+        self.wal_frames = c.end.frame.max(self.wal_frames);
         let ts = self.next_ts();
         let key = layout::segment_key(&self.ns, gen, ts);
-        self.update_map(&chain.last_sha, &tmp, hdr.page_size, &sha);
-        let dst = self
-            .spool
-            .join(format!("{gen:08x}-{}.wal", time::key_ts(ts)));
-        fs::rename(&tmp, &dst).map_err(|e| Error::io("rename spool file", &dst, e))?;
+        self.update_map(&chain.last_sha, &file, c.start, hdr.page_size, &c.sha);
         let pos = Position {
             gen,
-            wal: Some((*hdr, walk.end)),
+            wal: Some((*hdr, c.end)),
         };
-        let mut meta = Meta::new();
-        meta.insert(layout::SHA256.into(), sha.clone());
-        meta.insert(layout::PREV.into(), chain.last_sha.clone());
-        meta.insert(layout::FIRST.into(), first.to_string());
-        meta.insert(layout::SOURCE.into(), self.source.clone());
-        if chain.at_db && chain.pos.wal.is_some() {
-            // Follows the database state of the object before it, not a WAL cycle of it.
-            meta.insert(layout::BASE.into(), layout::BASE_DB.into());
-        }
+        let (file, mut meta, first) = match tail {
+            // The merged object keeps the first one's links and takes the new end.
+            Some(p) => {
+                let first = p.meta.get(layout::FIRST).cloned().unwrap_or_default();
+                (p.file, p.meta, first)
+            }
+            None => {
+                let dst = self
+                    .spool
+                    .join(format!("{gen:08x}-{}.wal", time::key_ts(ts)));
+                fs::rename(&file, &dst).map_err(|e| Error::io("rename spool file", &dst, e))?;
+                let mut meta = Meta::new();
+                meta.insert(layout::PREV.into(), chain.last_sha.clone());
+                meta.insert(layout::FIRST.into(), c.first.to_string());
+                meta.insert(layout::SOURCE.into(), self.source.clone());
+                if chain.at_db && chain.pos.wal.is_some() {
+                    // Follows the database state of the object before it, not a WAL cycle.
+                    meta.insert(layout::BASE.into(), layout::BASE_DB.into());
+                }
+                (dst, meta, c.first.to_string())
+            }
+        };
+        meta.insert(layout::SHA256.into(), c.sha.clone());
         layout::put_position(&mut meta, &pos);
         debug!(
-            "db={} captured {key}: frames {first}..{} ({} frames)",
+            "db={} captured {key}: frames {}..{} ({} frames{})",
             self.path.display(),
-            walk.end.frame,
-            n
+            c.first,
+            c.end.frame,
+            c.frames,
+            if first == c.first.to_string() {
+                String::new()
+            } else {
+                format!(", merged with pending frames from {first}")
+            }
         );
         self.outbox.push(Pending {
-            file: dst,
+            file,
             key,
             meta,
-            len: seg.committed_len,
+            len: c.appendable.len,
+            append: Some(c.appendable),
         });
         self.chain = Some(Chain {
             pos,
-            last_sha: sha,
+            last_sha: c.sha,
             at_db: false,
         });
         self.changed_since_snapshot = true;
         self.last_frames_at = Instant::now();
-        Ok((n, walk.end))
+        Ok((c.frames, c.end))
     }
 
     /// Read the WAL while pinned and capture what is new; a restart of our WAL continues the
@@ -1054,6 +1063,7 @@ impl Shipper {
             key,
             meta,
             len: b.len,
+            append: None,
         });
         self.chain = Some(Chain {
             pos,
@@ -1074,30 +1084,14 @@ impl Shipper {
     }
 
     /// Bring the page map from chain tip `old` to `new` by the frames of the segment in
-    /// `file`. A map that does not describe `old` is removed: it can never be trusted again.
-    fn update_map(&self, old: &str, file: &Path, page_size: u32, new: &str) {
+    /// `file` from byte `start` on. A map that does not describe `old` is removed: it can never be trusted again.
+    fn update_map(&self, old: &str, file: &Path, start: u64, page_size: u32, new: &str) {
         let r = (|| -> Result<bool> {
             let Some(mut map) = PageMap::open(&self.spool, old, page_size)? else {
                 return Ok(false);
             };
             map.begin()?;
-            let f = File::open(file).map_err(|e| Error::io("open spool file", file, e))?;
-            let mut r = std::io::BufReader::with_capacity(64 * 1024, f);
-            let mut err = None;
-            let res = crate::wal::segment::read_segment(&mut r, |fh, page| {
-                if let Err(e) = map.set(fh.pgno, &super::pagemap::page_hash(page)) {
-                    err = Some(e);
-                    return Err(std::io::Error::other("page map"));
-                }
-                if fh.is_commit() {
-                    map.resize(fh.commit);
-                }
-                Ok(())
-            });
-            if let Some(e) = err {
-                return Err(e);
-            }
-            res.map_err(|why| Error::other(format!("re-read {}: {why}", file.display())))?;
+            map.apply_segment_frames(file, start)?;
             map.finish(new)?;
             Ok(true)
         })();
@@ -1222,6 +1216,7 @@ impl Shipper {
             key,
             meta,
             len,
+            append: None,
         });
         // A periodic snapshot keeps what the chain knew; a new generation's at an empty WAL
         // has the database file hold the chain's state.

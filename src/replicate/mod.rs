@@ -2,6 +2,7 @@
 //! upload (`upload`), and the daemon that drives many of them (`daemon`).
 
 pub mod bridge;
+pub mod capture;
 pub mod continuity;
 pub mod daemon;
 pub mod db;

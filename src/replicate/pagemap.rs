@@ -255,6 +255,31 @@ impl PageMap {
         self.pages = pages;
     }
 
+    /// Apply the frames of a segment file written by walsync itself, from byte `start` (a
+    /// frame boundary) to its end: each page's new hash, and each commit's database size.
+    pub fn apply_segment_frames(&mut self, file: &Path, start: u64) -> Result<()> {
+        let f = File::open(file).map_err(io("open spool file", file))?;
+        let mut r = BufReader::with_capacity(64 * 1024, f);
+        use std::io::Seek;
+        r.seek(std::io::SeekFrom::Start(start))
+            .map_err(io("read spool file", file))?;
+        let mut frame = vec![0u8; 24 + self.page_size as usize];
+        loop {
+            match r.read_exact(&mut frame) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(Error::io("read spool file", file, e)),
+            }
+            let be =
+                |i: usize| u32::from_be_bytes([frame[i], frame[i + 1], frame[i + 2], frame[i + 3]]);
+            let (pgno, commit) = (be(0), be(4));
+            self.set(pgno, &page_hash(&frame[24..]))?;
+            if commit != 0 {
+                self.resize(commit);
+            }
+        }
+    }
+
     /// A reader of the hashes from page 1 on.
     pub fn entries(&self) -> Result<std::io::Take<BufReader<File>>> {
         let f = self

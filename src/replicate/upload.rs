@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 use log::debug;
 use sha2::{Digest, Sha256};
 
+use super::capture::Appendable;
 use crate::digest;
 use crate::error::{Error, Result};
 use crate::layout::{self, Meta};
 use crate::storage::Storage;
 use crate::time;
+use crate::wal::WalHeader;
 
 /// A captured object waiting in the spool for upload.
 #[derive(Debug, Clone)]
@@ -30,11 +32,15 @@ pub struct Pending {
     pub key: String,
     pub meta: Meta,
     pub len: u64,
+    /// Set on a segment later captures may append to (see `capture`).
+    pub append: Option<Appendable>,
 }
 
 #[derive(Default)]
 struct Inner {
     items: VecDeque<Pending>,
+    /// The first item is being uploaded: nothing may append to it.
+    in_flight: bool,
     /// Key, generation and WAL frame of the newest object uploaded, and the key `state.json`
     /// last named.
     last: Option<(String, u32, u32)>,
@@ -75,6 +81,29 @@ impl Outbox {
         self.lock().items.push_back(p);
     }
 
+    /// Take the newest pending segment if frames from `from_frame` on, in `gen` and WAL
+    /// cycle `hdr`, continue it and no upload is reading it; the caller appends and pushes it
+    /// back (it stays last: order is kept).
+    pub fn take_appendable(&self, gen: u32, hdr: &WalHeader, from_frame: u32) -> Option<Pending> {
+        let mut i = self.lock();
+        let busy = i.in_flight && i.items.len() == 1;
+        let ok = i
+            .items
+            .back()
+            .and_then(|p| p.append.as_ref())
+            .is_some_and(|a| a.continues(gen, hdr, from_frame));
+        if busy || !ok {
+            return None;
+        }
+        i.items.pop_back()
+    }
+
+    /// Pending objects and their bytes.
+    pub fn size(&self) -> (usize, u64) {
+        let i = self.lock();
+        (i.items.len(), i.items.iter().map(|p| p.len).sum())
+    }
+
     /// Objects waiting.
     pub fn len(&self) -> usize {
         self.lock().items.len()
@@ -91,12 +120,21 @@ impl Outbox {
         let _only_one = self.uploading.lock().unwrap_or_else(|p| p.into_inner());
         let mut done = 0;
         while done < max {
-            let Some(p) = self.lock().items.front().cloned() else {
-                break;
+            let p = {
+                let mut i = self.lock();
+                let Some(p) = i.items.front().cloned() else {
+                    break;
+                };
+                i.in_flight = true;
+                p
             };
-            let mut f =
-                File::open(&p.file).map_err(|e| Error::io("open spool file", &p.file, e))?;
-            self.storage.put(&p.key, &mut f, p.len, &p.meta)?;
+            let put = File::open(&p.file)
+                .map_err(|e| Error::io("open spool file", &p.file, e))
+                .and_then(|mut f| self.storage.put(&p.key, &mut f, p.len, &p.meta));
+            if let Err(e) = put {
+                self.lock().in_flight = false;
+                return Err(e);
+            }
             debug!(
                 "db={} uploaded {} ({} bytes)",
                 self.path.display(),
@@ -108,6 +146,7 @@ impl Outbox {
                 .map_or((0, 0), |pos| (pos.gen, pos.wal.map_or(0, |(_, e)| e.frame)));
             let mut i = self.lock();
             i.items.pop_front();
+            i.in_flight = false;
             i.last = Some((p.key, gen, frame));
             done += 1;
         }

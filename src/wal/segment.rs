@@ -39,6 +39,20 @@ impl SegmentWriter {
         })
     }
 
+    /// Continue a segment that already holds `frames` frames in `len` bytes, ending on a
+    /// commit with running checksum `cksum` (appending to a pending segment).
+    pub fn resume(hdr: &WalHeader, cksum: Checksum, len: u64, frames: u32) -> Self {
+        let h = WalHeader::parse(&hdr.encode()).expect("encode produces a valid header");
+        SegmentWriter {
+            hdr: h,
+            cksum,
+            len,
+            committed_len: len,
+            frames,
+            committed_frames: frames,
+        }
+    }
+
     /// The running checksum after the last frame written.
     pub fn cksum(&self) -> Checksum {
         self.cksum
