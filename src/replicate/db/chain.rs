@@ -1,0 +1,205 @@
+//! Where the chain stands: learnt from the replica at start (one LIST, one HEAD), extended by
+//! captures, and restarted as a new generation with a snapshot at an exact position when
+//! continuity cannot be proven; periodic snapshots of a continuing chain.
+
+use super::*;
+
+impl Shipper {
+    /// Learn where the chain stands from the newest object in the replica (one LIST, one HEAD).
+    pub(super) fn load(&mut self) -> Result<()> {
+        if self.loaded {
+            return Ok(());
+        }
+        let mut newest: Option<layout::Object> = None;
+        let mut max_gen = 0;
+        let prefix = format!("{}/", self.ns);
+        let ns = self.ns.clone();
+        self.storage.list(&prefix, &mut |e| {
+            if let Some((n, o)) = layout::parse_key(&e.key, e.size) {
+                if n != ns {
+                    return;
+                }
+                if let Kind::Segment { gen } = o.kind {
+                    max_gen = max_gen.max(gen);
+                }
+                if newest.as_ref().is_none_or(|b| o.ts > b.ts) {
+                    newest = Some(o);
+                }
+            }
+        })?;
+        self.max_gen = max_gen;
+        if let Some(o) = newest {
+            self.last_ts = o.ts;
+            let meta = self.storage.head(&o.key)?;
+            // Another database, elsewhere, is shipping into this namespace right now: two
+            // chains in one namespace would make both unrestorable. Refuse (and retry later).
+            if let Some(other) = meta.get(layout::SOURCE).filter(|s| **s != self.source) {
+                let age = time::now_ms().saturating_sub(o.ts);
+                if age < NAMESPACE_BUSY_MS {
+                    return Err(Error::other(format!(
+                        "namespace {} is being replicated from {other} (newest object {} s old)",
+                        self.ns,
+                        age / 1000
+                    ))
+                    .with_hint(
+                        "give this database another name or prefix, or stop the other walsync",
+                    ));
+                }
+            }
+            match (meta.get(layout::SHA256), layout::get_position(&meta)) {
+                (Some(sha), Some(pos)) => {
+                    let last_sha = match o.kind {
+                        Kind::Snapshot => meta.get(layout::PREV).unwrap_or(sha).clone(),
+                        Kind::Segment { .. } => sha.clone(),
+                    };
+                    self.max_gen = self.max_gen.max(pos.gen);
+                    info!(
+                        "db={} found chain ending at {} (generation {})",
+                        self.path.display(),
+                        o.key,
+                        pos.gen
+                    );
+                    self.chain = Some(Chain {
+                        pos,
+                        last_sha,
+                        at_db: false,
+                    });
+                }
+                _ => warn!(
+                    "db={} newest object {} has no chain metadata; a new generation will start",
+                    self.path.display(),
+                    o.key
+                ),
+            }
+        }
+        self.clear_spool();
+        self.loaded = true;
+        Ok(())
+    }
+
+    pub(super) fn next_ts(&mut self) -> u64 {
+        self.last_ts = time::now_ms().max(self.last_ts + 1);
+        self.last_ts
+    }
+
+    pub(super) fn new_gen(&mut self) -> u32 {
+        let g = self
+            .max_gen
+            .max(self.chain.as_ref().map_or(0, |c| c.pos.gen))
+            + 1;
+        self.max_gen = g;
+        g
+    }
+
+    /// Start a new generation: a fresh snapshot at an exact position, under a new pin.
+    pub(super) fn new_generation(&mut self, why: &str) -> Result<()> {
+        // A chain existed and the database changed while we were away: count it as active, so
+        // the new chain is held pinned for IDLE_RELEASE (an application closing right after
+        // writing would otherwise cost yet another generation). A first generation does not:
+        // starting on a thousand new databases must not pin them all at once.
+        if self.chain.is_some() {
+            self.last_frames_at = Instant::now();
+        }
+        let idx = self.pin_exact()?;
+        let wal = if idx.max_frame == 0 {
+            None
+        } else {
+            let (f, hdr) = reader::read_header(&self.wal_path)?.ok_or_else(|| Error::Busy {
+                what: format!("WAL {} vanished while pinning", self.wal_path.display()),
+            })?;
+            let walk = reader::walk(
+                &f,
+                &self.wal_path,
+                &hdr,
+                reader::start(&hdr),
+                Some(idx.max_frame),
+                |_, _, _| Ok(()),
+            )?;
+            if walk.end.frame != idx.max_frame
+                || walk.end.cksum != idx.cksum
+                || hdr.salt1 != idx.salt1
+            {
+                return Err(Error::Busy {
+                    what: format!("WAL {} changed while pinning", self.wal_path.display()),
+                });
+            }
+            Some((hdr, walk.end))
+        };
+        self.wal_frames = idx.max_frame;
+        self.checkpointed_at = 0;
+        let wal_id = file_id(&self.wal_path);
+        self.pin.as_mut().expect("pinned").wal_id = wal_id;
+        let pos = Position {
+            gen: self.new_gen(),
+            wal,
+        };
+        info!(
+            "db={} starting generation {}: {why}",
+            self.path.display(),
+            pos.gen
+        );
+        self.take_snapshot(pos, None)?;
+        self.db_id = file_id(&self.path);
+        Ok(())
+    }
+
+    /// Snapshot the pinned reader's view (which must be exactly at `pos`) into the spool.
+    pub(super) fn take_snapshot(&mut self, pos: Position, prev: Option<String>) -> Result<()> {
+        fs::create_dir_all(&self.spool)
+            .map_err(|e| Error::io("create spool directory", &self.spool, e))?;
+        let ts = self.next_ts();
+        let file = self.spool.join(format!("{}.db", time::key_ts(ts)));
+        let started = Instant::now();
+        let pin = self.pin.as_ref().expect("snapshot needs a pin");
+        let len = snapshot::backup_to_file(&pin.reader, &self.path, &file)?;
+        let sha = digest::file_sha256(&file).map_err(|e| Error::io("read snapshot", &file, e))?;
+        let key = layout::snapshot_key(&self.ns, ts);
+        let mut meta = Meta::new();
+        meta.insert(layout::SHA256.into(), sha.clone());
+        meta.insert(layout::SOURCE.into(), self.source.clone());
+        if let Some(p) = &prev {
+            meta.insert(layout::PREV.into(), p.clone());
+        }
+        layout::put_position(&mut meta, &pos);
+        let secs = started.elapsed().as_secs_f64();
+        info!(
+            "db={} snapshot {key}: {len} bytes in {:.3}s ({:.1} MB/s)",
+            self.path.display(),
+            secs,
+            len as f64 / 1e6 / secs.max(1e-6)
+        );
+        let periodic = prev.is_some();
+        let last_sha = prev.unwrap_or(sha);
+        self.snapshot_map(&file, &last_sha, pos.wal.is_none());
+        self.outbox.push(Pending {
+            file,
+            key,
+            meta,
+            len,
+            append: None,
+        });
+        // A periodic snapshot keeps what the chain knew; a new generation's at an empty WAL
+        // has the database file hold the chain's state.
+        let at_db = match (periodic, &self.chain) {
+            (true, Some(c)) => c.at_db,
+            _ => pos.wal.is_none(),
+        };
+        self.chain = Some(Chain {
+            pos,
+            last_sha,
+            at_db,
+        });
+        self.changed_since_snapshot = false;
+        self.last_snapshot_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// A periodic snapshot of a continuing chain, at the exact position the chain has reached.
+    pub(super) fn periodic_snapshot(&mut self, report: &mut StepReport) -> Result<()> {
+        if let Some(why) = self.pin_and_check(report)? {
+            return self.new_generation(&why);
+        }
+        let chain = self.chain.clone().expect("chain after pin");
+        self.take_snapshot(chain.pos, Some(chain.last_sha))
+    }
+}
