@@ -30,12 +30,6 @@ pub enum Error {
         path: PathBuf,
         source: rusqlite::Error,
     },
-    /// A WAL file (or a segment, which is a WAL file) is malformed.
-    WalFormat {
-        path: String,
-        offset: u64,
-        reason: String,
-    },
     /// A storage backend failed for one key.
     Storage {
         backend: String,
@@ -186,13 +180,6 @@ impl fmt::Display for Error {
                 write!(f, "{op} {}: {}", path.display(), io_msg(source))
             }
             Error::Sqlite { op, path, source } => write!(f, "{op} {}: {source}", path.display()),
-            Error::WalFormat {
-                path,
-                offset,
-                reason,
-            } => {
-                write!(f, "invalid WAL {path} at offset {offset}: {reason}")
-            }
             Error::Storage {
                 backend,
                 key,

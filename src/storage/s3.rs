@@ -1,8 +1,9 @@
-//! The S3 backend. rust-s3 (blocking `sync` mode, no async runtime) provides credentials,
-//! SigV4 signing and the XML of LIST and multipart uploads; object bytes travel through
-//! attohttpc on presigned URLs, streamed in both directions, so memory stays at one small
-//! buffer whatever the object size: a PUT streams from the spool file, each multipart part is
-//! a byte range of it, and a GET hands its body to the caller as a reader, metadata first.
+//! The S3 backend. Requests are signed here (SigV4, `sigv4`) and sent over walsync's own
+//! keep-alive HTTP/1.1 client (`http`: a small pool of connections, TLS through rustls);
+//! rust-s3 is used only for credentials and region names. Object bytes stream in both
+//! directions, so memory stays at one small buffer whatever the object size: a PUT streams
+//! from the spool file, each multipart part is a byte range of it, and a GET hands its body to
+//! the caller as a reader, metadata first.
 //!
 //! Metadata travels as `x-amz-meta-*` headers (set at PUT or multipart initiation, read from
 //! the GET or HEAD response). Errors are classified for the workers: connection failures,

@@ -14,12 +14,13 @@ use super::header::{FrameHeader, WalHeader, FRAME_HEADER_LEN, WAL_HEADER_LEN};
 /// an uncommitted tail off the file.
 pub struct SegmentWriter {
     hdr: WalHeader,
+    /// Running checksum after the last frame written (the segment's own chain).
     cksum: Checksum,
     /// Bytes written so far.
     pub len: u64,
     /// Bytes up to and including the last commit frame.
     pub committed_len: u64,
-    /// Running checksum after the last commit frame (segment's own chain).
+    /// Frames written so far, and up to and including the last commit frame.
     pub frames: u32,
     pub committed_frames: u32,
 }
