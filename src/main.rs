@@ -16,9 +16,6 @@ use walsync::restore;
 use walsync::storage::{self, Storage};
 use walsync::time;
 
-/// Uploads in flight at most (one PUT per database at a time, in chain order).
-const UPLOADS_IN_FLIGHT: usize = 16;
-
 fn main() -> ExitCode {
     // SIGUSR1 is how `walsync snapshot` asks the daemon owning a database for a snapshot. Any
     // other walsync (a one-shot run holding the database, or a daemon not yet listening)
@@ -353,7 +350,7 @@ fn run(a: Args) -> Result<()> {
                 .clamp(2, 4);
             let dcfg = DaemonConfig {
                 workers,
-                uploads: UPLOADS_IN_FLIGHT,
+                uploads: a.uploads,
                 shutdown_deadline: Duration::from_secs(120),
             };
             daemon::run(shippers, catalog, storage, dcfg, signals)?;

@@ -111,6 +111,13 @@ pub const FLAGS: &[Flag] = &[
         doc: "Take a new snapshot of a changed database this often (default 1h).",
     },
     Flag {
+        long: "uploads",
+        short: None,
+        value: Some("N"),
+        cmds: &["watch"],
+        doc: "Uploads in flight at most, one per database at a time, each on its own keep-alive connection (default 16).",
+    },
+    Flag {
         long: "output",
         short: Some('o'),
         value: Some("FILE"),

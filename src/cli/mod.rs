@@ -38,7 +38,12 @@ pub struct Args {
     pub config: Option<PathBuf>,
     pub prefix: Option<String>,
     pub output_dir: Option<PathBuf>,
+    /// Uploads in flight at most (`watch`).
+    pub uploads: usize,
 }
+
+/// Default of `--uploads`: requests in flight are what keeps up with storage 10-80 ms away.
+pub const DEFAULT_UPLOADS: usize = 16;
 
 /// Parse a duration: `250ms`, `1s`, `5m`, `1h`, `1d`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
@@ -97,6 +102,7 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
         config: None,
         prefix: None,
         output_dir: None,
+        uploads: DEFAULT_UPLOADS,
     };
     let mut name: Option<&'static str> = None;
     let uerr = |e: lexopt::Error| Error::usage(e.to_string());
@@ -187,6 +193,12 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
             "config" => args.config = Some(PathBuf::from(v)),
             "prefix" => args.prefix = Some(v),
             "output-dir" => args.output_dir = Some(PathBuf::from(v)),
+            "uploads" => {
+                args.uploads = match v.parse::<usize>() {
+                    Ok(n) if (1..=256).contains(&n) => n,
+                    _ => return Err(bad(format!("'{v}' is not a number from 1 to 256"))),
+                }
+            }
             "point-in-time" => {
                 args.point_in_time = Some(time::parse_iso(&v).ok_or_else(|| {
                     bad(format!(

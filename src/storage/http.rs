@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const MAX_IDLE: usize = 16;
+const MAX_IDLE: usize = crate::cli::DEFAULT_UPLOADS;
 /// An idle connection older than this is closed rather than reused: servers drop idle
 /// keep-alive connections after 5 to 75 s, and a request sent on a half-closed one fails.
 const IDLE_TTL: Duration = Duration::from_secs(15);
