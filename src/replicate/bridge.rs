@@ -170,10 +170,12 @@ pub fn build(
     let mut held: Option<(u32, Vec<u8>)> = None;
     if diff {
         let mut old = map.entries()?;
-        let mut buf = vec![0u8; 64 * ps as usize];
+        // 64 KiB reads (at least one page): bounded memory per proof, whatever the size.
+        let per_read = (65536 / ps).max(1);
+        let mut buf = vec![0u8; (per_read * ps) as usize];
         let mut pgno = 0u32;
         while pgno < file_pages {
-            let n = (file_pages - pgno).min(64);
+            let n = (file_pages - pgno).min(per_read);
             let bytes = &mut buf[..(n * ps) as usize];
             db.read_exact_at(bytes, pgno as u64 * ps as u64)
                 .map_err(|e| Error::io("read database", db_path, e))?;

@@ -6,13 +6,13 @@
 //!   interval has passed or its own deadline (idle release, snapshot, retry) has come. It never
 //!   blocks on I/O; a database with a job in flight gets no second one, so its uploads stay in
 //!   order. With nothing dirty and no deadline it sleeps in `select!` without a timeout.
-//! * Workers (`walsync-upload/N`) run two kinds of jobs: a database's step (`Shipper::step`:
-//!   capture into the spool, snapshots, checkpoints; local work) and its upload job (the
-//!   outbox, in order, to storage). They are separate so that a slow or stalled upload never
-//!   stops a database from being captured, and its WAL stays bounded. At most one of each per
-//!   database runs at a time; up to `uploads` upload jobs run at once (requests in flight,
-//!   one keep-alive connection each) on workers beyond the step workers, so captures always
-//!   find one.
+//! * Workers run two kinds of jobs, each on a pool and a bounded queue of its own: a
+//!   database's step (`Shipper::step`: capture into the spool, snapshots, checkpoints; local
+//!   work) on `walsync-step/N`, sized by cores; and its upload job (the outbox, in order, to
+//!   storage) on `walsync-upload/N`, sized by `--uploads` (requests in flight, one keep-alive
+//!   connection each). They are separate so that a slow or stalled upload never stops a
+//!   database from being captured, and its WAL stays bounded. At most one of each per
+//!   database runs at a time.
 //! * SIGTERM/SIGINT: every database gets a final step that ships everything and releases its
 //!   connections; then the workers are joined. A second signal exits at once.
 //! * Membership changes while running: a change in a directory of the config's `dir` entries
@@ -422,16 +422,27 @@ pub fn run(
     // Uploads may stall for a long time: they never take the step workers' share, so
     // captures always find a worker.
     let max_uploads = cfg.uploads.max(1);
-    let workers = cfg.workers.max(1) + max_uploads;
+    let max_steps = cfg.workers.max(1);
+    let workers = max_steps + max_uploads;
     let mut upload_turn = 0;
-    let (job_tx, job_rx) = bounded::<Job>(workers);
+    // Two pools on two bounded queues: steps (local work) and uploads (requests in flight).
+    // Each thread only ever runs one kind, so only the step workers grow SQLite-deep stacks.
+    let (step_tx, step_rx) = bounded::<Job>(max_steps);
+    let (job_tx, upload_rx) = bounded::<Job>(max_uploads);
     let (done_tx, done_rx) = bounded::<Done>(workers * 2);
     let mut handles = Vec::new();
     for n in 0..workers {
-        let rx = job_rx.clone();
+        let (rx, name) = if n < max_steps {
+            (step_rx.clone(), format!("walsync-step/{n}"))
+        } else {
+            (
+                upload_rx.clone(),
+                format!("walsync-upload/{}", n - max_steps),
+            )
+        };
         let tx: Sender<Done> = done_tx.clone();
         let h = thread::Builder::new()
-            .name(format!("walsync-upload/{n}"))
+            .name(name)
             // Small stacks: a worker's memory is its stack, and most of them wait on sockets.
             .stack_size(WORKER_STACK)
             .spawn(move || {
@@ -537,6 +548,10 @@ pub fn run(
         // Hand out due work: steps first, then uploads, the latter starting from a rotating
         // position so that busy databases take turns.
         let mut queue_full = false;
+        // Steps are local work (CPU, disk): at most as many at once as there are step workers,
+        // so the upload workers stay free for requests.
+        let mut steps = slots.iter().flatten().filter(|s| s.s.in_flight).count();
+        let mut steps_full = false;
         for (i, slot) in slots.iter_mut().enumerate() {
             let Some(slot) = slot else { continue };
             let s = &mut slot.s;
@@ -562,6 +577,10 @@ pub fn run(
                 || (!final_step
                     && s.changed_since_snapshot
                     && s.last_snapshot.is_some_and(|t| t + slot.snap <= now));
+            if steps >= max_steps {
+                steps_full = true; // left due; dispatched when a step reports back
+                continue;
+            }
             let job = Job::Step {
                 idx: i,
                 shipper: Arc::clone(&slot.shipper),
@@ -569,7 +588,8 @@ pub fn run(
                 forced,
                 release: final_step,
             };
-            if job_tx.try_send(job).is_ok() {
+            if step_tx.try_send(job).is_ok() {
+                steps += 1;
                 slot.requests_in_flight = std::mem::take(&mut slot.requests);
                 s.in_flight = true;
                 s.step_uploads = final_step || forced;
@@ -577,7 +597,7 @@ pub fn run(
                 s.wake_at = None;
             } else {
                 // Left due; retried when a worker reports back.
-                queue_full = true;
+                steps_full = true;
             }
         }
         let mut uploads = slots.iter().flatten().filter(|s| s.s.uploading).count();
@@ -651,7 +671,7 @@ pub fn run(
                 next = earliest(next, slot.upload_due(now));
             }
         }
-        if queue_full && busy {
+        if (queue_full || steps_full) && busy {
             next = next.filter(|t| *t > Instant::now());
         }
         if stopping.is_some() {
@@ -754,6 +774,7 @@ pub fn run(
         }
     }
     drop(job_tx);
+    drop(step_tx);
     for h in handles {
         let _ = h.join();
     }
