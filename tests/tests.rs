@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_https;
+mod bench_lag;
 mod cron;
 mod errors;
 mod fuzz;
