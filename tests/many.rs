@@ -272,6 +272,25 @@ fn dir_watching_and_sighup(backend: Backend) {
         log_text().contains("extra.db added")
     });
 
+    // SIGHUP with a changed interval (applied) and a changed prefix (needs a restart: said).
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}\n[[databases]]\npath = \"extra.db\"\nprefix = \"moved\"\n",
+            base_cfg.replace("100ms", "250ms")
+        ),
+    )
+    .unwrap();
+    d.signal("HUP");
+    wait_until("the new interval applied", Duration::from_secs(5), || {
+        log_text().contains("sync_interval 100ms -> 250ms")
+    });
+    wait_until("the prefix change reported", Duration::from_secs(5), || {
+        let log = log_text();
+        log.contains("extra.db its prefix changed in the config (namespace ")
+            && log.contains("moved); restart walsync to apply it")
+    });
+
     for _ in 0..10 {
         workload::step(&mut c2, &mut rng, false);
     }

@@ -134,8 +134,9 @@ struct Slot {
     removing: bool,
     /// The spool directory, where `walsync snapshot` leaves its requests.
     spool: PathBuf,
-    /// `Shipper::target`, which a request must name.
+    /// `Shipper::target`, which a request must name, and the namespace.
     target: String,
+    ns: String,
     /// Pids of `walsync snapshot` processes waiting for a snapshot not yet started, and for
     /// the one in flight.
     requests: Vec<u32>,
@@ -199,6 +200,7 @@ impl Slot {
             outbox: sh.outbox(),
             spool: sh.spool_dir().to_path_buf(),
             target: sh.target(),
+            ns: sh.ns.clone(),
             requests: Vec::new(),
             requests_in_flight: Vec::new(),
             sync: sh.options().sync_interval,
@@ -215,6 +217,33 @@ impl Slot {
 }
 
 impl Slot {
+    /// A re-read configuration (SIGHUP) for a database already replicated: new intervals
+    /// apply at once; a new namespace cannot (the chain lives in the old one), which is said.
+    fn apply(&mut self, spec: &DbSpec) {
+        let path = self.path.display();
+        if spec.opts.sync_interval != self.sync {
+            info!(
+                "db={path} sync_interval {:?} -> {:?}",
+                self.sync, spec.opts.sync_interval
+            );
+            self.sync = spec.opts.sync_interval;
+        }
+        if spec.opts.snapshot_interval != self.snap {
+            info!(
+                "db={path} snapshot_interval {:?} -> {:?}",
+                self.snap, spec.opts.snapshot_interval
+            );
+            self.snap = spec.opts.snapshot_interval;
+        }
+        if spec.ns != self.ns {
+            warn!(
+                "db={path} its prefix changed in the config (namespace {} -> {}); restart walsync to apply it (until then it ships into {})",
+                self.ns, spec.ns, self.ns
+            );
+            self.ns = spec.ns.clone();
+        }
+    }
+
     /// How long changes are batched before a step: the sync interval, or nothing right after a
     /// checkpoint that let the WAL restart.
     fn batch_for(&self) -> Duration {
@@ -507,7 +536,10 @@ pub fn run(
                         let wanted: std::collections::HashSet<PathBuf> =
                             specs.iter().map(|d| d.path.clone()).collect();
                         for spec in specs {
-                            if index.contains_key(&spec.path) {
+                            if let Some(&i) = index.get(&spec.path) {
+                                if let Some(slot) = slots[i].as_mut() {
+                                    slot.apply(&spec);
+                                }
                                 continue;
                             }
                             let sh =

@@ -4,16 +4,24 @@
 
 use super::*;
 
-/// Is `pid` a live walsync process? (Linux: /proc; elsewhere any live process counts.)
+/// Is `pid` a live walsync process? Proven by its command name, never by a live pid alone: a
+/// pid reused by another program must not be taken for an owner (and signalled). Linux reads
+/// `/proc/<pid>/comm`; elsewhere (BSD, macOS, no /proc) `ps -o comm= -p <pid>` says.
 pub(super) fn process_is_walsync(pid: u32) -> bool {
     let proc_dir = Path::new("/proc").join(pid.to_string());
     if Path::new("/proc/self").exists() {
         return fs::read_to_string(proc_dir.join("comm")).is_ok_and(|c| c.trim() == "walsync");
     }
-    std::process::Command::new("kill")
-        .args(["-0", &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success())
+    std::process::Command::new("ps")
+        .args(["-o", "comm=", "-p", &pid.to_string()])
+        .output()
+        .is_ok_and(|o| {
+            let name = String::from_utf8_lossy(&o.stdout);
+            o.status.success()
+                && Path::new(name.trim())
+                    .file_name()
+                    .is_some_and(|n| n == "walsync")
+        })
 }
 
 /// A shipped object counts as another writer's when its source differs and it is younger than
