@@ -1,6 +1,9 @@
 //! kqueue (BSD, macOS): vnode events on each database file, its WAL and its directory. kqueue
 //! reports no names for directory changes, so a directory event is sent as a change of the
-//! directory itself (the daemon rescans it), and WAL files that appear later get a watch.
+//! directory itself (the daemon rescans it). A vnode watch follows a file, not a name: a WAL
+//! deleted (the application's last connection closing) drops its watch, and on every event of
+//! a directory each watched database's WAL that exists but has no watch gets one, so commits
+//! after the application reopens still wake walsync at once.
 //!
 //! Limitation: watches requested while running (new databases) reach the watcher thread through
 //! a channel it checks between events and at least once a second; this once-a-second wake-up
@@ -12,7 +15,7 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use kqueue::{EventData, EventFilter, FilterFlag, Ident};
+use kqueue::{EventData, EventFilter, FilterFlag, Ident, Vnode};
 use log::error;
 
 use super::WatchEvent;
@@ -71,6 +74,8 @@ pub fn spawn(dirs: &[PathBuf], tx: Sender<WatchEvent>) -> Result<Watcher> {
     w.watch()
         .map_err(|e| Error::io("start kqueue watch", "/", e))?;
     let (add_tx, add_rx): (Sender<PathBuf>, Receiver<PathBuf>) = bounded(4096);
+    // Databases watched, by directory.
+    let mut dbs: HashSet<PathBuf> = HashSet::new();
     thread::Builder::new()
         .name("walsync-watch".into())
         .spawn(move || loop {
@@ -79,6 +84,7 @@ pub fn spawn(dirs: &[PathBuf], tx: Sender<WatchEvent>) -> Result<Watcher> {
                 watch_path(&mut w, &p, &mut known);
                 if p.is_file() {
                     watch_path(&mut w, &wal_of(&p), &mut known);
+                    dbs.insert(p);
                 }
                 changed = true;
             }
@@ -92,8 +98,28 @@ pub fn spawn(dirs: &[PathBuf], tx: Sender<WatchEvent>) -> Result<Watcher> {
                 Ident::Filename(_, p) => PathBuf::from(p),
                 _ => continue,
             };
-            if !matches!(ev.data, EventData::Vnode(_)) {
+            let EventData::Vnode(what) = ev.data else {
                 continue;
+            };
+            let mut rewatch = false;
+            if matches!(what, Vnode::Delete | Vnode::Rename) && known.remove(&path) {
+                // The watch followed the file away; the name may come back.
+                let _ = w.remove_filename(&path, EventFilter::EVFILT_VNODE);
+                rewatch = true;
+            }
+            if path.is_dir() {
+                for db in dbs.iter().filter(|d| super::dir_of(d) == path) {
+                    // The database itself too: replaced by a rename, or recreated.
+                    for f in [db.clone(), wal_of(db)] {
+                        if !known.contains(&f) && f.exists() {
+                            watch_path(&mut w, &f, &mut known);
+                            rewatch = true;
+                        }
+                    }
+                }
+            }
+            if rewatch && w.watch().is_err() {
+                error!("watch: kqueue re-registration failed");
             }
             if tx.send(WatchEvent::Changed(path)).is_err() {
                 return;
