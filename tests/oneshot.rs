@@ -343,3 +343,52 @@ crate::both!(
     replaced_database_is_not_the_old_one,
     super::replaced_database_is_not_the_old_one
 );
+
+/// Issue #14: an application that keeps its connection open and runs its own
+/// `wal_checkpoint(TRUNCATE)` every second while writing every 100 ms. Each TRUNCATE that
+/// succeeds while walsync is not pinning empties the WAL behind walsync's back; the chain must
+/// continue (proven from the database file, shipping pages), never through a new snapshot.
+fn app_truncate_checkpoints_cost_no_snapshot(backend: Backend) {
+    let t = TestDir::new("app-truncate");
+    let replica = Replica::new(&t, backend);
+    let db = t.join("app.db");
+    let c = open_app(&db);
+    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
+    d.wait_log("uploaded", Duration::from_secs(20));
+    let (mut ok, mut busy) = (0, 0);
+    for round in 0..6 {
+        for i in 0..10 {
+            c.execute("INSERT INTO t(v) VALUES (?1)", [format!("{round}.{i}")])
+                .unwrap();
+            sleep(Duration::from_millis(100));
+        }
+        if round % 2 == 1 {
+            wait_released(&d); // the next TRUNCATE finds walsync unpinned
+        }
+        let (b, _, _): (i64, i64, i64) = c
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        if b == 0 {
+            ok += 1;
+        } else {
+            busy += 1;
+        }
+    }
+    let (want, _) = shipped(&replica, "app", &db, &t.join("scratch.db"));
+    drop(c);
+    d.stop();
+    let log = std::fs::read_to_string(t.join("log")).unwrap();
+    eprintln!("{ok} TRUNCATE checkpoints succeeded, {busy} busy");
+    assert!(ok >= 3, "{ok} of 6 TRUNCATE checkpoints succeeded\n{log}");
+    assert_eq!(log.matches("starting generation").count(), 1, "{log}");
+    assert_restores(&replica, "app", &t.join("latest.db"), None, &want);
+}
+
+crate::both!(
+    app_truncate_checkpoints_cost_no_snapshot,
+    super::app_truncate_checkpoints_cost_no_snapshot
+);
