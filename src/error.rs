@@ -157,6 +157,10 @@ impl Error {
             Error::Storage { kind: StorageKind::NotFound, .. } => {
                 Some("check the replica URL and the database name ('walsync list -b URL')".into())
             }
+            Error::Sqlite { source, .. } if is_busy(source) => Some(
+                "another connection holds the database exclusively for more than 5 s: an application using PRAGMA locking_mode=EXCLUSIVE (walsync cannot read such a database while it is open; use locking_mode=NORMAL), or a very long write; walsync keeps retrying"
+                    .into(),
+            ),
             _ => None,
         }
     }

@@ -392,3 +392,26 @@ crate::both!(
     app_truncate_checkpoints_cost_no_snapshot,
     super::app_truncate_checkpoints_cost_no_snapshot
 );
+
+/// `locking_mode=EXCLUSIVE`: SQLite keeps the database locked for as long as the application
+/// has it open, so walsync cannot read it. It says so (one line with the hint), keeps
+/// retrying, and ships everything once the application closes.
+#[test]
+fn exclusive_locking_mode_is_reported_then_shipped() {
+    let t = TestDir::new("exclusive");
+    let replica = Replica::new(&t, Backend::Local);
+    let db = t.join("app.db");
+    let c = open_app(&db);
+    c.execute_batch(
+        "PRAGMA locking_mode=EXCLUSIVE;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO t(v) VALUES ('held exclusively');",
+    )
+    .unwrap();
+    let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
+    d.wait_log("PRAGMA locking_mode=EXCLUSIVE", Duration::from_secs(30));
+    drop(c);
+    let (want, _) = shipped(&replica, "app", &db, &t.join("scratch.db"));
+    d.stop();
+    assert_restores(&replica, "app", &t.join("latest.db"), None, &want);
+}

@@ -388,9 +388,10 @@ fn log_failure(
     } else {
         log::Level::Error
     };
+    let hint = e.hint().map(|h| format!("; hint: {h}")).unwrap_or_default();
     log::log!(
         level,
-        "db={} {e} (attempt {attempt}, retrying in {wait:?})",
+        "db={} {e} (attempt {attempt}, retrying in {wait:?}){hint}",
         path.display()
     );
     *last = Some(Instant::now());
