@@ -483,3 +483,80 @@ fn slow_store_merges_the_backlog() {
     integrity_ok(&t.join("restored.db"));
     assert_eq!(content_hash(&t.join("restored.db")), content_hash(&db));
 }
+
+/// Issue #12 finding 4: storage down while the application writes far more than the spool
+/// may hold. Merged segments keep the objects few; past the limit (64 MiB, or twice the
+/// database) the pending objects are dropped and a new generation starts from a snapshot, so
+/// the spool stays bounded on the application's disk and RSS stays flat; when storage returns
+/// the restore equals the source. `WALSYNC_TEST_OUTAGE_MB` (default 160) sets how much is
+/// written during the outage.
+#[test]
+fn long_outage_keeps_the_spool_bounded() {
+    let proxy = Proxy::start(upstream());
+    let t = TestDir::new("spool-bound");
+    let db = t.join("app.db");
+    let spool = t.join(".app.db-walsync");
+    let replica = Replica::new(&t, Backend::S3);
+    let c = open_app(&db);
+    c.execute_batch("CREATE TABLE blob(id INTEGER PRIMARY KEY, b BLOB)")
+        .unwrap();
+    let d = daemon_via(&proxy, &db, &replica, "200ms", &t);
+    d.wait_log("uploaded", Duration::from_secs(20));
+    proxy.set_down(true);
+    let mb: u64 = std::env::var("WALSYNC_TEST_OUTAGE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(160);
+    let spool_bytes = || {
+        std::fs::read_dir(&spool).map_or(0, |rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum::<u64>()
+        })
+    };
+    let (mut max_spool, mut max_db, mut hwm) = (0u64, 0u64, 0u64);
+    let mut rng = Rng(99);
+    for i in 0..mb * 16 {
+        // 64 KiB rows, half of them replacing earlier ones: the database stays smaller than
+        // what is written.
+        let b: Vec<u8> = (0..65536).map(|_| rng.below(256) as u8).collect();
+        c.execute(
+            "INSERT OR REPLACE INTO blob(id, b) VALUES (?1, ?2)",
+            rusqlite::params![(i % 400) as i64, b],
+        )
+        .unwrap();
+        if i % 16 == 0 {
+            max_spool = max_spool.max(spool_bytes());
+            max_db = max_db.max(std::fs::metadata(&db).map_or(0, |m| m.len()));
+            hwm = hwm.max(vm_hwm_kb(d.child.id()));
+        }
+    }
+    proxy.set_down(false);
+    let want = content_hash(&db);
+    drop(c);
+    d.wait_log("recovered after", Duration::from_secs(120));
+    d.stop();
+    let log = std::fs::read_to_string(t.join("log")).unwrap();
+    let limit = (64u64 << 20).max(2 * max_db);
+    eprintln!(
+        "{mb} MB written while storage was down: spool peaked at {} MB (limit {} MB; database {} MB), VmHWM {hwm} kB",
+        max_spool >> 20,
+        limit >> 20,
+        max_db >> 20
+    );
+    assert!(
+        log.contains("dropped"),
+        "the limit was never reached:\n{log}"
+    );
+    // The limit, plus one snapshot of the database and one capture in progress.
+    assert!(
+        max_spool <= limit + max_db + (16 << 20),
+        "spool peaked at {max_spool} bytes"
+    );
+    assert!(hwm < 64 * 1024, "RSS must stay bounded: VmHWM {hwm} kB");
+    let out = t.join("restored.db");
+    restore_ok(&replica, "app", &out, None);
+    integrity_ok(&out);
+    assert_eq!(content_hash(&out), want);
+}

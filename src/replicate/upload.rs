@@ -98,6 +98,20 @@ impl Outbox {
         i.items.pop_back()
     }
 
+    /// Drop every object waiting (not the one an upload is reading now) and its spool file.
+    /// Returns how many and their bytes.
+    pub fn drop_unsent(&self) -> (usize, u64) {
+        let mut i = self.lock();
+        let keep = usize::from(i.in_flight).min(i.items.len());
+        let dropped: Vec<Pending> = i.items.drain(keep..).collect();
+        drop(i);
+        let bytes = dropped.iter().map(|p| p.len).sum();
+        for p in &dropped {
+            let _ = fs::remove_file(&p.file);
+        }
+        (dropped.len(), bytes)
+    }
+
     /// Pending objects and their bytes.
     pub fn size(&self) -> (usize, u64) {
         let i = self.lock();

@@ -202,4 +202,31 @@ impl Shipper {
         let chain = self.chain.clone().expect("chain after pin");
         self.take_snapshot(chain.pos, Some(chain.last_sha))
     }
+
+    /// Keep the spool bounded while uploads fail (SPEC section 4, guarantee 6): merged
+    /// segments keep the objects few, but every committed byte waits on disk. Past the limit,
+    /// drop what waits (the database file still holds all of it) and start a new generation
+    /// with a snapshot, which is what the next upload ships. Points in time between the last
+    /// uploaded object and that snapshot are lost, never the latest state; logged.
+    pub(super) fn bound_spool(&mut self) -> Result<bool> {
+        let (_, bytes) = self.outbox.size();
+        let db_len = fs::metadata(&self.path).map_or(0, |m| m.len());
+        let limit = SPOOL_LIMIT_MIN.max(db_len.saturating_mul(2));
+        if bytes <= limit || self.pin.is_none() {
+            return Ok(false);
+        }
+        let (n, freed) = self.outbox.drop_unsent();
+        if n == 0 {
+            return Ok(false);
+        }
+        warn!(
+            "db={} the spool held {} of objects waiting for upload (limit {}): dropped {n} of them ({}); the database file still holds everything",
+            self.path.display(),
+            mb(bytes),
+            mb(limit),
+            mb(freed)
+        );
+        self.new_generation("objects waiting for upload were dropped to keep the spool bounded")?;
+        Ok(true)
+    }
 }

@@ -54,6 +54,10 @@ use super::upload::{Outbox, Pending};
 
 /// How long a database must see no new frames before its pin is released.
 pub const IDLE_RELEASE: Duration = Duration::from_secs(3);
+/// The spool of a database may hold this much, or twice the database's size if larger, of
+/// objects waiting for upload (storage unreachable for long); beyond it the pending objects
+/// are dropped and a new generation starts from a snapshot (see `Shipper::bound_spool`).
+pub const SPOOL_LIMIT_MIN: u64 = 64 << 20;
 /// Busy timeout on our connections; SPEC section 4 promises the app's writes never fail while it
 /// uses the same.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -544,6 +548,7 @@ impl Shipper {
         if let Some(why) = self.checkpoint_if_large(report)? {
             report.snapshot |= self.recover(&why, report)?;
         }
+        report.snapshot |= self.bound_spool()?;
         if upload {
             self.outbox.upload(usize::MAX)?;
         }
