@@ -562,4 +562,32 @@ mod tests {
         assert_eq!(unescape("x &bogus; &#65;"), "x &bogus; A");
         assert_eq!(escape("\"e&t\""), "&quot;e&amp;t&quot;");
     }
+
+    proptest::proptest! {
+        /// Issue #12: the LIST/error XML reader never panics on what a server (or a proxy in
+        /// between) sends, and what it unescapes round-trips what `escape` wrote.
+        #[test]
+        fn xml_reader_never_panics(
+            parts in proptest::collection::vec(proptest::prop_oneof![
+                proptest::prelude::Just("<Contents>".to_string()),
+                proptest::prelude::Just("</Contents>".to_string()),
+                proptest::prelude::Just("<Key>".to_string()),
+                proptest::prelude::Just("</Key>".to_string()),
+                proptest::prelude::Just("&#x".to_string()),
+                proptest::prelude::Just("&#".to_string()),
+                proptest::prelude::Just(";".to_string()),
+                proptest::prelude::Just("&amp".to_string()),
+                "\\PC{0,8}",
+            ], 0..24),
+            text in "\\PC{0,30}",
+        ) {
+            let xml: String = parts.concat();
+            for b in xml_blocks(&xml, "Contents") {
+                let _ = xml_tag(b, "Key");
+            }
+            let _ = xml_tag(&xml, "Key");
+            let _ = unescape(&xml);
+            proptest::prop_assert_eq!(unescape(&escape(&text)), text);
+        }
+    }
 }
