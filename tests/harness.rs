@@ -246,6 +246,17 @@ pub fn restore(replica: &Replica, name: &str, out: &Path, pit: Option<&str>) -> 
     walsync(&args)
 }
 
+/// Restore the latest state of `name` into `out`: it passes integrity_check and equals `src`.
+pub fn assert_restores_equal(replica: &Replica, name: &str, src: &Path, out: &Path) {
+    restore_ok(replica, name, out, None);
+    integrity_ok(out);
+    assert_eq!(
+        content_hash(out),
+        content_hash(src),
+        "restored {name} differs from the source"
+    );
+}
+
 pub fn restore_ok(replica: &Replica, name: &str, out: &Path, pit: Option<&str>) {
     let o = restore(replica, name, out, pit);
     assert!(

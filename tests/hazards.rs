@@ -16,14 +16,7 @@ fn namespace_named_snapshots_keeps_its_segments(backend: Backend) {
     c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
         .unwrap();
     let cfg = t.join("walsync.toml");
-    let storage = match backend {
-        Backend::S3 => format!(
-            "bucket = \"{}\"\nendpoint = \"{}\"\n",
-            replica.url(),
-            std::env::var("AWS_ENDPOINT_URL_S3").unwrap_or_default()
-        ),
-        Backend::Local => format!("bucket = \"{}\"\n", replica.url()),
-    };
+    let storage = crate::many::storage_toml(backend, &replica);
     std::fs::write(
         &cfg,
         format!("[storage]\n{storage}\n[[databases]]\npath = \"app.db\"\nprefix = \"team/snapshots/wal\"\n\n[defaults]\nsync_interval = \"0\"\n"),
@@ -100,14 +93,7 @@ fn restore_all_stays_inside_output_dir(backend: Backend) {
         return; // a store that refuses such keys is safe by itself
     }
     let cfg = t.join("walsync.toml");
-    let storage = match backend {
-        Backend::S3 => format!(
-            "bucket = \"{}\"\nendpoint = \"{}\"\n",
-            replica.url(),
-            std::env::var("AWS_ENDPOINT_URL_S3").unwrap_or_default()
-        ),
-        Backend::Local => format!("bucket = \"{}\"\n", replica.url()),
-    };
+    let storage = crate::many::storage_toml(backend, &replica);
     std::fs::write(
         &cfg,
         format!("[storage]\n{storage}\n[[databases]]\ndir = \"tenants\"\nprefix = \"tenants\"\n"),

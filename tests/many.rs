@@ -8,7 +8,7 @@ use crate::harness::*;
 use crate::workload;
 
 /// The `[storage]` keys of a config file for this test's replica.
-fn storage_toml(backend: Backend, replica: &Replica) -> String {
+pub fn storage_toml(backend: Backend, replica: &Replica) -> String {
     match backend {
         Backend::S3 => format!(
             "bucket = \"{}\"\nendpoint = \"{}\"\n",

@@ -41,6 +41,21 @@ fn assert_restores(replica: &Replica, name: &str, out: &Path, pit: Option<&str>,
     assert_eq!(content_hash(out), want, "restore of {name} at {pit:?}");
 }
 
+/// The latest state and every recorded (state, time) restore exactly.
+fn assert_restores_all(replica: &Replica, t: &TestDir, db: &Path, states: &[(String, String)]) {
+    assert_restores(
+        replica,
+        "app",
+        &t.join("latest.db"),
+        None,
+        &content_hash(db),
+    );
+    for (i, (want, at)) in states.iter().enumerate() {
+        let out = t.join(&format!("pit-{i}.db"));
+        assert_restores(replica, "app", &out, Some(at), want);
+    }
+}
+
 /// Wait until the replica restores to the source's current state; return that state and the
 /// time it was reached (a point in time that must restore to it).
 fn shipped(replica: &Replica, name: &str, src: &Path, scratch: &Path) -> (String, String) {
@@ -151,22 +166,7 @@ fn one_shot_writers_are_never_lost(backend: Backend) {
         "only the first snapshot is needed:\n{logs}"
     );
     assert_eq!(replica.objects("app", "snapshots").len(), 1);
-    assert_restores(
-        &replica,
-        "app",
-        &t.join("latest.db"),
-        None,
-        &content_hash(&db),
-    );
-    for (i, (want, at)) in states.iter().enumerate() {
-        assert_restores(
-            &replica,
-            "app",
-            &t.join(&format!("pit-{i}.db")),
-            Some(at),
-            want,
-        );
-    }
+    assert_restores_all(&replica, &t, &db, &states);
 }
 
 /// Two connections of one process (a pool) restart the WAL in turn, walsync pinned and not:
@@ -207,22 +207,7 @@ fn pool_restarts_cost_no_snapshot(backend: Backend) {
     d.stop();
     let log = std::fs::read_to_string(t.join("log")).unwrap();
     assert_eq!(log.matches("starting generation").count(), 1, "{log}");
-    assert_restores(
-        &replica,
-        "app",
-        &t.join("latest.db"),
-        None,
-        &content_hash(&db),
-    );
-    for (i, (want, at)) in states.iter().enumerate() {
-        assert_restores(
-            &replica,
-            "app",
-            &t.join(&format!("pit-{i}.db")),
-            Some(at),
-            want,
-        );
-    }
+    assert_restores_all(&replica, &t, &db, &states);
 }
 
 /// Issue #12 finding 2: `journal_size_limit` cuts the WAL inside the frame after walsync's

@@ -2,7 +2,6 @@
 //! Each scenario writes, stops walsync with SIGTERM (or kills it), restores, and compares the
 //! restored database's canonical content hash with the source's, plus integrity_check.
 
-use std::path::Path;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -10,16 +9,6 @@ use rusqlite::Connection;
 
 use crate::harness::*;
 use crate::workload;
-
-fn assert_restores_equal(replica: &Replica, name: &str, src: &Path, out: &Path) {
-    restore_ok(replica, name, out, None);
-    integrity_ok(out);
-    assert_eq!(
-        content_hash(out),
-        content_hash(src),
-        "restored {name} differs from the source"
-    );
-}
 
 /// Issue #2, test 1: random workload (inserts, updates, deletes, >1000-page transactions,
 /// schema changes) while `watch` runs; SIGTERM; restore equals the source.

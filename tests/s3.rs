@@ -84,9 +84,7 @@ fn outage_during_writes_is_survived() {
     d.stop();
     eprintln!("outage {outage}s, {i} commits during it; walsync VmHWM {hwm_during} kB during, {hwm} kB after");
     assert!(hwm < 64 * 1024, "RSS must stay bounded: VmHWM {hwm} kB");
-    restore_ok(&replica, "app", &t.join("restored.db"), None);
-    integrity_ok(&t.join("restored.db"));
-    assert_eq!(content_hash(&t.join("restored.db")), content_hash(&db));
+    assert_restores_equal(&replica, "app", &db, &t.join("restored.db"));
 }
 
 /// Issue #5's liveness finding: an upload that hangs (a dead connection: no answer, no reset)
@@ -138,9 +136,7 @@ fn stalled_upload_does_not_stop_capture() {
         max_wal < 16 << 20,
         "the WAL grew to {max_wal} bytes while an upload was stuck:\n{log}"
     );
-    restore_ok(&replica, "app", &t.join("restored.db"), None);
-    integrity_ok(&t.join("restored.db"));
-    assert_eq!(content_hash(&t.join("restored.db")), content_hash(&db));
+    assert_restores_equal(&replica, "app", &db, &t.join("restored.db"));
 }
 
 /// Issue #3, test 3: one PUT per shipped segment (commits batched by the sync interval), no
@@ -479,9 +475,7 @@ fn slow_store_merges_the_backlog() {
         "{segments} objects for {commits} commits"
     );
     assert!(max_spooled <= 4, "{max_spooled} segments pending at once");
-    restore_ok(&replica, "app", &t.join("restored.db"), None);
-    integrity_ok(&t.join("restored.db"));
-    assert_eq!(content_hash(&t.join("restored.db")), content_hash(&db));
+    assert_restores_equal(&replica, "app", &db, &t.join("restored.db"));
 }
 
 /// Issue #12 finding 4: storage down while the application writes far more than the spool
