@@ -115,7 +115,7 @@ pub const FLAGS: &[Flag] = &[
         short: None,
         value: Some("N"),
         cmds: &["watch"],
-        doc: "Uploads in flight at most, one per database at a time, each on its own keep-alive connection (default 16).",
+        doc: "Uploads in flight at most, one per database at a time, each on its own keep-alive connection (default 32).",
     },
     Flag {
         long: "output",

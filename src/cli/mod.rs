@@ -43,7 +43,7 @@ pub struct Args {
 }
 
 /// Default of `--uploads`: requests in flight are what keeps up with storage 10-80 ms away.
-pub const DEFAULT_UPLOADS: usize = 16;
+pub const DEFAULT_UPLOADS: usize = 32;
 
 /// Parse a duration: `250ms`, `1s`, `5m`, `1h`, `1d`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
