@@ -57,7 +57,11 @@ pub struct Captured {
     pub appendable: Appendable,
 }
 
-/// Write the committed frames of `wal` after `from` (up to `limit`) into `target`. `Ok(None)`
+/// What a capture saw beyond the last commit it took: frames of a transaction still being
+/// written (or rolled back), as (frames after the commit, the last one's index).
+pub type Tail = Option<(u32, u32)>;
+
+/// Write the committed frames of `wal` after `from` (up to `limit`) into `target`. `None`
 /// when no new commit was found (a new file is removed, an appended one cut back).
 pub fn capture(
     wal: &File,
@@ -67,7 +71,7 @@ pub fn capture(
     from: WalEnd,
     limit: Option<u32>,
     target: Target<'_>,
-) -> Result<Option<(PathBuf, Captured)>> {
+) -> Result<(Option<(PathBuf, Captured)>, Tail)> {
     let (path, file, base) = match &target {
         Target::New(p) => (
             p.to_path_buf(),
@@ -111,6 +115,9 @@ pub fn capture(
         Ok(())
     })?;
     let n = seg.committed_frames - frames_before;
+    let after_commit = seg.frames - seg.committed_frames;
+    let last_commit = if n > 0 { walk.end.frame } else { from.frame };
+    let tail = (after_commit > 0).then_some((after_commit, last_commit + after_commit));
     let mut w = out
         .inner
         .into_inner()
@@ -123,7 +130,7 @@ pub fn capture(
             }
             Some(a) => w.set_len(a.len).map_err(wio)?,
         }
-        return Ok(None);
+        return Ok((None, tail));
     }
     w.set_len(seg.committed_len).map_err(wio)?;
     w.flush().map_err(wio)?;
@@ -136,15 +143,18 @@ pub fn capture(
         cksum: at_commit_cksum,
         hasher: at_commit.clone(),
     };
-    Ok(Some((
-        path,
-        Captured {
-            frames: n,
-            first,
-            end: walk.end,
-            start,
-            sha: digest::hex(at_commit),
-            appendable,
-        },
-    )))
+    Ok((
+        Some((
+            path,
+            Captured {
+                frames: n,
+                first,
+                end: walk.end,
+                start,
+                sha: digest::hex(at_commit),
+                appendable,
+            },
+        )),
+        tail,
+    ))
 }

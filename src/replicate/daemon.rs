@@ -96,6 +96,8 @@ enum Done {
 /// Objects one upload job ships at most before the worker is handed on (a database written
 /// without pause must not keep a worker for itself).
 const UPLOADS_PER_JOB: usize = 32;
+/// How soon a step looks again after finding a small transaction being written.
+const TAIL_RECHECK: Duration = Duration::from_millis(50);
 /// Stack of a worker thread (SQLite's own deepest paths need well under this).
 const WORKER_STACK: usize = 512 * 1024;
 
@@ -331,6 +333,9 @@ impl Slot {
                     let mut w = None;
                     if r.pinned {
                         w = earliest(w, Some(now + IDLE_RELEASE));
+                    }
+                    if r.tail {
+                        w = earliest(w, Some(now + TAIL_RECHECK));
                     }
                     if s.changed_since_snapshot {
                         w = earliest(w, s.last_snapshot.map(|t| t + self.snap));

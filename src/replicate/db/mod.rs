@@ -58,6 +58,9 @@ pub const IDLE_RELEASE: Duration = Duration::from_secs(3);
 /// objects waiting for upload (storage unreachable for long); beyond it the pending objects
 /// are dropped and a new generation starts from a snapshot (see `Shipper::bound_spool`).
 pub const SPOOL_LIMIT_MIN: u64 = 64 << 20;
+/// Frames after the last commit up to which a step asks to look again soon (see
+/// `StepReport::tail`).
+const TAIL_FRAMES: u32 = 64;
 /// Busy timeout on our connections; SPEC section 4 promises the app's writes never fail while it
 /// uses the same.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -130,6 +133,9 @@ pub struct StepReport {
     pub pinned: bool,
     /// The pin may sit on read-mark 0 after a checkpoint: capture the next change at once.
     pub hurry: bool,
+    /// A short transaction was being written as the step read the WAL: look again soon
+    /// (its last write's event may already have been consumed).
+    pub tail: bool,
     /// Objects still waiting for upload (it wants a retry).
     pub pending: usize,
 }
@@ -163,6 +169,9 @@ pub struct Shipper {
     max_gen: u32,
     /// We own the database's `owner` file (see `claim`).
     claimed: bool,
+    /// The last frame of an uncommitted tail already reported (see `StepReport::tail`).
+    tail_seen: u32,
+    tail_pending: bool,
 }
 
 fn db_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
@@ -218,6 +227,8 @@ impl Shipper {
             checkpointed_at: 0,
             max_gen: 0,
             claimed: false,
+            tail_seen: 0,
+            tail_pending: false,
         }
     }
 
@@ -329,6 +340,17 @@ impl Shipper {
                 return Err(e);
             }
         };
+        let (captured, wal_tail) = captured;
+        // A small transaction caught mid-write (a commit landing as the step runs) is worth a
+        // second look soon; a large one in progress is not (its writes keep waking us).
+        match wal_tail {
+            Some((frames, last)) if frames <= TAIL_FRAMES && last != self.tail_seen => {
+                self.tail_seen = last;
+                self.tail_pending = true;
+            }
+            Some(_) => {}
+            None => self.tail_seen = 0,
+        }
         let Some((file, c)) = captured else {
             if let Some(p) = tail {
                 self.outbox.push(p);
@@ -509,6 +531,7 @@ impl Shipper {
         }
         report.pinned = self.pin.is_some();
         report.pending = self.outbox.len();
+        report.tail = std::mem::take(&mut self.tail_pending);
         res.map(|_| report)
     }
 
