@@ -22,6 +22,8 @@ command -v man >/dev/null || need_apt="$need_apt man-db"
 command -v musl-gcc >/dev/null || need_apt="$need_apt musl-tools"
 if [ -n "$need_apt" ]; then
     say "installing$need_apt"
+    # A new machine's package lists may be empty: update them first.
+    as_root apt-get update -qq >/dev/null
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $need_apt >/dev/null
 fi
 for tool in cargo-deb cargo-generate-rpm cargo-bloat; do
