@@ -45,8 +45,10 @@ fn ticks(pid: u32) -> u64 {
 
 struct Run {
     dbs: Vec<PathBuf>,
-    /// Commit times (ms since the epoch, before and after COMMIT) per database, in order.
-    commits: Vec<Vec<(u64, u64)>>,
+    /// Per database, in order: each commit's time (ms since the epoch, after COMMIT
+    /// returned) and the WAL frame that ends it (the WAL never restarts in a run: 60 one-frame
+    /// commits stay far under the 1000-frame checkpoint threshold).
+    commits: Vec<Vec<(u64, u32)>>,
     drain_end: u64,
     cpu_ticks: u64,
     hwm_kb: u64,
@@ -87,13 +89,14 @@ fn drive(
             if let Some(d) = due.checked_duration_since(Instant::now()) {
                 sleep(d);
             }
-            let before = walsync::time::now_ms();
             c.execute(
                 "INSERT INTO t(v) VALUES (?1)",
                 [format!("commit {s} of db {i}")],
             )
             .unwrap();
-            commits[i].push((before, walsync::time::now_ms()));
+            let at = walsync::time::now_ms();
+            let frame = wal_frames(&dbs[i]);
+            commits[i].push((at, frame));
         }
     }
     sleep(Duration::from_secs(15));
@@ -111,14 +114,23 @@ fn drive(
     (run, child)
 }
 
+/// Frames in a database's WAL by its size (4 KiB pages; valid while the WAL never restarts).
+fn wal_frames(db: &Path) -> u32 {
+    let mut w = db.as_os_str().to_owned();
+    w.push("-wal");
+    let len = std::fs::metadata(PathBuf::from(w)).map_or(0, |m| m.len());
+    (len.saturating_sub(32) / (4096 + 24)) as u32
+}
+
 fn log_time(line: &str) -> Option<u64> {
     walsync::time::parse_iso(line.split_whitespace().next()?)
 }
 
 /// Per commit: the time its object finished uploading, from walsync's debug log.
 fn walsync_lags(log: &str, run: &Run) -> (Vec<u64>, u64, u64) {
-    // Per database: captures in order (time, key, merged into the one before), uploads by key.
-    let mut captures: HashMap<String, Vec<(u64, String, bool)>> = HashMap::new();
+    // Per database: captures in order (last frame, key, merged into the one before), uploads
+    // by key.
+    let mut captures: HashMap<String, Vec<(u32, String, bool)>> = HashMap::new();
     let mut uploads: HashMap<String, u64> = HashMap::new();
     let mut bytes_up = 0u64;
     for line in log.lines() {
@@ -128,9 +140,16 @@ fn walsync_lags(log: &str, run: &Run) -> (Vec<u64>, u64, u64) {
         };
         let (db, what) = rest.split_once(' ').unwrap_or((rest, ""));
         if let Some(k) = what.strip_prefix("captured ") {
+            // "captured KEY: frames A..B (N frames...)"
             let key = k.split(':').next().unwrap_or("").to_string();
+            let last = k
+                .split("..")
+                .nth(1)
+                .and_then(|b| b.split(' ').next())
+                .and_then(|b| b.parse::<u32>().ok())
+                .unwrap_or(0);
             captures.entry(db.to_string()).or_default().push((
-                t,
+                last,
                 key,
                 what.contains("merged with pending"),
             ));
@@ -158,13 +177,11 @@ fn walsync_lags(log: &str, run: &Run) -> (Vec<u64>, u64, u64) {
                 final_key[j] = final_key[j + 1].clone();
             }
         }
-        for &(tb, tc) in &run.commits[i] {
-            // The first capture after COMMIT returned holds it; one that started while
-            // COMMIT was returning may too (log times are milliseconds).
+        for &(tc, frame) in &run.commits[i] {
+            // The first capture whose frames reach the commit's frame holds it.
             let shipped = caps
                 .iter()
-                .position(|c| c.0 >= tc)
-                .or_else(|| caps.iter().position(|c| c.0 >= tb))
+                .position(|c| c.0 >= frame)
                 .and_then(|j| uploads.get(&final_key[j]))
                 .filter(|&&tu| tu <= run.drain_end);
             match shipped {
