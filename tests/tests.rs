@@ -3,6 +3,7 @@
 mod bench;
 mod bench_https;
 mod bench_lag;
+mod bench_oneshot;
 mod cron;
 mod errors;
 mod fuzz;
