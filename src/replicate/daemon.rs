@@ -456,7 +456,14 @@ pub fn run(
 
     // Uploads may stall for a long time: they never take the step workers' share, so
     // captures always find a worker.
-    let max_uploads = cfg.uploads.max(1);
+    let max_uploads = super::db::reserve_uploads(cfg.uploads.max(1));
+    if max_uploads < cfg.uploads {
+        warn!(
+            "uploads in flight limited to {max_uploads} (asked {}) by the open-files limit of {}; raise it (ulimit -n, LimitNOFILE=) for more",
+            cfg.uploads,
+            super::db::open_files_limit()
+        );
+    }
     let max_steps = cfg.workers.max(1);
     let workers = max_steps + max_uploads;
     let mut upload_turn = 0;

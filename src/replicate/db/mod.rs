@@ -120,6 +120,7 @@ mod pin;
 mod prove;
 mod spool;
 
+pub use pin::{open_files_limit, reserve_uploads};
 use pin::{pin_budget, PINNED};
 use spool::{source_id, NAMESPACE_BUSY_MS};
 

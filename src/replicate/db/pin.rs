@@ -9,26 +9,55 @@ use super::*;
 /// Databases pinned right now, in this process.
 pub(super) static PINNED: AtomicUsize = AtomicUsize::new(0);
 
-/// How many databases may stay pinned: a pinned database holds about 5 descriptors (database,
-/// WAL and `-shm` for its connection, our `-shm` reader, a spool file while capturing), and
-/// 64 are kept for everything else.
-pub(super) fn pin_budget() -> usize {
-    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *BUDGET.get_or_init(|| {
-        let soft = std::fs::read_to_string("/proc/self/limits")
-            .ok()
-            .and_then(|l| {
-                l.lines()
-                    .find(|x| x.starts_with("Max open files"))
-                    .and_then(|x| {
-                        x.split_whitespace()
-                            .nth(3)
-                            .and_then(|v| v.parse::<usize>().ok())
-                    })
-            })
-            .unwrap_or(1024);
-        (soft.saturating_sub(64) / 5).max(8)
+/// Upload jobs that may run at once (set by the daemon): each holds a few descriptors too.
+static UPLOAD_SLOTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Descriptors kept for everything but pinned databases and uploads (logs, the watcher,
+/// the signal pipe, restores of a cron run, SQLite's temporary files).
+const RESERVED_FDS: usize = 64;
+/// Descriptors one upload job may hold: its connection, the spool file it sends, and in a
+/// local replica the object being written and its sidecar.
+const FDS_PER_UPLOAD: usize = 4;
+/// Descriptors of a pinned database: its connection's database, WAL and `-shm`; our `-shm`
+/// and database descriptors; a spool file and the page map while capturing.
+const FDS_PER_PIN: usize = 7;
+
+/// The soft open-files limit of this process.
+pub fn open_files_limit() -> usize {
+    static SOFT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SOFT.get_or_init(|| {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we pass; no other precondition.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+            usize::try_from(r.rlim_cur).unwrap_or(usize::MAX)
+        } else {
+            1024
+        }
     })
+}
+
+/// How many uploads may run at once within the open-files limit (at most `wanted`), and
+/// reserve their descriptors: the rest is the pinning budget.
+pub fn reserve_uploads(wanted: usize) -> usize {
+    let room = open_files_limit().saturating_sub(RESERVED_FDS);
+    // Uploads may take at most half of the room; pins keep the other half.
+    let n = wanted.min(room / 2 / FDS_PER_UPLOAD).max(1);
+    UPLOAD_SLOTS.store(n, Ordering::Relaxed);
+    n
+}
+
+/// How many databases may stay pinned: what the open-files limit leaves after the reserve
+/// and the uploads, at `FDS_PER_PIN` each.
+pub(super) fn pin_budget() -> usize {
+    let uploads = UPLOAD_SLOTS.load(Ordering::Relaxed) * FDS_PER_UPLOAD;
+    (open_files_limit()
+        .saturating_sub(RESERVED_FDS)
+        .saturating_sub(uploads)
+        / FDS_PER_PIN)
+        .max(8)
 }
 
 impl Shipper {
