@@ -311,8 +311,9 @@ fn dir_watching_and_sighup(backend: Backend) {
 crate::both!(dir_watching_and_sighup, super::dir_watching_and_sighup);
 
 /// Issue #4: many databases written at once stay within a small open-files limit: walsync
-/// keeps at most (limit - 64) / 5 databases pinned and releases the others right after each
-/// step. Here 200 databases under `prlimit --nofile=256`; every one restores exactly.
+/// keeps only as many databases pinned as the limit allows after its reserve and the uploads in
+/// flight, and releases the others right after each step. Here 200 databases under
+/// `prlimit --nofile=256`; every one restores exactly.
 #[test]
 fn many_databases_within_an_open_files_limit() {
     let t = TestDir::new("nofile");
