@@ -298,7 +298,22 @@ fn replaced_database_is_not_the_old_one(backend: Backend) {
     std::fs::remove_file(&db).unwrap();
     created_by_cli(&db);
     cli(&db, "INSERT INTO t(v) VALUES ('recreated')");
+    let (_, _) = shipped(&replica, "app", &db, &scratch);
+    // Once proven, the new file is the database: a later write after walsync let it go is
+    // not "replaced" again.
+    wait_released(&d);
+    let replaced = d.log_text().matches("was replaced").count();
+    cli(
+        &db,
+        "INSERT INTO t(v) VALUES ('after the new file was proven')",
+    );
     let (recreated, _) = shipped(&replica, "app", &db, &scratch);
+    assert_eq!(
+        d.log_text().matches("was replaced").count(),
+        replaced,
+        "{}",
+        d.log_text()
+    );
     d.stop();
     assert_ne!(old, renamed);
     assert_restores(&replica, "app", &t.join("latest.db"), None, &recreated);

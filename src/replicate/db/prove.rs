@@ -78,6 +78,9 @@ impl Shipper {
         let t0 = Instant::now();
         let outcome = bridge::build(&pin.db, &self.path, &mut map, live, diff, &tmp)?;
         let secs = t0.elapsed().as_secs_f64();
+        // The file just compared is the database from now on (it may be one that replaced
+        // the file walsync knew): later proofs compare against it, not against the old one.
+        let proven_id = pin.db_id;
         let b = match outcome {
             Outcome::TooLarge { changed, pages } => {
                 PageMap::remove(&self.spool);
@@ -87,6 +90,7 @@ impl Shipper {
             }
             Outcome::Unchanged { read } => {
                 map.finish(&chain.last_sha)?;
+                self.db_id = proven_id;
                 // Pinned on an empty WAL: no checkpoint can write the file while we read it.
                 if let Some(f) = facts {
                     map.record_facts(f, &chain.last_sha)?;
@@ -101,6 +105,7 @@ impl Shipper {
             }
             Outcome::Built(b) => b,
         };
+        self.db_id = proven_id;
         let gen = self.new_gen();
         let ts = self.next_ts();
         let key = layout::segment_key(&self.ns, gen, ts);
