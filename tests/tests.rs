@@ -1,10 +1,12 @@
 //! walsync's integration tests: one binary (autotests = false) running the real `walsync`.
 
 mod bench;
+mod bench_disturb;
 mod bench_https;
 mod bench_lag;
 mod bench_oneshot;
 mod cron;
+mod disturb;
 mod errors;
 mod fuzz;
 mod harness;

@@ -4,20 +4,25 @@
 //!
 //! * `Same`: the WAL still has the header we last shipped and holds our last frame with the
 //!   same running checksum; what follows it is new.
-//! * `Restarted`: the WAL restarted exactly once at our position (salt-1 + 1; our last frame
-//!   still in the file, nothing after it, not even a partial frame).
+//! * `Restarted`: the WAL restarted exactly once (salt-1 + 1) and the old cycle provably ended
+//!   at our position: our last frame still in the file, nothing of the old cycle after it.
+//! * `RestartedAfter(end)`: the same, but the old cycle went on after our position, up to the
+//!   commit `end`, and those frames are still in the file with a provable end (see
+//!   `reader::old_end`): capture them, then the restart.
 //! * `Unproven`: anything else. The WAL alone cannot say what happened to the database
 //!   meanwhile (a connection that opens, writes and closes checkpoints its frames into the
 //!   database file and deletes the WAL within a millisecond), so the caller must prove it from
 //!   the database file (the page map, see `bridge`) or start a new generation with a snapshot.
 
 use crate::layout::Position;
-use crate::wal::WalHeader;
+use crate::wal::reader::OldEnd;
+use crate::wal::{WalEnd, WalHeader};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Continuity {
     Same,
     Restarted,
+    RestartedAfter(WalEnd),
     Unproven(String),
 }
 
@@ -32,8 +37,8 @@ pub struct Found {
     pub header: Option<WalHeader>,
     /// Same cycle as ours: the file still holds our last frame unchanged.
     pub holds_ours: bool,
-    /// A restart of ours: (our last frame intact, something follows it).
-    pub old_end: (bool, bool),
+    /// A restart of ours: what the file still holds of our cycle after our last frame.
+    pub old_end: OldEnd,
     /// The database file is another file than the one walsync last read.
     pub db_replaced: bool,
 }
@@ -78,9 +83,12 @@ pub fn decide(pos: Option<&Position>, at_db: bool, found: &Found) -> Continuity 
         ));
     }
     if cur.is_restart_of(h) {
-        let (intact, more) = found.old_end;
-        if m < end.frame && intact && !more {
-            return Continuity::Restarted;
+        let o = found.old_end;
+        if m < end.frame && o.intact && o.proven {
+            return match o.last {
+                None => Continuity::Restarted,
+                Some(last) => Continuity::RestartedAfter(last),
+            };
         }
         return Continuity::Unproven(format!(
             "the WAL was restarted while not pinned (salt-1 {:08x} -> {:08x}) and its old end cannot be proven",
@@ -139,11 +147,20 @@ mod tests {
             holds_ours: holds,
             ..Found::default()
         };
-        let restarted = |h: WalHeader, m, intact, more| Found {
+        let tail = WalEnd {
+            frame: 14,
+            cksum: Checksum(5, 6),
+            db_pages: 11,
+        };
+        let restarted = |h: WalHeader, m, intact, more: bool, proven| Found {
             max_frame: m,
             index_salts: (h.salt1, h.salt2),
             header: Some(h),
-            old_end: (intact, more),
+            old_end: OldEnd {
+                intact,
+                last: more.then_some(tail),
+                proven,
+            },
             ..Found::default()
         };
         let gone = Found::default();
@@ -168,27 +185,48 @@ mod tests {
                 same(4, true),
                 u("the WAL no longer holds shipped frame 10 unchanged"),
             ),
-            ("one restart at our end", Some(at(ours, 10)), false, restarted(restart, 3, true, false), Restarted),
-            ("restart by another pool connection", Some(at(ours, 10)), false, restarted(pool_restart, 3, true, false), Restarted),
+            ("one restart at our end", Some(at(ours, 10)), false, restarted(restart, 3, true, false, true), Restarted),
+            ("restart by another pool connection", Some(at(ours, 10)), false, restarted(pool_restart, 3, true, false, true), Restarted),
             (
-                "restart, frames after ours (or a journal_size_limit cut)",
+                "restart after more commits, still in the file",
                 Some(at(ours, 10)),
                 false,
-                restarted(restart, 3, true, true),
+                restarted(restart, 3, true, true, true),
+                RestartedAfter(tail),
+            ),
+            (
+                "restart, frames after ours cut by journal_size_limit",
+                Some(at(ours, 10)),
+                false,
+                restarted(restart, 3, true, true, false),
+                u("the WAL was restarted while not pinned (salt-1 00000064 -> 00000065) and its old end cannot be proven"),
+            ),
+            (
+                "restart, a partial frame after ours",
+                Some(at(ours, 10)),
+                false,
+                restarted(restart, 3, true, false, false),
                 u("the WAL was restarted while not pinned (salt-1 00000064 -> 00000065) and its old end cannot be proven"),
             ),
             (
                 "restart overwrote our frame",
                 Some(at(ours, 10)),
                 false,
-                restarted(restart, 12, true, false),
+                restarted(restart, 12, true, false, true),
+                u("the WAL was restarted while not pinned (salt-1 00000064 -> 00000065) and its old end cannot be proven"),
+            ),
+            (
+                "restart rewrote our frame while walsync read after it",
+                Some(at(ours, 10)),
+                false,
+                restarted(restart, 3, false, true, true),
                 u("the WAL was restarted while not pinned (salt-1 00000064 -> 00000065) and its old end cannot be proven"),
             ),
             (
                 "two restarts",
                 Some(at(ours, 10)),
                 false,
-                restarted(second_restart, 1, true, false),
+                restarted(second_restart, 1, true, false, true),
                 u("the WAL was restarted or replaced while not pinned (salt-1 00000064 -> 00000066)"),
             ),
             (
@@ -202,7 +240,7 @@ mod tests {
                 "fresh WAL after close and reopen",
                 Some(at(ours, 10)),
                 false,
-                restarted(fresh, 2, false, false),
+                restarted(fresh, 2, false, false, false),
                 u("the WAL was restarted or replaced while not pinned (salt-1 00000064 -> 0000dead)"),
             ),
             (
@@ -216,7 +254,7 @@ mod tests {
                 "chain at an empty WAL, a WAL appeared",
                 Some(none),
                 false,
-                restarted(fresh, 2, false, false),
+                restarted(fresh, 2, false, false, false),
                 u("a WAL appeared that walsync did not see start"),
             ),
             (

@@ -72,6 +72,8 @@ enum Job {
         forced: bool,
         /// A final step: upload everything, then let the database go.
         release: bool,
+        /// Woken by a timer while pinned, not by a change (see `Shipper::probe`).
+        probe: bool,
     },
     Upload {
         idx: usize,
@@ -96,6 +98,11 @@ enum Done {
 /// Objects one upload job ships at most before the worker is handed on (a database written
 /// without pause must not keep a worker for itself).
 const UPLOADS_PER_JOB: usize = 32;
+/// How long changes are batched while a database is hurried (its WAL near the checkpoint
+/// threshold, or just free to restart): a few commits per step, not one.
+const HURRY_BATCH: Duration = Duration::from_millis(5);
+/// How often a pinned database is probed for an application checkpoint waiting for its pin.
+const PIN_PROBE: Duration = Duration::from_millis(100);
 /// How soon a step looks again after finding a small transaction being written.
 const TAIL_RECHECK: Duration = Duration::from_millis(50);
 /// Stack of a worker thread (SQLite's own deepest paths need well under this).
@@ -250,7 +257,7 @@ impl Slot {
     /// checkpoint that let the WAL restart.
     fn batch_for(&self) -> Duration {
         if self.s.hurry {
-            Duration::ZERO
+            HURRY_BATCH.min(self.sync)
         } else {
             self.sync
         }
@@ -332,7 +339,9 @@ impl Slot {
                 } else {
                     let mut w = None;
                     if r.pinned {
-                        w = earliest(w, Some(now + IDLE_RELEASE));
+                        // Soon, to notice an application checkpoint waiting for the pin
+                        // (`Shipper::probe`); the pin goes after IDLE_RELEASE without change.
+                        w = earliest(w, Some(now + PIN_PROBE.min(IDLE_RELEASE)));
                     }
                     if r.tail {
                         w = earliest(w, Some(now + TAIL_RECHECK));
@@ -496,12 +505,17 @@ pub fn run(
                             snapshot,
                             forced,
                             release,
+                            probe,
                         } => {
                             let mut s = shipper.lock().unwrap_or_else(|p| p.into_inner());
                             if forced {
                                 s.request_snapshot();
                             }
-                            let result = s.step(snapshot, forced, release);
+                            let result = if probe {
+                                s.probe()
+                            } else {
+                                s.step(snapshot, forced, release)
+                            };
                             Done::Step {
                                 idx,
                                 release,
@@ -632,6 +646,12 @@ pub fn run(
                 snapshot,
                 forced,
                 release: final_step,
+                probe: due_wake
+                    && !due_dirty
+                    && !snapshot
+                    && !forced
+                    && !final_step
+                    && s.failures == 0,
             };
             if step_tx.try_send(job).is_ok() {
                 steps += 1;

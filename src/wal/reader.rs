@@ -49,6 +49,8 @@ pub struct Walk {
     pub end: WalEnd,
     /// Why the walk stopped early, when it was not end of file or the limit.
     pub stop: Option<&'static str>,
+    /// Valid frames read after `from` (committed or not).
+    pub frames: u32,
 }
 
 /// Walk valid frames after `from` (frame `from.frame` already read, running checksum
@@ -70,12 +72,22 @@ pub fn walk(
     let mut cksum = from.cksum;
     loop {
         if limit.is_some_and(|l| n >= l) {
-            return Ok(Walk { end, stop: None });
+            return Ok(Walk {
+                end,
+                stop: None,
+                frames: n - from.frame,
+            });
         }
         let idx = n + 1;
         match f.read_exact_at(&mut buf, hdr.frame_offset(idx)) {
             Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(Walk { end, stop: None }),
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                return Ok(Walk {
+                    end,
+                    stop: None,
+                    frames: n - from.frame,
+                })
+            }
             Err(e) => return Err(Error::io("read WAL", path, e)),
         }
         let fh = FrameHeader::parse(&buf[..FRAME_HEADER_LEN]);
@@ -90,6 +102,7 @@ pub fn walk(
                 return Ok(Walk {
                     end,
                     stop: Some(why),
+                    frames: n - from.frame,
                 })
             }
         }
@@ -125,35 +138,54 @@ pub fn holds(f: &File, path: &Path, hdr: &WalHeader, pos: &WalEnd) -> Result<boo
     Ok(w.end.frame == pos.frame && w.end.cksum == pos.cksum)
 }
 
-/// Does the file still end the WAL cycle `hdr` exactly at `pos`? Returns (frame `pos.frame` is
-/// still there as shipped: same salts, same running checksum, a commit; a valid frame of the
-/// same cycle, or a partial frame, follows it). Used after a restart to prove the old cycle ended where we stopped.
-pub fn ends_at(f: &File, path: &Path, hdr: &WalHeader, pos: &WalEnd) -> Result<(bool, bool)> {
-    if pos.frame == 0 {
-        return Ok((true, false));
+/// What the file still holds of an old WAL cycle after a restart (see `old_end`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OldEnd {
+    /// Frame `pos.frame` is still there as shipped (same salts, same running checksum, a
+    /// commit), both before and after the frames after it were read.
+    pub intact: bool,
+    /// The last commit frame of the old cycle after ours, if any is still in the file.
+    pub last: Option<WalEnd>,
+    /// The old cycle provably ended where the frames stop: at a whole frame that does not
+    /// continue it, or at the end of the file on a frame boundary. Not after a partial frame
+    /// (`journal_size_limit` cuts a WAL in the middle of a frame).
+    pub proven: bool,
+}
+
+/// After a restart, what the file still holds of the old cycle `hdr` from our last frame
+/// `pos` on. SQLite writes every cycle from frame 1 forward and a restart only rewrites the
+/// header, so the old cycle's last frames stay in the file until the new cycle reaches
+/// them; and the new cycle can reach a frame after ours only by first rewriting ours. Hence
+/// frame `pos` read unchanged *after* the frames following it proves those frames are the
+/// old cycle's own, and that the first frame that does not continue them is where the old
+/// cycle ended (as SQLite's own recovery decides). The one case this cannot tell: a
+/// `journal_size_limit` cut landing exactly on a frame boundary inside those frames.
+pub fn old_end(f: &File, path: &Path, hdr: &WalHeader, pos: &WalEnd) -> Result<OldEnd> {
+    let mut out = OldEnd::default();
+    if pos.frame == 0 || !frame_is(f, path, hdr, pos)? {
+        return Ok(out);
     }
-    let mut b = [0u8; FRAME_HEADER_LEN];
-    match f.read_exact_at(&mut b, hdr.frame_offset(pos.frame)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok((false, false)),
-        Err(e) => return Err(Error::io("read WAL", path, e)),
-    }
-    let fh = FrameHeader::parse(&b);
-    let intact =
-        fh.salt1 == hdr.salt1 && fh.salt2 == hdr.salt2 && fh.cksum == pos.cksum && fh.is_commit();
-    let mut more = false;
-    walk(f, path, hdr, *pos, Some(pos.frame + 1), |_, _, _| {
-        more = true;
-        Ok(())
-    })?;
-    // A partial frame right after ours counts as "more existed": `journal_size_limit` cuts
-    // the WAL in the middle of a later frame of the old cycle. (A whole frame with other salts
-    // is a stale frame of an older, longer cycle: SQLite rewrites WAL files in place.)
+    let w = walk(f, path, hdr, *pos, None, |_, _, _| Ok(()))?;
+    let frames = w.frames;
+    let next = hdr.frame_offset(pos.frame + frames + 1);
     let len = f
         .metadata()
         .map_err(|e| Error::io("stat WAL", path, e))?
         .len();
-    let ours_end = hdr.frame_offset(pos.frame + 1);
-    more |= len > ours_end && len < ours_end + hdr.frame_len();
-    Ok((intact, more))
+    out.proven = w.stop.is_some() || len == next;
+    out.last = (w.end.frame > pos.frame).then_some(w.end);
+    out.intact = frame_is(f, path, hdr, pos)?;
+    Ok(out)
+}
+
+/// Is commit frame `pos.frame` in the file as shipped?
+fn frame_is(f: &File, path: &Path, hdr: &WalHeader, pos: &WalEnd) -> Result<bool> {
+    let mut b = [0u8; FRAME_HEADER_LEN];
+    match f.read_exact_at(&mut b, hdr.frame_offset(pos.frame)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(false),
+        Err(e) => return Err(Error::io("read WAL", path, e)),
+    }
+    let fh = FrameHeader::parse(&b);
+    Ok(fh.salt1 == hdr.salt1 && fh.salt2 == hdr.salt2 && fh.cksum == pos.cksum && fh.is_commit())
 }

@@ -59,3 +59,29 @@ pub fn read(f: &File, path: &Path) -> Result<Option<WalIndex>> {
         backfill: ne(&b, 2 * HDR),
     }))
 }
+
+/// Byte offsets of SQLite's WAL write and checkpoint locks in the `-shm` file (its
+/// `WALINDEX_LOCK_OFFSET`; locks 0 and 1).
+const WRITE_LOCK: i64 = 120;
+const CKPT_LOCK: i64 = 121;
+
+/// Does another process hold both the WAL write lock and the checkpoint lock? That is a
+/// FULL, RESTART or TRUNCATE checkpoint (or a writer beside a checkpointing connection), and
+/// it may be waiting for readers to move on. Our own process's locks never show here: POSIX
+/// record locks do not conflict with their owner.
+pub fn checkpointer_busy(f: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    let held = |byte: i64| {
+        // SAFETY: `flock` is plain data; all-zero is a valid value to fill in.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as _;
+        fl.l_whence = libc::SEEK_SET as _;
+        fl.l_start = byte as _;
+        fl.l_len = 1;
+        // SAFETY: a valid descriptor and a pointer to a `flock`, as F_GETLK documents; it
+        // only reports, it takes no lock.
+        let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) };
+        rc == 0 && i32::from(fl.l_type) != libc::F_UNLCK
+    };
+    held(WRITE_LOCK) && held(CKPT_LOCK)
+}

@@ -23,9 +23,13 @@ impl Shipper {
     /// next write restarts the WAL, which continues our chain exactly: the old pin kept the
     /// backfill at or below its own mark, and everything up to that mark was captured. An
     /// application committing without pause can keep that window shut, so it is tried a few
-    /// times, and again whenever the WAL has grown. walsync never takes the write lock: an
-    /// application's deferred transaction would fail at once with SQLITE_BUSY, whatever its
-    /// busy timeout. Returns why continuity broke, if a capture found it broken.
+    /// twice; then walsync lets go: it captures everything up to the WAL's last commit and
+    /// releases the pin, so the application's own checkpoint backfills the whole WAL and its
+    /// next write restarts it. The commits that land in between stay in the file, past the
+    /// restarted cycle's frames, and the next pin captures them from there
+    /// (`Continuity::RestartedAfter`). walsync never takes the write lock: an application's
+    /// deferred transaction would fail at once with SQLITE_BUSY, whatever its busy timeout.
+    /// Returns why continuity broke, if a capture found it broken.
     pub(super) fn checkpoint_if_large(
         &mut self,
         report: &mut StepReport,
@@ -38,12 +42,14 @@ impl Shipper {
         self.checkpointed_at = self.wal_frames;
         let c = self.open_conn()?;
         let mut r = Ok(None);
-        for attempt in 1..=3 {
+        let mut free = false;
+        for attempt in 1..=2 {
             match self.checkpoint_and_move(&c, report, attempt) {
                 // The pin is on read-mark 0 and holds back no restart: the next change is to
                 // be captured at once, before a second restart could follow the first.
                 Ok(Ckpt::Free) => {
                     report.hurry = true;
+                    free = true;
                     break;
                 }
                 Ok(Ckpt::Missed) => {}
@@ -57,8 +63,42 @@ impl Shipper {
                 }
             }
         }
+        if matches!(r, Ok(None)) && !free {
+            r = self.let_go(&c, report);
+        }
         Self::close_conn(c, &self.path);
         r
+    }
+
+    /// Commits arrive without pause: capture up to the last one and release the pin (see
+    /// `checkpoint_if_large`), then backfill what we can for an application that does not
+    /// checkpoint itself. The next change is to be looked at at once, before the restarted
+    /// cycle reaches the frames that follow ours.
+    fn let_go(&mut self, c: &Connection, report: &mut StepReport) -> Result<Option<String>> {
+        if let Some(why) = self.capture_pinned(report)? {
+            return Ok(Some(why));
+        }
+        let idx = self.pin.as_ref().map(|p| shm::read(&p.shm, &self.shm_path));
+        if let Some(Ok(Some(i))) = idx {
+            self.let_go = Some(LetGo {
+                frame: i.max_frame,
+                change: i.change,
+                seen: Instant::now(),
+            });
+        }
+        self.release();
+        self.nonstop = true;
+        let ckpt: rusqlite::Result<(i64, i64)> =
+            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(1)?, r.get(2)?))
+            });
+        debug!(
+            "db={} commits without pause: let go at frame {} so the WAL can restart (checkpoint: {ckpt:?})",
+            self.path.display(),
+            self.wal_frames
+        );
+        report.hurry = true;
+        Ok(None)
     }
 
     /// One attempt.
@@ -105,3 +145,87 @@ impl Shipper {
         }
     }
 }
+
+impl Shipper {
+    /// A timer woke a pinned database with no change since its last step: look whether the
+    /// application runs a blocking checkpoint (FULL, RESTART, TRUNCATE) that waits for our
+    /// pin, and make way for it (see `make_way`); otherwise do nothing. Anything else (a new
+    /// commit, the idle release, a pending tail) takes a full step.
+    pub fn probe(&mut self) -> Result<StepReport> {
+        let quiet = match &self.pin {
+            Some(pin) if !self.tail_pending && self.idle_for() < IDLE_RELEASE => {
+                shm::read(&pin.shm, &self.shm_path)?.map(|i| i.change) == Some(self.seen_change)
+            }
+            _ => false,
+        };
+        if !quiet {
+            return self.step(false, false, false);
+        }
+        let mut report = StepReport::default();
+        let waiting = self
+            .pin
+            .as_ref()
+            .is_some_and(|p| shm::checkpointer_busy(&p.shm));
+        if waiting {
+            match self.make_way(&mut report) {
+                Ok(None) => {}
+                Ok(Some(why)) => {
+                    report.snapshot |= self.recover(&why, &mut report)?;
+                }
+                Err(e) => {
+                    self.release();
+                    return Err(e);
+                }
+            }
+        }
+        report.pinned = self.pin.is_some();
+        report.pending = self.outbox.len();
+        Ok(report)
+    }
+
+    /// The application's checkpoint waits for our pin: it holds the write lock, so nothing
+    /// commits meanwhile. Capture to the end and move the pin there (the checkpoint may then
+    /// backfill everything), wait for the backfill, and move it again, now onto read-mark 0,
+    /// where it holds back no restart or truncation (see `checkpoint_if_large`).
+    fn make_way(&mut self, report: &mut StepReport) -> Result<Option<String>> {
+        let c = self.open_conn()?;
+        let mut r = Ok(None);
+        for attempt in 1..=2 {
+            match self.checkpoint_and_move(&c, report, attempt) {
+                Ok(Ckpt::Free) => {
+                    report.hurry = true;
+                    break;
+                }
+                Ok(Ckpt::Missed) => {
+                    let began = Instant::now();
+                    while began.elapsed() < MAKE_WAY_WAIT {
+                        let idx = self.pin.as_ref().map(|p| shm::read(&p.shm, &self.shm_path));
+                        match idx {
+                            Some(Ok(Some(i))) if i.backfill < i.max_frame => {
+                                std::thread::sleep(Duration::from_millis(2))
+                            }
+                            _ => break,
+                        }
+                    }
+                }
+                Ok(Ckpt::Broken(why)) => {
+                    r = Ok(Some(why));
+                    break;
+                }
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
+            }
+        }
+        Self::close_conn(c, &self.path);
+        debug!(
+            "db={} the application's checkpoint was waiting for walsync's pin: moved it",
+            self.path.display()
+        );
+        r
+    }
+}
+
+/// How long `make_way` waits for the application's checkpoint to backfill the WAL.
+const MAKE_WAY_WAIT: Duration = Duration::from_millis(500);

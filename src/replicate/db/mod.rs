@@ -124,6 +124,19 @@ pub use pin::{open_files_limit, reserve_uploads};
 use pin::{pin_budget, PINNED};
 use spool::{source_id, NAMESPACE_BUSY_MS};
 
+/// After a let-go (see `checkpoint::let_go`): the WAL's last frame then, and SQLite's change
+/// counter at the last look and when it last changed.
+#[derive(Debug, Clone, Copy)]
+struct LetGo {
+    frame: u32,
+    change: u32,
+    seen: Instant,
+}
+
+/// After a let-go, how long without a commit before walsync pins again (the application's
+/// own checkpoint, which must run before its WAL can restart, commits nothing).
+const LET_GO_QUIET: Duration = Duration::from_millis(200);
+
 /// What a step did, for the scheduler and the logs.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StepReport {
@@ -173,6 +186,12 @@ pub struct Shipper {
     /// The last frame of an uncommitted tail already reported (see `StepReport::tail`).
     tail_seen: u32,
     tail_pending: bool,
+    /// The pin was let go so the application could restart the WAL (see `let_go`).
+    let_go: Option<LetGo>,
+    /// A let-go was needed and the writer has not paused since (see `step`).
+    nonstop: bool,
+    /// SQLite's commit counter in the wal-index after the last step (see `probe`).
+    seen_change: u32,
 }
 
 fn db_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
@@ -230,6 +249,9 @@ impl Shipper {
             claimed: false,
             tail_seen: 0,
             tail_pending: false,
+            let_go: None,
+            nonstop: false,
+            seen_change: 0,
         }
     }
 
@@ -285,7 +307,7 @@ impl Shipper {
                 if h.same_wal(ours) {
                     found.holds_ours = reader::holds(f, &self.wal_path, h, end)?;
                 } else if h.is_restart_of(ours) {
-                    found.old_end = reader::ends_at(f, &self.wal_path, ours, end)?;
+                    found.old_end = reader::old_end(f, &self.wal_path, ours, end)?;
                 }
             }
         }
@@ -470,7 +492,16 @@ impl Shipper {
             self.wal_frames = 0;
             self.checkpointed_at = 0;
         }
-        let (n, _) = self.capture(&f, &hdr, restart, None)?;
+        // Up to a little past what the wal-index published when we looked (a commit whose
+        // frames are written but not yet published), never chasing a writer that commits
+        // faster than we read: the rest is for the next step.
+        let limit = match shm::read(&self.pin.as_ref().expect("pinned").shm, &self.shm_path)? {
+            Some(i) if (i.salt1, i.salt2) == (hdr.salt1, hdr.salt2) => {
+                Some(i.max_frame.saturating_add(TAIL_FRAMES))
+            }
+            _ => None,
+        };
+        let (n, _) = self.capture(&f, &hdr, restart, limit)?;
         if n > 0 {
             report.segments += 1;
             report.frames += n;
@@ -487,6 +518,12 @@ impl Shipper {
             Continuity::Unproven(why) => return Ok(Some(why)),
             Continuity::Same => false,
             Continuity::Restarted => true,
+            Continuity::RestartedAfter(last) => {
+                if let Some(why) = self.capture_old_tail(&cur, last, report)? {
+                    return Ok(Some(why));
+                }
+                true
+            }
         };
         if let Some((f, hdr)) = &cur {
             let limit = (idx.max_frame > 0).then_some(idx.max_frame);
@@ -513,6 +550,74 @@ impl Shipper {
         Ok(None)
     }
 
+    /// The WAL restarted after more commits than walsync had captured, and their frames are
+    /// still in the file (`Continuity::RestartedAfter`): capture them into the chain as they
+    /// are, up to `last`, before the new cycle. Returns why not, if the file changed meanwhile.
+    fn capture_old_tail(
+        &mut self,
+        cur: &Option<(File, WalHeader)>,
+        last: WalEnd,
+        report: &mut StepReport,
+    ) -> Result<Option<String>> {
+        let (Some((f, _)), Some(Chain { pos, .. })) = (cur, &self.chain) else {
+            return Ok(Some("the WAL vanished while walsync read it".into()));
+        };
+        let Some((ours, from)) = pos.wal else {
+            return Ok(Some("the chain has no WAL position".into()));
+        };
+        let (n, end) = self.capture(f, &ours, false, Some(last.frame))?;
+        if end != last {
+            return Ok(Some(format!(
+                "the WAL's old frames changed while walsync read them (frame {} of {})",
+                end.frame, last.frame
+            )));
+        }
+        report.segments += 1;
+        report.frames += n;
+        debug!(
+            "db={} the WAL restarted after frame {}; its old frames {}..{} were still in the file and continue the chain",
+            self.path.display(),
+            last.frame,
+            from.frame + 1,
+            last.frame
+        );
+        Ok(None)
+    }
+
+    /// After a let-go (see `checkpoint::let_go`): stay unpinned while the application keeps
+    /// writing into the same WAL cycle, so that nothing of ours holds back its restart; a pin
+    /// would take a read mark and block it. Pin again once the WAL restarted, or stopped
+    /// growing, or grew by the checkpoint threshold without restarting (a reader of the
+    /// application holds it back, or nothing checkpoints it).
+    fn awaiting_restart(&mut self) -> Result<bool> {
+        let Some(mut lg) = self.let_go.take() else {
+            return Ok(false);
+        };
+        let ours = self.chain.as_ref().and_then(|c| c.pos.wal.map(|(h, _)| h));
+        // No connection of ours is open: reading the -shm through a descriptor of its own
+        // drops no lock of ours when it closes.
+        let idx = match File::open(&self.shm_path) {
+            Ok(f) => shm::read(&f, &self.shm_path)?,
+            Err(_) => None,
+        };
+        let (Some(i), Some(h)) = (idx, ours) else {
+            return Ok(false);
+        };
+        if (i.salt1, i.salt2) != (h.salt1, h.salt2)
+            || i.max_frame >= lg.frame + self.opts.checkpoint_frames
+        {
+            return Ok(false);
+        }
+        if i.change != lg.change {
+            lg.change = i.change;
+            lg.seen = Instant::now();
+        } else if lg.seen.elapsed() >= LET_GO_QUIET {
+            return Ok(false);
+        }
+        self.let_go = Some(lg);
+        Ok(true)
+    }
+
     /// The objects this database's steps captured, for the daemon's upload jobs.
     pub fn outbox(&self) -> Arc<Outbox> {
         Arc::clone(&self.outbox)
@@ -531,6 +636,20 @@ impl Shipper {
             self.release();
         }
         report.pinned = self.pin.is_some();
+        if let Some(pin) = &self.pin {
+            if let Ok(Some(i)) = shm::read(&pin.shm, &self.shm_path) {
+                self.seen_change = i.change;
+            }
+        }
+        // A WAL past half the checkpoint threshold is looked at on every change, not after
+        // the sync interval: the threshold is a bound only if walsync acts as it is reached.
+        // So is a database whose writer needed a let-go (it commits without pause), until it
+        // pauses for a sync interval.
+        if self.idle_for() >= self.opts.sync_interval {
+            self.nonstop = false;
+        }
+        report.hurry |= report.pinned
+            && (self.nonstop || self.wal_frames.saturating_mul(2) >= self.opts.checkpoint_frames);
         report.pending = self.outbox.len();
         report.tail = std::mem::take(&mut self.tail_pending);
         res.map(|_| report)
@@ -546,6 +665,12 @@ impl Shipper {
         self.load()?;
         // Capture first, upload after: while storage is unreachable, committed frames move
         // from the WAL into the spool (on disk, in chain order) and the WAL stays bounded.
+        if self.pin.is_none() && !upload && !want_snapshot && self.awaiting_restart()? {
+            // Look again soon even if no event comes: the application may stop writing.
+            self.tail_pending = true;
+            report.hurry = true;
+            return Ok(());
+        }
         if self.pin.is_none() {
             self.check_source()?;
             if let Some(why) = self.pin_and_check(report)? {
