@@ -39,6 +39,7 @@ struct RawStorage {
 struct RawDefaults {
     snapshot_interval: Option<Spanned<String>>,
     sync_interval: Option<Spanned<String>>,
+    retention: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -50,6 +51,7 @@ struct RawDb {
     prefix: Option<Spanned<String>>,
     snapshot_interval: Option<Spanned<String>>,
     sync_interval: Option<Spanned<String>>,
+    retention: Option<Spanned<String>>,
 }
 
 /// One database to replicate.
@@ -62,6 +64,8 @@ pub struct DbEntry {
     pub prefix: String,
     pub sync_interval: Duration,
     pub snapshot_interval: Duration,
+    /// How long every point in time stays restorable (None: forever).
+    pub retention: Option<Duration>,
 }
 
 /// A `dir` entry: databases matching `pattern` in `dir`, each under `<prefix>/<stem>`.
@@ -72,6 +76,7 @@ pub struct DirEntry {
     pub prefix: String,
     pub sync_interval: Duration,
     pub snapshot_interval: Duration,
+    pub retention: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +136,22 @@ impl Ctx<'_> {
         }
         out.push_str(rest);
         Ok(out)
+    }
+
+    /// A retention: a duration, or `forever` (None).
+    fn retention(
+        &self,
+        v: &Option<Spanned<String>>,
+        default: Option<Duration>,
+    ) -> Result<Option<Duration>> {
+        match v {
+            None => Ok(default),
+            Some(s) => {
+                let text = self.expand(s, "retention")?;
+                crate::cli::parse_retention(&text)
+                    .map_err(|m| self.err_at(s.span().start, "retention", m))
+            }
+        }
     }
 
     fn duration(
@@ -197,6 +218,7 @@ impl DirEntry {
                 prefix: layout::join(&self.prefix, &stem),
                 sync_interval: self.sync_interval,
                 snapshot_interval: self.snapshot_interval,
+                retention: self.retention,
             });
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -275,6 +297,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config> {
         "snapshot_interval",
         Duration::from_secs(3600),
     )?;
+    let def_keep = cx.retention(&raw.defaults.retention, Some(crate::cli::DEFAULT_RETENTION))?;
     let base = file.parent().unwrap_or(Path::new("."));
     let mut databases = Vec::new();
     let mut dirs = Vec::new();
@@ -286,6 +309,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config> {
         );
         let sync = cx.duration(&d.sync_interval, "sync_interval", def_sync)?;
         let snap = cx.duration(&d.snapshot_interval, "snapshot_interval", def_snap)?;
+        let keep = cx.retention(&d.retention, def_keep)?;
         let prefix = d
             .prefix
             .as_ref()
@@ -331,6 +355,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config> {
                     prefix,
                     sync_interval: sync,
                     snapshot_interval: snap,
+                    retention: keep,
                 });
             }
             (None, Some(dir)) => {
@@ -367,6 +392,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config> {
                     prefix: ns,
                     sync_interval: sync,
                     snapshot_interval: snap,
+                    retention: keep,
                 });
             }
             (Some(_), Some(_)) => {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod digest;
 pub mod error;
 pub mod layout;
+pub mod prune;
 pub mod replicate;
 pub mod restore;
 pub mod snapshot;

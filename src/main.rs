@@ -10,6 +10,7 @@ use walsync::cli::{self, defs, Args, Cmd};
 use walsync::config::{self, Config};
 use walsync::error::{Error, Result};
 use walsync::layout;
+use walsync::prune;
 use walsync::replicate::daemon::{self, Catalog, DaemonConfig, DbSpec};
 use walsync::replicate::db::{DbOptions, Shipper};
 use walsync::restore;
@@ -125,6 +126,7 @@ fn specs_of(cfg: &Config) -> Result<Vec<DbSpec>> {
             opts: DbOptions {
                 sync_interval: d.sync_interval,
                 snapshot_interval: d.snapshot_interval,
+                retention: d.retention,
                 ..Default::default()
             },
         })
@@ -202,6 +204,7 @@ fn shippers(
         let opts = DbOptions {
             sync_interval: a.sync_interval,
             snapshot_interval: a.snapshot_interval,
+            retention: a.retention,
             ..Default::default()
         };
         for (p, n) in paths.into_iter().zip(names) {
@@ -520,6 +523,42 @@ fn run(a: Args) -> Result<()> {
                 for (ts, size) in s.snapshots {
                     println!("  snapshot {} {size} bytes", time::iso(ts));
                 }
+            }
+        }
+        Cmd::Prune => {
+            let (storage, prefix, cfg) = replica(&a)?;
+            let targets: Vec<(String, String, Option<Duration>)> = match &cfg {
+                Some(c) => c
+                    .all_databases()?
+                    .into_iter()
+                    .map(|d| (d.prefix.clone(), d.ns, d.retention))
+                    .collect(),
+                None => vec![(
+                    a.positional[0].clone(),
+                    layout::join(&prefix, &a.positional[0]),
+                    a.retention,
+                )],
+            };
+            for (name, ns, keep) in targets {
+                let Some(keep) = keep else {
+                    println!("{name}: retention forever; nothing deleted");
+                    continue;
+                };
+                let r = prune::prune(storage.as_ref(), &ns, keep, a.dry_run)?;
+                let bytes: u64 = r.deleted.iter().map(|o| o.size).sum();
+                if a.dry_run {
+                    for o in &r.deleted {
+                        println!("would delete {} ({} bytes)", o.key, o.size);
+                    }
+                }
+                println!(
+                    "{name}: {} {} object(s) ({bytes} bytes), kept {}; restorable from {}",
+                    if a.dry_run { "would delete" } else { "deleted" },
+                    r.deleted.len(),
+                    r.kept,
+                    r.oldest
+                        .map_or_else(|| "the first snapshot".into(), time::iso)
+                );
             }
         }
         Cmd::Verify => {

@@ -14,6 +14,7 @@ mod hazards;
 mod many;
 mod oneshot;
 mod proxy;
+mod prune;
 mod replication;
 mod s3;
 mod torture;

@@ -49,6 +49,11 @@ pub const COMMANDS: &[Command] = &[
         args: "NAME",
         doc: "Check the SHA-256 of every object of database NAME and the continuity of its chain.",
     },
+    Command {
+        name: "prune",
+        args: "[NAME]",
+        doc: "Apply retention now to database NAME (or every database of --config): delete the objects older than the newest snapshot at or before now minus the retention, so every point in time inside the window still restores; oldest first, so an interrupted prune leaves a replica that restores. The watch daemon (and 'snapshot') does the same after each snapshot it uploads.",
+    },
 ];
 
 const ALL: &[&str] = &[
@@ -58,6 +63,7 @@ const ALL: &[&str] = &[
     "restore-all",
     "list",
     "verify",
+    "prune",
 ];
 
 pub const FLAGS: &[Flag] = &[
@@ -79,7 +85,7 @@ pub const FLAGS: &[Flag] = &[
         long: "config",
         short: Some('c'),
         value: Some("FILE"),
-        cmds: &["watch", "snapshot", "restore", "restore-all"],
+        cmds: &["watch", "snapshot", "restore", "restore-all", "prune"],
         doc: "TOML config file: [storage], [defaults] and [[databases]] (path, or dir + pattern; prefix; intervals).",
     },
     Flag {
@@ -109,6 +115,20 @@ pub const FLAGS: &[Flag] = &[
         value: Some("DUR"),
         cmds: &["watch"],
         doc: "Take a new snapshot of a changed database this often (default 1h).",
+    },
+    Flag {
+        long: "retention",
+        short: None,
+        value: Some("DUR|forever"),
+        cmds: &["watch", "snapshot", "prune"],
+        doc: "Keep every point in time of this window restorable and delete what only older ones need (default 24h; 'forever' never deletes, e.g. to leave it to a bucket lifecycle rule).",
+    },
+    Flag {
+        long: "dry-run",
+        short: None,
+        value: None,
+        cmds: &["prune"],
+        doc: "Print what would be deleted; delete nothing.",
     },
     Flag {
         long: "uploads",

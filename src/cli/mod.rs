@@ -22,6 +22,7 @@ pub enum Cmd {
     RestoreAll,
     List,
     Verify,
+    Prune,
 }
 
 #[derive(Debug, Clone)]
@@ -40,6 +41,24 @@ pub struct Args {
     pub output_dir: Option<PathBuf>,
     /// Uploads in flight at most (`watch`).
     pub uploads: usize,
+    /// How long every point in time stays restorable (None: forever).
+    pub retention: Option<Duration>,
+    pub dry_run: bool,
+}
+
+/// Default retention, as Litestream's: every point of the last 24 hours restores.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// Parse a retention: a duration greater than 0, or `forever` (None: nothing is deleted).
+pub fn parse_retention(s: &str) -> std::result::Result<Option<Duration>, String> {
+    if s.trim().eq_ignore_ascii_case("forever") {
+        return Ok(None);
+    }
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be greater than 0 (or 'forever' to never delete)".into());
+    }
+    Ok(Some(d))
 }
 
 /// Default of `--uploads`: requests in flight are what keeps up with storage 10-80 ms away.
@@ -82,6 +101,7 @@ fn cmd_of(name: &str) -> Option<Cmd> {
         "restore-all" => Cmd::RestoreAll,
         "list" => Cmd::List,
         "verify" => Cmd::Verify,
+        "prune" => Cmd::Prune,
         _ => return None,
     })
 }
@@ -103,6 +123,8 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
         prefix: None,
         output_dir: None,
         uploads: DEFAULT_UPLOADS,
+        retention: Some(DEFAULT_RETENTION),
+        dry_run: false,
     };
     let mut name: Option<&'static str> = None;
     let uerr = |e: lexopt::Error| Error::usage(e.to_string());
@@ -165,6 +187,7 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
                     return Ok(args);
                 }
                 "force" => args.force = true,
+                "dry-run" => args.dry_run = true,
                 _ => unreachable!("switch --{} has no handler", f.long),
             }
             continue;
@@ -189,6 +212,7 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
                 }
                 args.snapshot_interval = d;
             }
+            "retention" => args.retention = parse_retention(&v).map_err(bad)?,
             "output" => args.output = Some(PathBuf::from(v)),
             "config" => args.config = Some(PathBuf::from(v)),
             "prefix" => args.prefix = Some(v),
@@ -224,6 +248,7 @@ fn validate(a: &Args) -> Result<()> {
         Cmd::RestoreAll => "restore-all",
         Cmd::List => "list",
         Cmd::Verify => "verify",
+        Cmd::Prune => "prune",
         _ => return Ok(()),
     };
     let hint = format!("run 'walsync {cmd} --help' for usage");
@@ -233,7 +258,7 @@ fn validate(a: &Args) -> Result<()> {
         && !(with_config
             && matches!(
                 a.cmd,
-                Cmd::Watch | Cmd::Snapshot | Cmd::Restore | Cmd::RestoreAll
+                Cmd::Watch | Cmd::Snapshot | Cmd::Restore | Cmd::RestoreAll | Cmd::Prune
             ))
     {
         return usage(format!("'{cmd}' needs a replica: -b URL"));
@@ -251,7 +276,10 @@ fn validate(a: &Args) -> Result<()> {
         Cmd::Restore if !with_config && a.prefix.is_some() => {
             usage("'restore --prefix' needs --config FILE".into())
         }
-        Cmd::Restore | Cmd::Verify if !with_config && a.positional.len() != 1 => {
+        Cmd::Prune if with_config && !a.positional.is_empty() => {
+            usage("'prune' takes a NAME with -b, or every database of --config, not both".into())
+        }
+        Cmd::Restore | Cmd::Verify | Cmd::Prune if !with_config && a.positional.len() != 1 => {
             usage(format!("'{cmd}' needs exactly one database NAME"))
         }
         Cmd::Restore if a.output.is_none() => {

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use log::debug;
+use log::{debug, warn};
 use sha2::{Digest, Sha256};
 
 use super::capture::Appendable;
@@ -60,17 +60,30 @@ pub struct Outbox {
     inner: Mutex<Inner>,
     /// Held by the upload running now: a second one for the same database waits.
     uploading: Mutex<()>,
+    /// Retention, applied after each snapshot upload (see `prune`).
+    retention: Mutex<Option<Duration>>,
 }
 
 impl Outbox {
-    pub fn new(path: PathBuf, ns: String, storage: Arc<dyn Storage>) -> Outbox {
+    pub fn new(
+        path: PathBuf,
+        ns: String,
+        storage: Arc<dyn Storage>,
+        retention: Option<Duration>,
+    ) -> Outbox {
         Outbox {
             path,
             ns,
             storage,
             inner: Mutex::new(Inner::default()),
             uploading: Mutex::new(()),
+            retention: Mutex::new(retention),
         }
+    }
+
+    /// A new retention (SIGHUP), from the next snapshot upload on.
+    pub fn set_retention(&self, keep: Option<Duration>) {
+        *self.retention.lock().unwrap_or_else(|p| p.into_inner()) = keep;
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -158,13 +171,33 @@ impl Outbox {
             let _ = fs::remove_file(&p.file);
             let (gen, frame) = layout::get_position(&p.meta)
                 .map_or((0, 0), |pos| (pos.gen, pos.wal.map_or(0, |(_, e)| e.frame)));
+            let snapshot = p.key.contains("/snapshots/");
             let mut i = self.lock();
             i.items.pop_front();
             i.in_flight = false;
             i.last = Some((p.key, gen, frame));
             done += 1;
+            drop(i);
+            if snapshot {
+                self.prune();
+            }
         }
         Ok(done)
+    }
+
+    /// Retention after a snapshot upload, still as this namespace's only upload: nothing of
+    /// it is being written meanwhile. A failure is logged and retried after the next one;
+    /// it never fails the upload.
+    fn prune(&self) {
+        let keep = *self.retention.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(keep) = keep {
+            if let Err(e) = crate::prune::prune(self.storage.as_ref(), &self.ns, keep, false) {
+                warn!(
+                    "db={} retention: {e}; retried after the next snapshot",
+                    self.path.display()
+                );
+            }
+        }
     }
 
     /// `state.json`: a small human-readable summary (never needed to restore), written when

@@ -74,6 +74,9 @@ pub struct DbOptions {
     pub sync_interval: Duration,
     /// How often a changed database gets a new snapshot.
     pub snapshot_interval: Duration,
+    /// Every point in time of this window stays restorable; older objects are deleted after
+    /// each snapshot upload (None: never; see `prune`).
+    pub retention: Option<Duration>,
 }
 
 impl Default for DbOptions {
@@ -82,6 +85,7 @@ impl Default for DbOptions {
             checkpoint_frames: 1000,
             sync_interval: Duration::from_secs(1),
             snapshot_interval: Duration::from_secs(3600),
+            retention: Some(crate::cli::DEFAULT_RETENTION),
         }
     }
 }
@@ -222,6 +226,7 @@ impl Shipper {
                 path.to_path_buf(),
                 ns.clone(),
                 Arc::clone(&storage),
+                opts.retention,
             )),
             source: source_id(path),
             path: path.to_path_buf(),
