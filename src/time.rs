@@ -163,6 +163,22 @@ pub fn parse_iso(s: &str) -> Option<u64> {
     u64::try_from(t).ok()
 }
 
+/// A duration as the command line writes it: `1d`, `24h`, `90m`, `30s`, `250ms`.
+pub fn fmt_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, n) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= n && ms.is_multiple_of(n) {
+            return format!("{}{unit}", ms / n);
+        }
+    }
+    format!("{ms}ms")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,20 +223,4 @@ mod tests {
             assert_eq!(parse_iso(input), want, "{input}");
         }
     }
-}
-
-/// A duration as the command line writes it: `1d`, `24h`, `90m`, `30s`, `250ms`.
-pub fn fmt_duration(d: std::time::Duration) -> String {
-    let ms = d.as_millis();
-    for (unit, n) in [
-        ("d", 86_400_000u128),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1000),
-    ] {
-        if ms >= n && ms % n == 0 {
-            return format!("{}{unit}", ms / n);
-        }
-    }
-    format!("{ms}ms")
 }
