@@ -20,7 +20,7 @@ use super::http::{Client, ReqBody, Response, Target};
 use super::sigv4::{self, Keys};
 use super::{Body, Entry, Storage};
 use crate::error::{Error, Result, StorageKind};
-use crate::layout::Meta;
+use crate::layout::{self, Meta};
 
 /// Objects larger than this go up as multipart uploads, in parts of this size (or larger when
 /// 10,000 parts would not suffice). Parts are streamed from the source, so the size costs
@@ -254,6 +254,21 @@ impl S3Storage {
         headers: &[(String, String)],
         body: ReqBody,
     ) -> Result<Response> {
+        self.request_signed(method, key, query, headers, body, None)
+    }
+
+    /// `request` with the streamed body's SHA-256 signed as its payload hash
+    /// (`x-amz-content-sha256`), when known: the server then checks every byte it receives
+    /// against it and refuses the object if one differs.
+    fn request_signed(
+        &self,
+        method: &str,
+        key: &str,
+        query: &[(&str, &str)],
+        headers: &[(String, String)],
+        body: ReqBody,
+        body_sha256: Option<&str>,
+    ) -> Result<Response> {
         let path = if key.is_empty() {
             format!("{}/", self.base)
         } else {
@@ -262,7 +277,10 @@ impl S3Storage {
         let hash = match &body {
             ReqBody::Empty => sigv4::sha256_hex(b""),
             ReqBody::Bytes(b) => sigv4::sha256_hex(b),
-            ReqBody::Stream(..) => sigv4::UNSIGNED.to_string(),
+            ReqBody::Stream(..) => match body_sha256 {
+                Some(h) => h.to_string(),
+                None => sigv4::UNSIGNED.to_string(),
+            },
         };
         let host = self.client.target().host_header();
         let req = sigv4::Request {
@@ -376,10 +394,11 @@ impl S3Storage {
         src: &mut dyn Read,
         len: u64,
         headers: &[(String, String)],
+        sha256: Option<&str>,
     ) -> Result<()> {
         let body = ReqBody::Stream(src, len);
-        self.request_text("PUT", key, &[], headers, body, ERROR_BODY_LIMIT)
-            .map(|_| ())
+        let resp = self.request_signed("PUT", key, &[], headers, body, sha256)?;
+        self.body_text(key, resp, ERROR_BODY_LIMIT).map(|_| ())
     }
 
     fn put_multipart(
@@ -470,7 +489,12 @@ impl Storage for S3Storage {
         if len > PART_SIZE {
             self.put_multipart(key, src, len, &headers)
         } else {
-            self.put_single(key, src, len, &headers)
+            // The object's own SHA-256, signed as the payload hash: S3 verifies the upload.
+            let sha = meta
+                .get(layout::SHA256)
+                .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(|h| h.to_ascii_lowercase());
+            self.put_single(key, src, len, &headers, sha.as_deref())
         }
     }
 
