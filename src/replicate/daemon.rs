@@ -118,6 +118,8 @@ struct Sched {
     /// The last step left its pin where it holds back no WAL restart: the next change is
     /// captured at once, not after the sync interval.
     hurry: bool,
+    /// The WAL reaches the checkpoint threshold this soon (see `StepReport::due_in`).
+    due_in: Option<Duration>,
     failures: u32,
     last_error_log: Option<Instant>,
     /// An upload job is running; failed ones back off until `up_wake_at`.
@@ -259,6 +261,8 @@ impl Slot {
     fn batch_for(&self) -> Duration {
         if self.s.hurry {
             HURRY_BATCH.min(self.sync)
+        } else if let Some(d) = self.s.due_in {
+            d.max(HURRY_BATCH).min(self.sync)
         } else {
             self.sync
         }
@@ -330,6 +334,7 @@ impl Slot {
                 }
                 s.failures = 0;
                 s.hurry = r.hurry;
+                s.due_in = r.due_in;
                 if r.snapshot {
                     s.last_snapshot = Some(now);
                 }

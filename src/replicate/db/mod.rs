@@ -156,6 +156,9 @@ pub struct StepReport {
     pub tail: bool,
     /// Objects still waiting for upload (it wants a retry).
     pub pending: usize,
+    /// At the WAL's current growth, it reaches the checkpoint threshold this soon: changes
+    /// are batched no longer than that.
+    pub due_in: Option<Duration>,
 }
 
 pub struct Shipper {
@@ -196,6 +199,8 @@ pub struct Shipper {
     nonstop: bool,
     /// SQLite's commit counter in the wal-index after the last step (see `probe`).
     seen_change: u32,
+    /// When the last step ended (the WAL's growth rate, see `step`).
+    last_step: Option<Instant>,
 }
 
 fn db_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
@@ -257,6 +262,7 @@ impl Shipper {
             let_go: None,
             nonstop: false,
             seen_change: 0,
+            last_step: None,
         }
     }
 
@@ -646,15 +652,22 @@ impl Shipper {
                 self.seen_change = i.change;
             }
         }
-        // A WAL past half the checkpoint threshold is looked at on every change, not after
-        // the sync interval: the threshold is a bound only if walsync acts as it is reached.
-        // So is a database whose writer needed a let-go (it commits without pause), until it
-        // pauses for a sync interval.
+        // The checkpoint threshold is a bound only if walsync acts as the WAL reaches it: a
+        // WAL growing fast enough to reach it before the sync interval is over is looked at
+        // again when it is due to (at the rate of this step's captures), and one past it, or
+        // whose writer needed a let-go (it commits without pause, until it pauses for a sync
+        // interval), on every change.
         if self.idle_for() >= self.opts.sync_interval {
             self.nonstop = false;
         }
-        report.hurry |= report.pinned
-            && (self.nonstop || self.wal_frames.saturating_mul(2) >= self.opts.checkpoint_frames);
+        let limit = self.opts.checkpoint_frames;
+        report.hurry |= report.pinned && (self.nonstop || self.wal_frames >= limit);
+        let elapsed = self.last_step.replace(Instant::now()).map(|t| t.elapsed());
+        if let (true, Some(dt)) = (report.pinned && report.frames > 0, elapsed) {
+            let per_sec = report.frames as f64 / dt.as_secs_f64().max(1e-3);
+            let left = limit.saturating_sub(self.wal_frames) as f64;
+            report.due_in = Some(Duration::from_secs_f64((left / per_sec).min(3600.0)));
+        }
         report.pending = self.outbox.len();
         report.tail = std::mem::take(&mut self.tail_pending);
         res.map(|_| report)
