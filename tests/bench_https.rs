@@ -161,9 +161,12 @@ fn bench_https() {
             conns
         );
     };
-    let meta: walsync::layout::Meta = [("sha256".to_string(), "ab".repeat(32))]
-        .into_iter()
-        .collect();
+    // The body's real SHA-256: PUTs sign it as the payload hash and the server checks it.
+    let sha = {
+        use sha2::{Digest, Sha256};
+        walsync::digest::hex(Sha256::new_with_prefix(&body))
+    };
+    let meta: walsync::layout::Meta = [("sha256".to_string(), sha)].into_iter().collect();
     for (label, endpoint) in [
         (
             "HTTPS via nginx -> Garage",

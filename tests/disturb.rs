@@ -104,6 +104,17 @@ fn sustained_writer_keeps_the_wal_bounded() {
         }
         sleep(Duration::from_millis(1));
     }
+    // ~200 MB of segments for a 10 MB database: once a minute has passed since the first
+    // snapshot, a new one is due by bytes (README, snapshot policy).
+    let more = Instant::now();
+    while !d.log_text().contains("of segments since the last snapshot")
+        && more.elapsed() < Duration::from_secs(30)
+    {
+        if !deferred_commit(&c, "more") {
+            busy += 1;
+        }
+        sleep(Duration::from_millis(1));
+    }
     done.store(true, Ordering::Relaxed);
     let wal_max = sampler.join().unwrap();
     let want = content_hash(&db);
@@ -117,6 +128,7 @@ fn sustained_writer_keeps_the_wal_bounded() {
         "the WAL reached {wal_max} bytes (bound {WAL_BOUND})"
     );
     assert_eq!(log.matches("starting generation").count(), 1, "{log}");
+    assert!(log.contains("of segments since the last snapshot"), "{log}");
     let out = t.join("latest.db");
     restore_ok(&replica, "app", &out, None);
     assert_eq!(content_hash(&out), want);
@@ -167,7 +179,12 @@ fn nonstop_writer_lets_the_wal_restart() {
     let log = std::fs::read_to_string(t.join("log")).unwrap();
     eprintln!("{ok} commits, {busy} busy");
     assert_eq!(busy, 0, "the application got SQLITE_BUSY");
-    assert!(log.contains("commits without pause: let go"), "{log}");
+    // The WAL restarted under the writer: by a let-go, or (a slower writer, a loaded
+    // machine) by a pin that found a moment to move onto read-mark 0.
+    assert!(
+        log.contains("commits without pause: let go") || log.contains("WAL free to restart"),
+        "{log}"
+    );
     let out = t.join("latest.db");
     restore_ok(&replica, "app", &out, None);
     integrity_ok(&out);

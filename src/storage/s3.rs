@@ -157,7 +157,7 @@ fn classify(status: u16, body: &str, bucket: &str, endpoint: &str) -> (StorageKi
                 endpoint
             ),
         ),
-        (301 | 307 | 400, _) if region.is_some() => (
+        (301 | 307, _) | (400, "AuthorizationHeaderMalformed") if region.is_some() => (
             StorageKind::Permanent,
             format!(
                 "bucket {} is in region {} ({} answered HTTP {status} {code}); set AWS_REGION={} (or region in [storage])",
@@ -623,6 +623,14 @@ mod tests {
         assert_eq!(m, "HTTP 503 SlowDown: Please reduce your request rate.");
         let (_, m) = classify(400, "", "b", "e");
         assert_eq!(m, "HTTP 400");
+        // Servers name the bucket's region on every answer: only a redirect means "wrong".
+        let (_, m) = classify(
+            400,
+            "<Error><Code>InvalidDigest</Code><Message>bad digest</Message></Error><Region>us-east-1</Region>",
+            "b",
+            "e",
+        );
+        assert_eq!(m, "HTTP 400 InvalidDigest: bad digest");
     }
 
     #[test]

@@ -191,6 +191,7 @@ impl Shipper {
         });
         self.changed_since_snapshot = false;
         self.last_snapshot_at = Some(Instant::now());
+        self.bytes_since_snapshot = 0;
         Ok(())
     }
 

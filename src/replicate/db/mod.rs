@@ -137,6 +137,11 @@ struct LetGo {
     seen: Instant,
 }
 
+/// A snapshot is due once the segments since the last one hold as many bytes as the database
+/// (but at least this many), at most once per `SNAPSHOT_BY_BYTES_EVERY`.
+const SNAPSHOT_BY_BYTES_MIN: u64 = 1 << 20;
+const SNAPSHOT_BY_BYTES_EVERY: Duration = Duration::from_secs(60);
+
 /// After a let-go, how long without a commit before walsync pins again (the application's
 /// own checkpoint, which must run before its WAL can restart, commits nothing).
 const LET_GO_QUIET: Duration = Duration::from_millis(200);
@@ -201,6 +206,9 @@ pub struct Shipper {
     seen_change: u32,
     /// When the last step ended (the WAL's growth rate, see `step`).
     last_step: Option<Instant>,
+    /// WAL bytes captured since the last snapshot (see `snapshot_by_bytes`).
+    bytes_since_snapshot: u64,
+    started: Instant,
 }
 
 fn db_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
@@ -263,6 +271,8 @@ impl Shipper {
             nonstop: false,
             seen_change: 0,
             last_step: None,
+            bytes_since_snapshot: 0,
+            started: Instant::now(),
         }
     }
 
@@ -395,6 +405,7 @@ impl Shipper {
             return Ok((0, from));
         };
         self.wal_frames = c.end.frame.max(self.wal_frames);
+        self.bytes_since_snapshot += c.frames as u64 * hdr.frame_len();
         let ts = self.next_ts();
         let key = layout::segment_key(&self.ns, gen, ts);
         self.update_map(&chain.last_sha, &file, c.start, hdr.page_size, &c.sha);
@@ -595,6 +606,21 @@ impl Shipper {
         Ok(None)
     }
 
+    /// Snapshot policy besides the interval: once the segments since the last snapshot hold
+    /// as many bytes as the database itself, a restore would read more from them than from a
+    /// new snapshot, so one is due (at most once per `SNAPSHOT_BY_BYTES_EVERY`, so that a
+    /// database written without pause does not spend its time copying itself).
+    fn snapshot_by_bytes(&self) -> bool {
+        let Some(pin) = &self.pin else {
+            return false;
+        };
+        let db_len = pin.db.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+        // After a start, the newest snapshot may be recent: count from the start.
+        let since = self.last_snapshot_at.unwrap_or(self.started);
+        self.bytes_since_snapshot >= db_len.max(SNAPSHOT_BY_BYTES_MIN)
+            && since.elapsed() >= SNAPSHOT_BY_BYTES_EVERY
+    }
+
     /// After a let-go (see `checkpoint::let_go`): stay unpinned while the application keeps
     /// writing into the same WAL cycle, so that nothing of ours holds back its restart; a pin
     /// would take a read mark and block it. Pin again once the WAL restarted, or stopped
@@ -700,6 +726,15 @@ impl Shipper {
         } else if let Some(why) = self.capture_pinned(report)? {
             report.snapshot |= self.recover(&why, report)?;
         }
+        let by_bytes = !want_snapshot && self.changed_since_snapshot && self.snapshot_by_bytes();
+        if by_bytes {
+            info!(
+                "db={} {} of segments since the last snapshot, more than the database: taking a new one",
+                self.path.display(),
+                mb(self.bytes_since_snapshot)
+            );
+        }
+        let want_snapshot = want_snapshot || by_bytes;
         if want_snapshot && self.changed_since_snapshot && !report.snapshot {
             self.periodic_snapshot(report)?;
             report.snapshot = true;
