@@ -187,16 +187,24 @@ fn stop(mut child: Child) {
 fn bench_disturb() {
     let mb = env_u64("BENCH_DISTURB_MB", 64);
     let secs = env_u64("BENCH_DISTURB_SECS", 20);
-    let have_litestream = Command::new("litestream").arg("version").output().is_ok();
+    let have_litestream = std::env::var("BENCH_NO_LITESTREAM").is_err()
+        && Command::new("litestream").arg("version").output().is_ok();
     println!("{mb} MB database, {secs} s per workload");
     println!("| tool | workload | commits/s | commit p50 / p99 / max | largest WAL / at end | SQLITE_BUSY | own TRUNCATE | tool's work |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    let loads = [
+    let all = [
         Load::Nonstop,
         Load::Pause(1),
         Load::Pause(10),
         Load::SelfCheckpoint,
     ];
+    // BENCH_DISTURB_LOADS=2,3 runs only those rows (0 nonstop, 1 and 2 the pauses, 3 the
+    // application's own checkpoints).
+    let pick = std::env::var("BENCH_DISTURB_LOADS").unwrap_or_else(|_| "0,1,2,3".into());
+    let loads: Vec<Load> = pick
+        .split(',')
+        .filter_map(|i| all.get(i.trim().parse::<usize>().ok()?).copied())
+        .collect();
     for (i, load) in loads.iter().enumerate() {
         let t = TestDir::new(&format!("disturb-{i}"));
         // No tool.
