@@ -11,6 +11,7 @@ use walsync::config::{self, Config};
 use walsync::error::{Error, Result};
 use walsync::layout;
 use walsync::prune;
+use walsync::replicate::catalog;
 use walsync::replicate::daemon::{self, Catalog, DaemonConfig, DbSpec};
 use walsync::replicate::db::{DbOptions, Shipper};
 use walsync::restore;
@@ -111,67 +112,6 @@ fn replica(a: &Args) -> Result<(Arc<dyn Storage>, String, Option<Config>)> {
     }
 }
 
-/// The databases of a config file, re-read on SIGHUP, rescanned when a `dir` changes.
-struct ConfigCatalog {
-    cfg: Config,
-}
-
-fn specs_of(cfg: &Config) -> Result<Vec<DbSpec>> {
-    Ok(cfg
-        .all_databases()?
-        .into_iter()
-        .map(|d| DbSpec {
-            path: d.path,
-            ns: d.ns,
-            opts: DbOptions {
-                sync_interval: d.sync_interval,
-                snapshot_interval: d.snapshot_interval,
-                retention: d.retention,
-                ..Default::default()
-            },
-        })
-        .collect())
-}
-
-impl Catalog for ConfigCatalog {
-    fn scan(&mut self, reload: bool) -> Result<Vec<DbSpec>> {
-        if reload {
-            let new = config::load(&self.cfg.file)?;
-            if new.bucket != self.cfg.bucket || new.endpoint != self.cfg.endpoint {
-                log::warn!(
-                    "reload: [storage] changed in {}; it takes effect at the next start",
-                    self.cfg.file.display()
-                );
-            }
-            self.cfg = new;
-        }
-        specs_of(&self.cfg)
-    }
-    fn dirs(&self) -> Vec<PathBuf> {
-        self.cfg.dirs.iter().map(|d| d.dir.clone()).collect()
-    }
-}
-
-/// The databases named on the command line: a fixed set.
-struct FixedCatalog(Vec<(PathBuf, String, DbOptions)>);
-
-impl Catalog for FixedCatalog {
-    fn scan(&mut self, _reload: bool) -> Result<Vec<DbSpec>> {
-        Ok(self
-            .0
-            .iter()
-            .map(|(p, ns, o)| DbSpec {
-                path: p.clone(),
-                ns: ns.clone(),
-                opts: o.clone(),
-            })
-            .collect())
-    }
-    fn dirs(&self) -> Vec<PathBuf> {
-        Vec::new()
-    }
-}
-
 /// Shippers for the databases named on the command line (names made unique as SPEC section 1
 /// says) or listed in the config file, and the catalog that keeps that list current.
 fn shippers(
@@ -181,11 +121,9 @@ fn shippers(
     cfg: Option<&Config>,
     claim: bool,
 ) -> Result<(Vec<Shipper>, Box<dyn Catalog>)> {
-    let mut entries: Vec<(PathBuf, String, DbOptions)> = Vec::new();
+    let mut entries: Vec<DbSpec> = Vec::new();
     if let Some(cfg) = cfg {
-        for d in specs_of(cfg)? {
-            entries.push((d.path, d.ns, d.opts));
-        }
+        entries = catalog::specs_of(cfg)?;
     } else {
         let mut paths: Vec<PathBuf> = Vec::new();
         for p in &a.positional {
@@ -207,13 +145,17 @@ fn shippers(
             retention: a.retention,
             ..Default::default()
         };
-        for (p, n) in paths.into_iter().zip(names) {
-            entries.push((p, layout::join(prefix, &n), opts.clone()));
+        for (path, n) in paths.into_iter().zip(names) {
+            entries.push(DbSpec {
+                path,
+                ns: layout::join(prefix, &n),
+                opts: opts.clone(),
+            });
         }
     }
     let mut out = Vec::new();
-    for (p, ns, opts) in &entries {
-        let mut s = Shipper::new(p, ns.clone(), Arc::clone(storage), opts.clone());
+    for d in &entries {
+        let mut s = Shipper::new(&d.path, d.ns.clone(), Arc::clone(storage), d.opts.clone());
         if claim {
             // The daemon gives a database caught changing its page size (out of WAL mode
             // for a moment) a few seconds; a one-shot run does not wait.
@@ -225,8 +167,8 @@ fn shippers(
         out.push(s);
     }
     let catalog: Box<dyn Catalog> = match cfg {
-        Some(c) => Box::new(ConfigCatalog { cfg: c.clone() }),
-        None => Box::new(FixedCatalog(entries)),
+        Some(c) => Box::new(catalog::ConfigCatalog { cfg: c.clone() }),
+        None => Box::new(catalog::FixedCatalog(entries)),
     };
     Ok((out, catalog))
 }

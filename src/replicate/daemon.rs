@@ -48,6 +48,7 @@ pub struct DaemonConfig {
 }
 
 /// One database the daemon should replicate.
+#[derive(Clone)]
 pub struct DbSpec {
     pub path: PathBuf,
     pub ns: String,

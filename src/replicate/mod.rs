@@ -1,8 +1,9 @@
 //! Replication: the per-database state machine (`db`), its outbox of objects waiting for
-//! upload (`upload`), and the daemon that drives many of them (`daemon`).
+//! upload (`upload`), and the daemon that drives many of them (`daemon`) from a `catalog`.
 
 pub mod bridge;
 pub mod capture;
+pub mod catalog;
 pub mod continuity;
 pub mod daemon;
 pub mod db;
