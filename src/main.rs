@@ -14,6 +14,7 @@ use walsync::prune;
 use walsync::replicate::catalog;
 use walsync::replicate::daemon::{self, Catalog, DaemonConfig, DbSpec};
 use walsync::replicate::db::{DbOptions, Shipper};
+use walsync::replicate::request;
 use walsync::restore;
 use walsync::storage::{self, Storage};
 use walsync::time;
@@ -181,73 +182,6 @@ fn snapshot_here(s: &mut Shipper) -> Result<()> {
     s.step(true, true, true).map(|_| ())
 }
 
-/// Ask the walsync daemon `pid` that owns the database for a snapshot and wait for its
-/// answer. Ok(false): the daemon went away before answering (the caller takes the snapshot).
-fn delegate_snapshot(s: &Shipper, pid: u32) -> Result<bool> {
-    use walsync::replicate::daemon::{DONE_PREFIX, REQUEST_PREFIX};
-    let me = std::process::id();
-    let spool = s.spool_dir();
-    let req = spool.join(format!("{REQUEST_PREFIX}{me}"));
-    let done = spool.join(format!("{DONE_PREFIX}{me}"));
-    let _ = std::fs::remove_file(&done);
-    let tmp = spool.join(format!(".{REQUEST_PREFIX}{me}"));
-    std::fs::write(&tmp, format!("{}\n", s.target()))
-        .and_then(|_| std::fs::rename(&tmp, &req))
-        .map_err(|e| Error::io("write", &req, e))?;
-    log::info!(
-        "db={} is replicated by walsync pid {pid}; asking it for the snapshot",
-        s.path.display()
-    );
-    let cleanup = || {
-        let _ = std::fs::remove_file(&req);
-        let _ = std::fs::remove_file(&done);
-    };
-    // SAFETY: kill(2) with a pid and a signal number has no memory-safety preconditions.
-    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) } != 0 {
-        cleanup();
-        return Ok(false);
-    }
-    let t0 = std::time::Instant::now();
-    let mut signalled = t0;
-    loop {
-        // The daemon may have missed the signal (it was still starting): say it again now
-        // and then; requests already taken are not taken twice.
-        if signalled.elapsed() > Duration::from_secs(10) {
-            signalled = std::time::Instant::now();
-            // SAFETY: as above.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) };
-        }
-        if let Ok(answer) = std::fs::read_to_string(&done) {
-            cleanup();
-            let answer = answer.trim();
-            return match answer.strip_prefix("error: ") {
-                None if answer == "ok" => Ok(true),
-                Some(msg) => Err(Error::other(format!("walsync pid {pid}: {msg}"))),
-                None => Err(Error::other(format!(
-                    "walsync pid {pid} answered {answer:?}"
-                ))),
-            };
-        }
-        if s.live_owner() != Some(pid) {
-            cleanup();
-            log::info!(
-                "db={} walsync pid {pid} is gone; taking the snapshot here",
-                s.path.display()
-            );
-            return Ok(false);
-        }
-        if t0.elapsed() > Duration::from_secs(3600) {
-            cleanup();
-            return Err(Error::other(format!(
-                "walsync pid {pid} took no snapshot of {} within an hour",
-                s.path.display()
-            ))
-            .with_hint("see that daemon's log"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn print_restored(what: &str, out: &Path, r: &restore::Restored) {
     println!(
         "restored {what} to {}: {} + {} segment(s), {} frame(s); state as of {}",
@@ -325,7 +259,7 @@ fn run(a: Args) -> Result<()> {
                 // A running `walsync watch` owns the database: it takes the snapshot in its
                 // own chain, so the two never write competing generations.
                 let res = match s.live_owner() {
-                    Some(pid) => match delegate_snapshot(&s, pid) {
+                    Some(pid) => match request::delegate_snapshot(&s, pid) {
                         Ok(true) => Ok(()),
                         Ok(false) => snapshot_here(&mut s),
                         Err(e) => Err(e),

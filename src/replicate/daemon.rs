@@ -32,6 +32,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use log::{debug, error, info, warn};
 
 use super::db::{DbOptions, Shipper, StepReport, IDLE_RELEASE};
+use super::request::{answer_requests, read_requests};
 use super::upload::Outbox;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -153,56 +154,6 @@ struct Slot {
     /// the one in flight.
     requests: Vec<u32>,
     requests_in_flight: Vec<u32>,
-}
-
-/// `walsync snapshot` run while this daemon owns the database: it writes
-/// `snapshot-request.<pid>` into the spool directory and sends SIGUSR1; the daemon takes a
-/// snapshot in its own chain and answers in `snapshot-done.<pid>` ("ok" or the error).
-pub const REQUEST_PREFIX: &str = "snapshot-request.";
-pub const DONE_PREFIX: &str = "snapshot-done.";
-
-/// Collect the pending requests; one naming another replica than ours is answered with an
-/// error at once.
-fn read_requests(spool: &std::path::Path, target: &str, into: &mut Vec<u32>) {
-    let Ok(rd) = std::fs::read_dir(spool) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name();
-        if let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(REQUEST_PREFIX))
-            .and_then(|p| p.parse().ok())
-        {
-            let wanted = std::fs::read_to_string(e.path()).unwrap_or_default();
-            if wanted.trim() != target {
-                let msg = format!(
-                    "error: this database is replicated to {target}, not to {}\n",
-                    wanted.trim()
-                );
-                answer_requests(spool, &[pid], &msg);
-            } else if !into.contains(&pid) {
-                into.push(pid);
-            }
-        }
-    }
-}
-
-fn answer_requests(spool: &std::path::Path, pids: &[u32], answer: &str) {
-    for pid in pids {
-        let tmp = spool.join(format!(".{DONE_PREFIX}{pid}"));
-        let done = spool.join(format!("{DONE_PREFIX}{pid}"));
-        if std::fs::write(&tmp, answer)
-            .and_then(|_| std::fs::rename(&tmp, &done))
-            .is_err()
-        {
-            warn!(
-                "cannot answer the snapshot request of pid {pid} in {}",
-                spool.display()
-            );
-        }
-        let _ = std::fs::remove_file(spool.join(format!("{REQUEST_PREFIX}{pid}")));
-    }
 }
 
 impl Slot {

@@ -8,4 +8,5 @@ pub mod continuity;
 pub mod daemon;
 pub mod db;
 pub mod pagemap;
+pub mod request;
 pub mod upload;
