@@ -81,7 +81,9 @@ pub fn checkpointer_busy(f: &File) -> bool {
         // SAFETY: a valid descriptor and a pointer to a `flock`, as F_GETLK documents; it
         // only reports, it takes no lock.
         let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) };
-        rc == 0 && i32::from(fl.l_type) != libc::F_UNLCK
+        // F_UNLCK is a c_int on Linux and a c_short on the BSDs; l_type a c_short on both.
+        let unlocked = libc::F_UNLCK as libc::c_short;
+        rc == 0 && fl.l_type != unlocked
     };
     held(WRITE_LOCK) && held(CKPT_LOCK)
 }
