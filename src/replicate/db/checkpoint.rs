@@ -161,9 +161,12 @@ impl Shipper {
             return self.step(false, false, false);
         }
         if !shm::checkpointer_busy(&pin.shm) {
+            // Nothing done: the last step's schedule stands.
             return Ok(StepReport {
                 pinned: true,
                 pending: self.outbox.len(),
+                hurry: self.last_schedule.0,
+                due_in: self.last_schedule.1,
                 ..StepReport::default()
             });
         }

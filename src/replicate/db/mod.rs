@@ -209,6 +209,8 @@ pub struct Shipper {
     /// WAL bytes captured since the last snapshot (see `snapshot_by_bytes`).
     bytes_since_snapshot: u64,
     started: Instant,
+    /// The last step's `hurry` and `due_in`, which a probe that does nothing keeps.
+    last_schedule: (bool, Option<Duration>),
 }
 
 fn db_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
@@ -273,6 +275,7 @@ impl Shipper {
             last_step: None,
             bytes_since_snapshot: 0,
             started: Instant::now(),
+            last_schedule: (false, None),
         }
     }
 
@@ -696,6 +699,7 @@ impl Shipper {
         }
         report.pending = self.outbox.len();
         report.tail = std::mem::take(&mut self.tail_pending);
+        self.last_schedule = (report.hurry, report.due_in);
         res.map(|_| report)
     }
 
