@@ -15,7 +15,7 @@
 //! application got, the application's TRUNCATE checkpoints (done, longest), and for walsync
 //! the snapshots and database-file proofs it logged after its first snapshot.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -73,14 +73,6 @@ fn make_db(path: &Path, mb: u64) {
     )
     .unwrap();
     c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
-}
-
-fn wal_len(db: &Path) -> u64 {
-    let mut w = db.as_os_str().to_owned();
-    w.push("-wal");
-    std::fs::metadata(PathBuf::from(w))
-        .map(|m| m.len())
-        .unwrap_or(0)
 }
 
 /// Run the workload on an open application connection; `stop` ends it.

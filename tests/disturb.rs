@@ -3,7 +3,7 @@
 //! checkpoints (TRUNCATE) go through while walsync is pinned and continue the chain, with no
 //! new snapshot and no proof from the database file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::sleep;
@@ -12,14 +12,6 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use crate::harness::*;
-
-fn wal_len(db: &Path) -> u64 {
-    let mut w = db.as_os_str().to_owned();
-    w.push("-wal");
-    std::fs::metadata(PathBuf::from(w))
-        .map(|m| m.len())
-        .unwrap_or(0)
-}
 
 /// Sample the `-wal` size every 2 ms until `done`; returns the largest seen.
 fn sample_wal(db: &Path, done: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
@@ -162,15 +154,8 @@ fn nonstop_writer_lets_the_wal_restart() {
         if began.elapsed() > Duration::from_secs(3 * (states.len() as u64 + 1)) {
             // A point in time restores the objects shipped by then: wait for this state to
             // be shipped before taking its time.
-            let want = content_hash(&db);
-            let scratch = t.join("scratch.db");
-            wait_until("this state shipped", Duration::from_secs(60), || {
-                let _ = std::fs::remove_file(&scratch);
-                restore(&replica, "app", &scratch, None).status.success()
-                    && content_hash(&scratch) == want
-            });
-            states.push((want, walsync::time::iso(walsync::time::now_ms())));
-            sleep(Duration::from_millis(3));
+            let (want, at) = wait_shipped(&replica, "app", &db, &t.join("scratch.db"));
+            states.push((want, walsync::time::iso(at)));
         }
     }
     let want = content_hash(&db);
@@ -211,12 +196,8 @@ fn app_truncate_continues_the_chain(backend: Backend) {
     // The first write after start (walsync idle since its snapshot) is proven from the
     // database file unless its facts are older than 2 s; the TRUNCATEs come after it.
     assert!(deferred_commit(&c, "first"));
-    let want = content_hash(&db);
     let scratch = t.join("scratch.db");
-    wait_until("the first commit shipped", Duration::from_secs(30), || {
-        let _ = std::fs::remove_file(&scratch);
-        restore(&replica, "app", &scratch, None).status.success() && content_hash(&scratch) == want
-    });
+    wait_shipped(&replica, "app", &db, &scratch);
     let from = d.log_text().len();
     let mut done = 0;
     for round in 0..6 {
@@ -234,11 +215,7 @@ fn app_truncate_continues_the_chain(backend: Backend) {
         done += 1;
     }
     assert!(deferred_commit(&c, "last"));
-    let want = content_hash(&db);
-    wait_until("the last commit shipped", Duration::from_secs(30), || {
-        let _ = std::fs::remove_file(&scratch);
-        restore(&replica, "app", &scratch, None).status.success() && content_hash(&scratch) == want
-    });
+    let (want, _) = wait_shipped(&replica, "app", &db, &scratch);
     drop(c);
     d.stop();
     let full = std::fs::read_to_string(t.join("log")).unwrap();

@@ -428,3 +428,28 @@ pub fn vm_hwm_kb(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// Wait until the replica restores `name` to the source's current state; return that state
+/// and the time (ms since the epoch) it was reached: a point in time that must restore to it.
+pub fn wait_shipped(replica: &Replica, name: &str, src: &Path, scratch: &Path) -> (String, u64) {
+    let want = content_hash(src);
+    wait_until(
+        "the source's state restorable",
+        Duration::from_secs(60),
+        || {
+            let _ = fs::remove_file(scratch);
+            restore(replica, name, scratch, None).status.success() && content_hash(scratch) == want
+        },
+    );
+    let at = walsync::time::now_ms();
+    // The next commit's segment gets a later timestamp.
+    std::thread::sleep(Duration::from_millis(3));
+    (want, at)
+}
+
+/// The size of a database's `-wal` (0 when there is none).
+pub fn wal_len(db: &Path) -> u64 {
+    let mut w = db.as_os_str().to_owned();
+    w.push("-wal");
+    fs::metadata(PathBuf::from(w)).map(|m| m.len()).unwrap_or(0)
+}

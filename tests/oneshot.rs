@@ -56,21 +56,10 @@ fn assert_restores_all(replica: &Replica, t: &TestDir, db: &Path, states: &[(Str
     }
 }
 
-/// Wait until the replica restores to the source's current state; return that state and the
-/// time it was reached (a point in time that must restore to it).
+/// `wait_shipped`, with the time as ISO 8601.
 fn shipped(replica: &Replica, name: &str, src: &Path, scratch: &Path) -> (String, String) {
-    let want = content_hash(src);
-    wait_until(
-        "the source's state restorable",
-        Duration::from_secs(30),
-        || {
-            let _ = std::fs::remove_file(scratch);
-            restore(replica, name, scratch, None).status.success() && content_hash(scratch) == want
-        },
-    );
-    let at = walsync::time::iso(walsync::time::now_ms());
-    sleep(Duration::from_millis(3));
-    (want, at)
+    let (want, at) = wait_shipped(replica, name, src, scratch);
+    (want, walsync::time::iso(at))
 }
 
 /// Wait until walsync's last word is that it let the database go.

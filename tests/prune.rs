@@ -21,18 +21,6 @@ fn make(db: &Path) {
         .unwrap();
 }
 
-/// Wait until the replica restores `name` to the source's state; return it and the time.
-fn shipped(replica: &Replica, name: &str, src: &Path, scratch: &Path) -> (String, u64) {
-    let want = content_hash(src);
-    wait_until("the state shipped", Duration::from_secs(30), || {
-        let _ = std::fs::remove_file(scratch);
-        restore(replica, name, scratch, None).status.success() && content_hash(scratch) == want
-    });
-    let at = walsync::time::now_ms();
-    sleep(Duration::from_millis(3));
-    (want, at)
-}
-
 fn all_keys(replica: &Replica, name: &str) -> Vec<String> {
     let mut k = replica.objects(name, "snapshots");
     k.extend(replica.objects(name, "wal"));
@@ -58,7 +46,7 @@ fn prune_window(backend: Backend) {
     let mut states = Vec::new();
     for i in 0..8 {
         write(&db, &format!("row {i}"));
-        states.push(shipped(&replica, "app", &db, &scratch));
+        states.push(wait_shipped(&replica, "app", &db, &scratch));
         sleep(Duration::from_millis(700));
     }
     d.stop();
@@ -186,7 +174,7 @@ fn daemon_applies_retention() {
     let mut last = None;
     for i in 0..8 {
         write(&db, &format!("row {i}"));
-        last = Some(shipped(&replica, "app", &db, &scratch));
+        last = Some(wait_shipped(&replica, "app", &db, &scratch));
         sleep(Duration::from_millis(600));
     }
     d.wait_log("retention 2s: deleted", Duration::from_secs(20));
