@@ -598,25 +598,27 @@ pub fn run(
                 steps_full = true; // left due; dispatched when a step reports back
                 continue;
             }
+            let probe =
+                due_wake && !due_dirty && !snapshot && !forced && !final_step && s.failures == 0;
             let job = Job::Step {
                 idx: i,
                 shipper: Arc::clone(&slot.shipper),
                 snapshot,
                 forced,
                 release: final_step,
-                probe: due_wake
-                    && !due_dirty
-                    && !snapshot
-                    && !forced
-                    && !final_step
-                    && s.failures == 0,
+                probe,
             };
             if step_tx.try_send(job).is_ok() {
                 steps += 1;
                 slot.requests_in_flight = std::mem::take(&mut slot.requests);
                 s.in_flight = true;
                 s.step_uploads = final_step || forced;
-                s.dirty_since = None;
+                // A probe captures nothing: the changes seen so far still wait for their step
+                // (clearing them here starved a database whose batch outlasts the probe
+                // interval of every step until its idle release).
+                if !probe {
+                    s.dirty_since = None;
+                }
                 s.wake_at = None;
             } else {
                 // Left due; retried when a worker reports back.
