@@ -5,7 +5,8 @@
 //! ```
 //!
 //! N databases (`BENCH_LAG_DBS`, default `100,300`), each committing once a second for
-//! `BENCH_LAG_SECS` (default 60), then a 15 s drain, with every request to the real S3 server
+//! `BENCH_LAG_SECS` (default 60; `BENCH_LAG_RATE` commits a second each, default 1), then a
+//! 15 s drain, with every request to the real S3 server
 //! (Garage) held `BENCH_RTTS` milliseconds (default `30,80`) by the proxy in front of it.
 //! walsync's lag is measured per commit, from the commit to the completion of the upload of
 //! the object holding it (its debug log: `captured` and `uploaded` lines, following merges);
@@ -53,6 +54,8 @@ struct Run {
     cpu_ticks: u64,
     hwm_kb: u64,
     puts: u64,
+    /// PUT and POST body bytes through the proxy.
+    bytes_up: u64,
 }
 
 /// Make the databases, run `start` (the tool, through `proxy`), wait until `ready`, write,
@@ -82,10 +85,12 @@ fn drive(
     let t0_ticks = ticks(pid);
     let mut commits = vec![Vec::new(); n];
     let t0 = Instant::now();
-    let gap = Duration::from_secs(1) / n as u32;
-    for s in 0..secs {
+    let rate = env_list("BENCH_LAG_RATE", "1")[0].max(1);
+    let tick = Duration::from_secs(1) / rate as u32;
+    let gap = tick / n as u32;
+    for s in 0..secs * rate {
         for (i, c) in conns.iter().enumerate() {
-            let due = t0 + Duration::from_secs(s) + gap * i as u32;
+            let due = t0 + tick * s as u32 + gap * i as u32;
             if let Some(d) = due.checked_duration_since(Instant::now()) {
                 sleep(d);
             }
@@ -102,6 +107,7 @@ fn drive(
     sleep(Duration::from_secs(15));
     let drain_end = walsync::time::now_ms();
     let puts = proxy.counts().get("PUT").copied().unwrap_or(0);
+    let bytes_up = proxy.bytes_up();
     let run = Run {
         dbs,
         commits,
@@ -109,6 +115,7 @@ fn drive(
         cpu_ticks: ticks(pid) - t0_ticks,
         hwm_kb: vm_hwm_kb(pid),
         puts,
+        bytes_up,
     };
     drop(conns);
     (run, child)
@@ -295,7 +302,7 @@ fn bench_lag() {
             };
             let (run, mut child) = drive(&t, n, secs, &proxy, &start, &ready);
             let text = std::fs::read_to_string(&log).unwrap();
-            let (lags, unlogged, bytes) = walsync_lags(&text, &run);
+            let (lags, unlogged, _) = walsync_lags(&text, &run);
             // Killed, not stopped: what a restore finds now is what was shipped in time.
             let _ = child.kill();
             let _ = child.wait();
@@ -318,7 +325,7 @@ fn bench_lag() {
                 pct(&lags, 0.95),
                 pct(&lags, 1.0),
                 run.puts,
-                bytes as f64 / 1e6,
+                run.bytes_up as f64 / 1e6,
                 run.cpu_ticks,
                 run.hwm_kb as f64 / 1024.0
             );
@@ -361,8 +368,9 @@ fn bench_lag() {
                     .is_ok_and(|o| o.status.success())
             });
             println!(
-                "| Litestream 0.5 | {rtt} ms | {n} | (no per-commit log) | {missing} of {total} ({k} databases) | {} | - | {} | {:.1} MB |",
+                "| Litestream 0.5 | {rtt} ms | {n} | (no per-commit log) | {missing} of {total} ({k} databases) | {} | {:.1} MB | {} | {:.1} MB |",
                 run.puts,
+                run.bytes_up as f64 / 1e6,
                 run.cpu_ticks,
                 run.hwm_kb as f64 / 1024.0
             );

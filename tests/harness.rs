@@ -453,3 +453,40 @@ pub fn wal_len(db: &Path) -> u64 {
     w.push("-wal");
     fs::metadata(PathBuf::from(w)).map(|m| m.len()).unwrap_or(0)
 }
+
+/// The README's manual recovery with the `sqlite3` CLI alone: copy the latest snapshot to
+/// `out`, then for each later segment in key order save it as `<out>-wal` and run
+/// `PRAGMA wal_checkpoint(TRUNCATE)`; each must apply whole. Ends with an integrity check.
+pub fn manual_restore(replica: &Replica, name: &str, out: &Path) {
+    let stem = |k: &str| {
+        let file = k.rsplit('/').next().unwrap();
+        file.split('.').next().unwrap().to_string()
+    };
+    let sqlite3 = |sql: &str| {
+        let o = Command::new("sqlite3").arg(out).arg(sql).output().unwrap();
+        assert!(o.status.success(), "sqlite3 {sql}: {}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let snap = replica
+        .objects(name, "snapshots")
+        .pop()
+        .expect("a snapshot");
+    let _ = fs::remove_file(out);
+    replica.fetch(&snap, out);
+    let snap_ts = stem(&snap);
+    let mut wal = out.as_os_str().to_owned();
+    wal.push("-wal");
+    for s in replica.objects(name, "wal") {
+        let seg = stem(&s);
+        if seg.split('-').nth(1).unwrap() <= snap_ts.as_str() {
+            continue;
+        }
+        replica.fetch(&s, Path::new(&wal));
+        assert_eq!(
+            sqlite3("PRAGMA wal_checkpoint(TRUNCATE);"),
+            "0|0|0",
+            "segment {seg} applied"
+        );
+    }
+    assert_eq!(sqlite3("PRAGMA integrity_check;"), "ok");
+}

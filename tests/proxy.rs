@@ -34,6 +34,8 @@ struct Shared {
     counts: Mutex<BTreeMap<String, u64>>,
     open: Mutex<Vec<TcpStream>>,
     injected: AtomicU64,
+    /// Request body bytes of PUT and POST requests forwarded.
+    bytes_up: AtomicU64,
 }
 
 pub struct Proxy {
@@ -50,6 +52,7 @@ impl Proxy {
             counts: Mutex::new(BTreeMap::new()),
             open: Mutex::new(Vec::new()),
             injected: AtomicU64::new(0),
+            bytes_up: AtomicU64::new(0),
         });
         let sh = shared.clone();
         thread::spawn(move || {
@@ -102,6 +105,11 @@ impl Proxy {
     /// Requests or connections a fault was applied to.
     pub fn injected(&self) -> u64 {
         self.shared.injected.load(Ordering::SeqCst)
+    }
+
+    /// Body bytes of the PUT and POST requests forwarded so far.
+    pub fn bytes_up(&self) -> u64 {
+        self.shared.bytes_up.load(Ordering::SeqCst)
     }
 
     pub fn counts(&self) -> BTreeMap<String, u64> {
@@ -162,6 +170,9 @@ fn forward_requests(from: TcpStream, mut to: TcpStream, sh: &Shared) {
         } else {
             method
         };
+        if kind == "PUT" || kind == "POST" {
+            sh.bytes_up.fetch_add(len, Ordering::SeqCst);
+        }
         *sh.counts.lock().unwrap().entry(kind).or_default() += 1;
         let fault = *sh.fault.lock().unwrap();
         match fault {

@@ -316,52 +316,9 @@ fn manual_recovery_with_sqlite3_cli(backend: Backend) {
     }
     drop(c);
     d.stop();
-    let snaps = replica.objects("app", "snapshots");
-    let segs = replica.objects("app", "wal");
-    assert!(segs.len() > 3);
-    // The procedure: copy the latest snapshot, then for each later segment in key order save it
-    // as <db>-wal and run PRAGMA wal_checkpoint(TRUNCATE).
+    assert!(replica.objects("app", "wal").len() > 3);
     let manual = t.join("manual.db");
-    let stem = |k: &str| {
-        k.rsplit('/')
-            .next()
-            .unwrap()
-            .split('.')
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let snap = snaps.last().unwrap();
-    replica.fetch(snap, &manual);
-    let snap_ts = stem(snap);
-    for s in &segs {
-        let name = stem(s);
-        if name.split('-').nth(1).unwrap() <= snap_ts.as_str() {
-            continue;
-        }
-        replica.fetch(s, &t.join("manual.db-wal"));
-        let o = std::process::Command::new("sqlite3")
-            .arg(&manual)
-            .arg("PRAGMA wal_checkpoint(TRUNCATE);")
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "sqlite3: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&o.stdout).trim(),
-            "0|0|0",
-            "segment {name} applied"
-        );
-    }
-    let o = std::process::Command::new("sqlite3")
-        .arg(&manual)
-        .arg("PRAGMA integrity_check;")
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "ok");
+    manual_restore(&replica, "app", &manual);
     restore_ok(&replica, "app", &t.join("restored.db"), None);
     assert_eq!(content_hash(&manual), content_hash(&t.join("restored.db")));
     assert_eq!(content_hash(&manual), content_hash(&db));

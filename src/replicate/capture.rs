@@ -5,18 +5,44 @@
 //! requests, not more, and a database's outbox stays a few objects long. The appended
 //! segment is still one valid standalone WAL: its frames' checksums continue the chain of the
 //! frames before them, and its SHA-256 is carried forward from the saved hash state.
+//!
+//! Fewer bytes per segment: after a capture, the frames after the segment's first commit are
+//! compacted in place to the newest version of each page, as one transaction ending on the
+//! last commit (see `compact`). A segment's boundaries are the points a restore can reach, so
+//! the commits inside it need not be replayable one by one; its first transaction is kept
+//! whole because the database size before it is not known here.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use log::debug;
 use sha2::Sha256;
 
 use crate::digest::{self, HashingWriter};
 use crate::error::{Error, Result};
+use crate::wal::header::{FrameHeader, FRAME_HEADER_LEN};
 use crate::wal::reader::{self, WalEnd};
 use crate::wal::segment::SegmentWriter;
 use crate::wal::{Checksum, WalHeader};
+
+/// A segment's state just after its first commit frame: where compaction starts.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub len: u64,
+    pub frames: u32,
+    pub cksum: Checksum,
+    pub hasher: Sha256,
+    /// Database size in pages after that commit.
+    pub db_pages: u32,
+}
+
+/// Compaction keeps a page-to-frame map of this many frames at most (~0.3 MB); a longer run
+/// of frames after the first commit (a bulk load, which rewrites few pages anyway) is shipped
+/// as captured.
+const COMPACT_MAX_FRAMES: usize = 16_384;
 
 /// What it takes to append to a pending segment: its place in the chain and its writer state.
 #[derive(Debug, Clone)]
@@ -31,6 +57,8 @@ pub struct Appendable {
     pub cksum: Checksum,
     /// SHA-256 state over the segment's bytes so far.
     pub hasher: Sha256,
+    /// The state after the segment's first commit.
+    pub head: Head,
 }
 
 impl Appendable {
@@ -43,7 +71,7 @@ impl Appendable {
 /// Where the frames go.
 pub enum Target<'a> {
     New(&'a Path),
-    Append(&'a Path, Appendable),
+    Append(&'a Path, Box<Appendable>),
 }
 
 pub struct Captured {
@@ -75,18 +103,25 @@ pub fn capture(
     let (path, file, base) = match &target {
         Target::New(p) => (
             p.to_path_buf(),
-            File::create(p).map_err(|e| Error::io("create spool file", p, e))?,
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(p)
+                .map_err(|e| Error::io("create spool file", p, e))?,
             None,
         ),
         Target::Append(p, a) => {
             let mut f = OpenOptions::new()
+                .read(true)
                 .write(true)
                 .open(p)
                 .map_err(|e| Error::io("open spool file", p, e))?;
             f.set_len(a.len)
                 .and_then(|_| f.seek(SeekFrom::Start(a.len)))
                 .map_err(|e| Error::io("write spool file", p, e))?;
-            (p.to_path_buf(), f, Some(a.clone()))
+            (p.to_path_buf(), f, Some(a.as_ref().clone()))
         }
     };
     let wio = |e| Error::io("write spool file", &path, e);
@@ -103,6 +138,7 @@ pub fn capture(
     let mut at_commit: Sha256 = out.hasher.clone();
     let mut at_commit_cksum = seg.cksum();
     let mut first = 0;
+    let mut head = base.as_ref().map(|a| a.head.clone());
     let walk = reader::walk(wal, wal_path, hdr, from, limit, |i, fh, page| {
         if first == 0 {
             first = i;
@@ -111,6 +147,15 @@ pub fn capture(
         if fh.is_commit() {
             at_commit = out.hasher.clone();
             at_commit_cksum = seg.cksum();
+            if head.is_none() {
+                head = Some(Head {
+                    len: seg.len,
+                    frames: seg.frames,
+                    cksum: at_commit_cksum,
+                    hasher: at_commit.clone(),
+                    db_pages: fh.commit,
+                });
+            }
         }
         Ok(())
     })?;
@@ -134,15 +179,22 @@ pub fn capture(
     }
     w.set_len(seg.committed_len).map_err(wio)?;
     w.flush().map_err(wio)?;
-    let appendable = Appendable {
+    let head = head.expect("a capture with a commit has a first commit");
+    let mut appendable = Appendable {
         gen,
         hdr: *hdr,
         end_frame: walk.end.frame,
         len: seg.committed_len,
         frames: seg.committed_frames,
         cksum: at_commit_cksum,
-        hasher: at_commit.clone(),
+        hasher: at_commit,
+        head,
     };
+    let mut start = start;
+    if compact(&w, &path, &mut appendable)? {
+        // The frames after the head were rewritten: the page map reads them again.
+        start = start.min(appendable.head.len);
+    }
     Ok((
         Some((
             path,
@@ -151,10 +203,88 @@ pub fn capture(
                 first,
                 end: walk.end,
                 start,
-                sha: digest::hex(at_commit),
+                sha: digest::hex(appendable.hasher.clone()),
                 appendable,
             },
         )),
         tail,
     ))
+}
+
+/// Compact the frames of segment file `f` after its first commit to the newest version of each
+/// page, in place, as one transaction ending on its last commit; `seg` is updated to the new
+/// length, frame count, checksum and hash. Returns whether anything was rewritten.
+///
+/// Replaying the result reaches the same database as replaying every commit, provided no
+/// commit shrinks the database (a shrink then a regrowth zero-fills pages the kept versions
+/// would hide), so a run with a shrinking commit is left as it is. Kept frames only move
+/// towards the start of the file, so a frame is always read before anything overwrites it.
+/// A crash halfway leaves a spool file that the next start removes (see `spool`).
+fn compact(f: &File, path: &Path, seg: &mut Appendable) -> Result<bool> {
+    let flen = seg.hdr.frame_len();
+    let head = &seg.head;
+    let n = ((seg.len - head.len) / flen) as usize;
+    if !(2..=COMPACT_MAX_FRAMES).contains(&n) {
+        return Ok(false);
+    }
+    let rio = |e| Error::io("read spool file", path, e);
+    let mut fh_buf = [0u8; FRAME_HEADER_LEN];
+    // Pass 1: the last frame of each page, and whether any commit shrinks the database.
+    let mut last: HashMap<u32, u32> = HashMap::with_capacity(n);
+    let mut size = head.db_pages;
+    for k in 0..n {
+        f.read_exact_at(&mut fh_buf, head.len + k as u64 * flen)
+            .map_err(rio)?;
+        let fh = FrameHeader::parse(&fh_buf);
+        if fh.is_commit() {
+            if fh.commit < size {
+                debug!(
+                    "{} not compacted: a commit shrinks the database from {size} to {} pages",
+                    path.display(),
+                    fh.commit
+                );
+                return Ok(false);
+            }
+            size = fh.commit;
+        }
+        last.insert(fh.pgno, k as u32);
+    }
+    if last.len() == n {
+        return Ok(false);
+    }
+    // Pass 2: rewrite the kept frames with the segment's checksum chain continued.
+    let mut w = SegmentWriter::resume(&seg.hdr, head.cksum, head.len, head.frames);
+    let mut hasher = head.hasher.clone();
+    let mut frame = vec![0u8; flen as usize];
+    let mut out = Vec::with_capacity(flen as usize);
+    for k in 0..n {
+        f.read_exact_at(&mut frame, head.len + k as u64 * flen)
+            .map_err(rio)?;
+        let mut fh = FrameHeader::parse(&frame[..FRAME_HEADER_LEN]);
+        if last.get(&fh.pgno) != Some(&(k as u32)) {
+            continue;
+        }
+        if k + 1 < n {
+            fh.commit = 0;
+        }
+        out.clear();
+        let at = w.len;
+        w.frame(&mut out, &fh, &frame[FRAME_HEADER_LEN..])
+            .map_err(|e| Error::io("write spool file", path, e))?;
+        f.write_all_at(&out, at)
+            .map_err(|e| Error::io("write spool file", path, e))?;
+        sha2::Digest::update(&mut hasher, &out);
+    }
+    f.set_len(w.len)
+        .map_err(|e| Error::io("write spool file", path, e))?;
+    debug!(
+        "{} compacted: {n} frames after the first commit to {}",
+        path.display(),
+        w.frames - head.frames
+    );
+    seg.len = w.len;
+    seg.frames = w.frames;
+    seg.cksum = w.cksum();
+    seg.hasher = hasher;
+    Ok(true)
 }

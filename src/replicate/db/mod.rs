@@ -371,9 +371,11 @@ impl Shipper {
         let target = match &tail {
             Some(p) => capture::Target::Append(
                 &p.file,
-                p.append
-                    .clone()
-                    .expect("take_appendable returns appendable segments"),
+                Box::new(
+                    p.append
+                        .clone()
+                        .expect("take_appendable returns appendable segments"),
+                ),
             ),
             None => capture::Target::New(&tmp),
         };
