@@ -1,0 +1,710 @@
+//! One database in the daemon (`Slot`) and its schedule (`Sched`): when its next step and
+//! upload are due, what kind of step, and what a finished job changes. The decisions are pure
+//! functions of the schedule and the clock (`Sched::plan`, `Sched::next_due`, `backoff`),
+//! unit-tested below; the daemon only applies them.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+
+use super::super::db::{Shipper, StepReport, IDLE_RELEASE};
+use super::super::request::answer_requests;
+use super::super::upload::Outbox;
+use super::pool::StepPlan;
+use super::DbSpec;
+use crate::error::{Error, Result};
+
+/// How long changes are batched while a database is hurried (its WAL near the checkpoint
+/// threshold, or just free to restart): a few commits per step, not one.
+const HURRY_BATCH: Duration = Duration::from_millis(5);
+/// How often a pinned database is probed for an application checkpoint waiting for its pin.
+const PIN_PROBE: Duration = Duration::from_millis(100);
+/// How soon a step looks again after finding a small transaction being written.
+const TAIL_RECHECK: Duration = Duration::from_millis(50);
+
+#[derive(Default, Debug, Clone)]
+pub(super) struct Sched {
+    pub dirty_since: Option<Instant>,
+    pub wake_at: Option<Instant>,
+    /// A step is running; `step_uploads`: one that uploads itself (final or asked-for).
+    pub in_flight: bool,
+    pub step_uploads: bool,
+    /// The last step left its pin where it holds back no WAL restart: the next change is
+    /// captured at once, not after the sync interval.
+    pub hurry: bool,
+    /// The WAL reaches the checkpoint threshold this soon (see `StepReport::due_in`).
+    pub due_in: Option<Duration>,
+    pub failures: u32,
+    pub last_error_log: Option<Instant>,
+    /// An upload job is running; failed ones back off until `up_wake_at`.
+    pub uploading: bool,
+    pub up_failures: u32,
+    pub up_wake_at: Option<Instant>,
+    pub up_last_error_log: Option<Instant>,
+    pub last_snapshot: Option<Instant>,
+    pub changed_since_snapshot: bool,
+    pub final_done: bool,
+}
+
+impl Sched {
+    /// How long changes are batched before a step: the sync interval, less when hurried or
+    /// when the WAL reaches the checkpoint threshold sooner.
+    pub fn batch_for(&self, sync: Duration) -> Duration {
+        if self.hurry {
+            HURRY_BATCH.min(sync)
+        } else if let Some(d) = self.due_in {
+            d.max(HURRY_BATCH).min(sync)
+        } else {
+            sync
+        }
+    }
+
+    /// The step due now, if any. `final_step`: shutting down or let go (ship everything);
+    /// `forced`: a `walsync snapshot` is waiting.
+    pub fn plan(
+        &self,
+        now: Instant,
+        sync: Duration,
+        snap: Duration,
+        final_step: bool,
+        forced: bool,
+    ) -> Option<StepPlan> {
+        if self.in_flight || self.final_done {
+            return None;
+        }
+        if (final_step || forced) && self.uploading {
+            return None; // such a step uploads itself: after the running upload job
+        }
+        // After a failure, new writes wait for the backoff too (no retry storm while S3 is
+        // down and the application keeps writing).
+        let held = !final_step && self.failures > 0 && self.wake_at.is_some_and(|t| t > now);
+        let batch = self.batch_for(sync);
+        let due_dirty = !held
+            && self
+                .dirty_since
+                .is_some_and(|t| final_step || t + batch <= now);
+        let due_wake = self.wake_at.is_some_and(|t| t <= now);
+        if !(due_dirty || due_wake || final_step || forced) {
+            return None;
+        }
+        let snapshot = forced
+            || (!final_step
+                && self.changed_since_snapshot
+                && self.last_snapshot.is_some_and(|t| t + snap <= now));
+        let probe =
+            due_wake && !due_dirty && !snapshot && !forced && !final_step && self.failures == 0;
+        Some(StepPlan {
+            snapshot,
+            forced,
+            release: final_step,
+            probe,
+        })
+    }
+
+    /// A step was handed to a worker.
+    pub fn dispatched(&mut self, plan: &StepPlan) {
+        self.in_flight = true;
+        self.step_uploads = plan.release || plan.forced;
+        // A probe captures nothing: the changes seen so far still wait for their step
+        // (clearing them here starved a database whose batch outlasts the probe interval of
+        // every step until its idle release).
+        if !plan.probe {
+            self.dirty_since = None;
+        }
+        self.wake_at = None;
+    }
+
+    /// When a step is next due (changes batched, a deadline), while none runs.
+    pub fn next_due(&self, sync: Duration) -> Option<Instant> {
+        if self.in_flight {
+            return None;
+        }
+        let dirty_due = self.dirty_since.map(|t| t + self.batch_for(sync));
+        let dirty_due = match (dirty_due, self.wake_at) {
+            (Some(d), Some(w)) if self.failures > 0 => Some(d.max(w)),
+            (d, _) => d,
+        };
+        earliest(dirty_due, self.wake_at)
+    }
+
+    /// A successful step's report: the next deadline (pin probe, tail recheck, snapshot).
+    pub fn step_ok(
+        &mut self,
+        r: &StepReport,
+        now: Instant,
+        snap: Duration,
+        finishing: bool,
+        release: bool,
+    ) {
+        self.failures = 0;
+        self.hurry = r.hurry;
+        self.due_in = r.due_in;
+        if r.snapshot {
+            self.last_snapshot = Some(now);
+        }
+        if finishing {
+            // Only a step that ran as the final one proves everything shipped; a step started
+            // before the signal may have missed later commits.
+            self.final_done = release && r.pending == 0 && !r.pinned;
+            return;
+        }
+        let mut w = None;
+        if r.pinned {
+            // Soon, to notice an application checkpoint waiting for the pin
+            // (`Shipper::probe`); the pin goes after IDLE_RELEASE without change.
+            w = earliest(w, Some(now + PIN_PROBE.min(IDLE_RELEASE)));
+        }
+        if r.tail {
+            w = earliest(w, Some(now + TAIL_RECHECK));
+        }
+        if self.changed_since_snapshot {
+            w = earliest(w, self.last_snapshot.map(|t| t + snap));
+        }
+        self.wake_at = w;
+    }
+}
+
+/// A database in the daemon: its shipper (shared with the worker running its step), its
+/// intervals and its scheduling state.
+pub(super) struct Slot {
+    pub path: PathBuf,
+    pub shipper: Arc<Mutex<Shipper>>,
+    pub outbox: Arc<Outbox>,
+    pub sync: Duration,
+    pub snap: Duration,
+    pub s: Sched,
+    /// No longer listed: a final step, then it is dropped.
+    pub removing: bool,
+    /// The spool directory, where `walsync snapshot` leaves its requests.
+    pub spool: PathBuf,
+    /// `Shipper::target`, which a request must name, and the namespace.
+    pub target: String,
+    pub ns: String,
+    /// Pids of `walsync snapshot` processes waiting for a snapshot not yet started, and for
+    /// the one in flight.
+    pub requests: Vec<u32>,
+    pub requests_in_flight: Vec<u32>,
+}
+
+impl Slot {
+    pub fn new(sh: Shipper, now: Instant) -> Slot {
+        Slot {
+            path: sh.path.clone(),
+            outbox: sh.outbox(),
+            spool: sh.spool_dir().to_path_buf(),
+            target: sh.target(),
+            ns: sh.ns.clone(),
+            requests: Vec::new(),
+            requests_in_flight: Vec::new(),
+            sync: sh.options().sync_interval,
+            snap: sh.options().snapshot_interval,
+            shipper: Arc::new(Mutex::new(sh)),
+            s: Sched {
+                dirty_since: Some(now),
+                last_snapshot: Some(now),
+                ..Default::default()
+            },
+            removing: false,
+        }
+    }
+
+    /// A re-read configuration (SIGHUP) for a database already replicated: new intervals
+    /// apply at once; a new namespace cannot (the chain lives in the old one), which is said.
+    pub fn apply(&mut self, spec: &DbSpec) {
+        let path = self.path.display();
+        if spec.opts.sync_interval != self.sync {
+            info!(
+                "db={path} sync_interval {:?} -> {:?}",
+                self.sync, spec.opts.sync_interval
+            );
+            self.sync = spec.opts.sync_interval;
+        }
+        if spec.opts.snapshot_interval != self.snap {
+            info!(
+                "db={path} snapshot_interval {:?} -> {:?}",
+                self.snap, spec.opts.snapshot_interval
+            );
+            self.snap = spec.opts.snapshot_interval;
+        }
+        self.outbox.set_retention(spec.opts.retention);
+        if spec.ns != self.ns {
+            warn!(
+                "db={path} its prefix changed in the config (namespace {} -> {}); restart walsync to apply it (until then it ships into {})",
+                self.ns, spec.ns, self.ns
+            );
+            self.ns = spec.ns.clone();
+        }
+    }
+
+    /// When this database's next upload job is due, if it needs one and may have one now.
+    /// Final and asked-for steps upload themselves; a database being let go gets only those.
+    pub fn upload_due(&self, now: Instant) -> Option<Instant> {
+        let s = &self.s;
+        if s.uploading || (s.in_flight && s.step_uploads) || self.removing || self.outbox.is_empty()
+        {
+            return None;
+        }
+        Some(s.up_wake_at.unwrap_or(now))
+    }
+
+    /// A step reported back.
+    pub fn step_done(
+        &mut self,
+        idx: usize,
+        release: bool,
+        result: Result<StepReport>,
+        changed_since_snapshot: bool,
+        finishing: bool,
+    ) {
+        if !self.requests_in_flight.is_empty() {
+            self.answer_requests(&result);
+        }
+        let path = &self.path;
+        let s = &mut self.s;
+        s.in_flight = false;
+        s.step_uploads = false;
+        s.changed_since_snapshot = changed_since_snapshot;
+        let now = Instant::now();
+        match result {
+            Ok(r) => {
+                if s.failures > 0 {
+                    info!(
+                        "db={} recovered after {} failed attempt(s)",
+                        path.display(),
+                        s.failures
+                    );
+                }
+                s.step_ok(&r, now, self.snap, finishing, release);
+            }
+            Err(e) => {
+                s.failures += 1;
+                let wait = failure_backoff(&e, s.failures, idx);
+                log_failure(path, &e, s.failures, wait, &mut s.last_error_log);
+                if finishing && (s.failures >= 3 || (self.removing && !path.exists())) {
+                    error!(
+                        "db={} could not ship everything before letting go: {e}",
+                        path.display()
+                    );
+                    s.final_done = true;
+                }
+                let retry = if finishing {
+                    Duration::from_millis(200)
+                } else {
+                    wait
+                };
+                s.wake_at = Some(now + retry);
+            }
+        }
+    }
+
+    /// Tell the `walsync snapshot` processes waiting on this step how it went.
+    fn answer_requests(&mut self, result: &Result<StepReport>) {
+        let answer = match result {
+            Ok(r) if r.snapshot => "ok\n".to_string(),
+            Ok(_) => "error: the step took no snapshot\n".to_string(),
+            Err(e) => format!("error: {e}\n"),
+        };
+        info!(
+            "db={} snapshot asked for by pid(s) {:?}: {}",
+            self.path.display(),
+            self.requests_in_flight,
+            answer.trim()
+        );
+        let pids = std::mem::take(&mut self.requests_in_flight);
+        answer_requests(&self.spool, &pids, &answer);
+    }
+
+    /// An upload job reported back.
+    pub fn upload_done(&mut self, idx: usize, result: Result<usize>, now: Instant) {
+        let s = &mut self.s;
+        s.uploading = false;
+        match result {
+            Ok(_) => {
+                if s.up_failures > 0 {
+                    info!(
+                        "db={} uploads recovered after {} failed attempt(s)",
+                        self.path.display(),
+                        s.up_failures
+                    );
+                }
+                s.up_failures = 0;
+                s.up_wake_at = None;
+            }
+            Err(e) => {
+                s.up_failures += 1;
+                let wait = failure_backoff(&e, s.up_failures, idx);
+                log_failure(
+                    &self.path,
+                    &e,
+                    s.up_failures,
+                    wait,
+                    &mut s.up_last_error_log,
+                );
+                s.up_wake_at = Some(now + wait);
+            }
+        }
+    }
+}
+
+/// Transient failures back off quickly (0.25-10 s); permanent ones (access denied, a database
+/// that left WAL mode, often for a moment to change its page size) from 1 s up to once a
+/// minute.
+fn failure_backoff(e: &Error, failures: u32, idx: usize) -> Duration {
+    if e.is_transient() {
+        backoff(failures, idx as u64)
+    } else {
+        Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60))
+    }
+}
+
+/// One line per failure, at most one per database every 30 s.
+fn log_failure(path: &Path, e: &Error, attempt: u32, wait: Duration, last: &mut Option<Instant>) {
+    if last.is_some_and(|t| t.elapsed() < Duration::from_secs(30)) {
+        return;
+    }
+    let level = if e.is_transient() {
+        log::Level::Warn
+    } else {
+        log::Level::Error
+    };
+    let hint = e.hint().map(|h| format!("; hint: {h}")).unwrap_or_default();
+    log::log!(
+        level,
+        "db={} {e} (attempt {attempt}, retrying in {wait:?}){hint}",
+        path.display()
+    );
+    *last = Some(Instant::now());
+}
+
+/// Exponential backoff with jitter: 0.5 s, 1 s, 2 s ... capped at 10 s, +-20 %.
+fn backoff(failures: u32, salt: u64) -> Duration {
+    let base = (250u64 << failures.min(6)).min(10_000);
+    // Cheap jitter without a RNG crate: mix the clock's nanoseconds with the database index.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let r = (nanos ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)) % 401; // 0..=400
+    Duration::from_millis(base * (800 + r) / 1000)
+}
+
+pub(super) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SYNC: Duration = Duration::from_secs(1);
+    const SNAP: Duration = Duration::from_secs(3600);
+
+    fn plan(s: &Sched, now: Instant, final_step: bool, forced: bool) -> Option<StepPlan> {
+        s.plan(now, SYNC, SNAP, final_step, forced)
+    }
+
+    fn step() -> Option<StepPlan> {
+        Some(StepPlan::default())
+    }
+
+    /// When a step is due and which kind: each row is a schedule, the clock and the
+    /// expected plan.
+    #[test]
+    fn step_plans() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let dirty = || Sched {
+            dirty_since: Some(t0),
+            ..Sched::default()
+        };
+        // (why, schedule, clock after t0, final step, snapshot asked for, expected plan)
+        type Row = (&'static str, Sched, Duration, bool, bool, Option<StepPlan>);
+        let rows: Vec<Row> = vec![
+            (
+                "idle: nothing",
+                Sched::default(),
+                ms(5000),
+                false,
+                false,
+                None,
+            ),
+            (
+                "changes batched for the sync interval",
+                dirty(),
+                ms(999),
+                false,
+                false,
+                None,
+            ),
+            (
+                "changes due after it",
+                dirty(),
+                ms(1000),
+                false,
+                false,
+                step(),
+            ),
+            (
+                "hurried: a few ms",
+                Sched {
+                    hurry: true,
+                    ..dirty()
+                },
+                ms(5),
+                false,
+                false,
+                step(),
+            ),
+            (
+                "WAL near the threshold: batched no longer than due_in",
+                Sched {
+                    due_in: Some(ms(300)),
+                    ..dirty()
+                },
+                ms(300),
+                false,
+                false,
+                step(),
+            ),
+            (
+                "a timer while pinned is a probe",
+                Sched {
+                    wake_at: Some(t0),
+                    ..Sched::default()
+                },
+                ms(1),
+                false,
+                false,
+                Some(StepPlan {
+                    probe: true,
+                    ..StepPlan::default()
+                }),
+            ),
+            (
+                "a timer with changes due is a step",
+                Sched {
+                    wake_at: Some(t0),
+                    ..dirty()
+                },
+                ms(1000),
+                false,
+                false,
+                step(),
+            ),
+            (
+                "after a failure, changes wait for the backoff",
+                Sched {
+                    failures: 1,
+                    wake_at: Some(t0 + ms(4000)),
+                    ..dirty()
+                },
+                ms(2000),
+                false,
+                false,
+                None,
+            ),
+            (
+                "the retry after a failure is a step, not a probe",
+                Sched {
+                    failures: 1,
+                    wake_at: Some(t0 + ms(4000)),
+                    ..dirty()
+                },
+                ms(4000),
+                false,
+                false,
+                step(),
+            ),
+            (
+                "a running step: nothing",
+                Sched {
+                    in_flight: true,
+                    ..dirty()
+                },
+                ms(5000),
+                false,
+                false,
+                None,
+            ),
+            (
+                "final step at once, uploads included",
+                Sched::default(),
+                ms(0),
+                true,
+                false,
+                Some(StepPlan {
+                    release: true,
+                    ..StepPlan::default()
+                }),
+            ),
+            (
+                "final step waits for the running upload job",
+                Sched {
+                    uploading: true,
+                    ..Sched::default()
+                },
+                ms(0),
+                true,
+                false,
+                None,
+            ),
+            (
+                "final step held by no failure backoff",
+                Sched {
+                    failures: 2,
+                    wake_at: Some(t0 + ms(9000)),
+                    ..dirty()
+                },
+                ms(0),
+                true,
+                false,
+                Some(StepPlan {
+                    release: true,
+                    ..StepPlan::default()
+                }),
+            ),
+            (
+                "a snapshot asked for: at once",
+                Sched::default(),
+                ms(0),
+                false,
+                true,
+                Some(StepPlan {
+                    snapshot: true,
+                    forced: true,
+                    ..StepPlan::default()
+                }),
+            ),
+            (
+                "snapshot interval passed with changes",
+                Sched {
+                    changed_since_snapshot: true,
+                    last_snapshot: Some(t0),
+                    wake_at: Some(t0 + SNAP),
+                    ..Sched::default()
+                },
+                SNAP,
+                false,
+                false,
+                Some(StepPlan {
+                    snapshot: true,
+                    ..StepPlan::default()
+                }),
+            ),
+            (
+                "done with the final step: nothing",
+                Sched {
+                    final_done: true,
+                    ..dirty()
+                },
+                ms(5000),
+                true,
+                false,
+                None,
+            ),
+        ];
+        for (why, s, at, final_step, forced, want) in rows {
+            assert_eq!(plan(&s, t0 + at, final_step, forced), want, "{why}");
+        }
+    }
+
+    #[test]
+    fn dispatch_keeps_changes_for_a_probe() {
+        let t0 = Instant::now();
+        let mut s = Sched {
+            dirty_since: Some(t0),
+            wake_at: Some(t0),
+            ..Sched::default()
+        };
+        s.dispatched(&StepPlan {
+            probe: true,
+            ..StepPlan::default()
+        });
+        assert_eq!(s.dirty_since, Some(t0), "a probe captures nothing");
+        assert!(s.in_flight && s.wake_at.is_none());
+        s.in_flight = false;
+        s.dispatched(&StepPlan::default());
+        assert_eq!(s.dirty_since, None);
+        assert!(!s.step_uploads);
+        s.in_flight = false;
+        s.dispatched(&StepPlan {
+            release: true,
+            ..StepPlan::default()
+        });
+        assert!(s.step_uploads, "a final step uploads itself");
+    }
+
+    #[test]
+    fn next_due_and_step_reports() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = Sched::default();
+        assert_eq!(s.next_due(SYNC), None, "idle: no deadline at all");
+        s.dirty_since = Some(t0);
+        assert_eq!(s.next_due(SYNC), Some(t0 + SYNC));
+        s.failures = 1;
+        s.wake_at = Some(t0 + ms(3000));
+        assert_eq!(s.next_due(SYNC), Some(t0 + ms(3000)), "held by the backoff");
+        s.in_flight = true;
+        assert_eq!(s.next_due(SYNC), None, "a running step reports back first");
+
+        let mut s = Sched {
+            failures: 3,
+            ..Sched::default()
+        };
+        let pinned = StepReport {
+            pinned: true,
+            ..StepReport::default()
+        };
+        s.step_ok(&pinned, t0, SNAP, false, false);
+        assert_eq!(s.failures, 0);
+        assert_eq!(s.wake_at, Some(t0 + PIN_PROBE), "pinned: probed soon");
+        let tail = StepReport {
+            tail: true,
+            ..StepReport::default()
+        };
+        s.step_ok(&tail, t0, SNAP, false, false);
+        assert_eq!(s.wake_at, Some(t0 + TAIL_RECHECK));
+        s.changed_since_snapshot = true;
+        s.last_snapshot = Some(t0);
+        s.step_ok(&StepReport::default(), t0, SNAP, false, false);
+        assert_eq!(s.wake_at, Some(t0 + SNAP), "the next snapshot");
+        // Finishing: only a final step with nothing pending and no pin is done.
+        s.step_ok(&StepReport::default(), t0, SNAP, true, false);
+        assert!(
+            !s.final_done,
+            "a step started before the signal proves nothing"
+        );
+        let pending = StepReport {
+            pending: 1,
+            ..StepReport::default()
+        };
+        s.step_ok(&pending, t0, SNAP, true, true);
+        assert!(!s.final_done);
+        s.step_ok(&StepReport::default(), t0, SNAP, true, true);
+        assert!(s.final_done);
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        for failures in 1..20 {
+            let base = (250u64 << failures.min(6)).min(10_000);
+            for salt in 0..5 {
+                let d = backoff(failures, salt).as_millis() as u64;
+                assert!(
+                    d >= base * 8 / 10 && d <= base * 12 / 10,
+                    "{failures}: {d} ms"
+                );
+            }
+        }
+        let denied = Error::other("x");
+        assert!(!denied.is_transient());
+        assert_eq!(failure_backoff(&denied, 1, 0), Duration::from_secs(2));
+        assert_eq!(failure_backoff(&denied, 9, 0), Duration::from_secs(60));
+    }
+}
