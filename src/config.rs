@@ -12,9 +12,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::cli::parse_duration;
 use crate::error::{Error, Result};
 use crate::layout;
+use crate::time::parse_duration;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,7 +24,31 @@ struct Raw {
     defaults: RawDefaults,
     #[serde(default)]
     databases: Vec<RawDb>,
+    metrics: Option<RawMetrics>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    addr: Spanned<String>,
+    max_lag: Option<Spanned<String>>,
+    max_failing: Option<Spanned<String>>,
+}
+
+/// The optional metrics endpoint (`[metrics]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    /// `host:port` to listen on.
+    pub addr: String,
+    /// `/healthz` fails when a database lags more than this, or has failed for longer than
+    /// `max_failing`.
+    pub max_lag: Duration,
+    pub max_failing: Duration,
+}
+
+/// Defaults of `[metrics]`'s health thresholds.
+pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_FAILING: Duration = Duration::from_secs(120);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,6 +111,7 @@ pub struct Config {
     pub region: Option<String>,
     pub databases: Vec<DbEntry>,
     pub dirs: Vec<DirEntry>,
+    pub metrics: Option<Metrics>,
 }
 
 /// Line and column (1-based) of a byte offset.
@@ -408,6 +433,27 @@ pub fn parse(file: &Path, text: &str) -> Result<Config> {
             msg: "no [[databases]] entries".into(),
         });
     }
+    let metrics = match &raw.metrics {
+        None => None,
+        Some(m) => {
+            let addr = cx.expand(&m.addr, "addr")?;
+            if addr
+                .rsplit_once(':')
+                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+            {
+                return Err(cx.err_at(
+                    m.addr.span().start,
+                    "addr",
+                    format!("'{addr}' is not host:port (e.g. 127.0.0.1:9090)"),
+                ));
+            }
+            Some(Metrics {
+                addr,
+                max_lag: cx.duration(&m.max_lag, "max_lag", DEFAULT_MAX_LAG)?,
+                max_failing: cx.duration(&m.max_failing, "max_failing", DEFAULT_MAX_FAILING)?,
+            })
+        }
+    };
     Ok(Config {
         file: file.to_path_buf(),
         bucket,
@@ -415,6 +461,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config> {
         region,
         databases,
         dirs,
+        metrics,
     })
 }
 

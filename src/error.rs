@@ -56,6 +56,25 @@ pub enum StorageKind {
 }
 
 impl Error {
+    /// A short name of the kind of failure, for `walsync status` and the metrics' `class`
+    /// label (a bounded set).
+    pub fn class(&self) -> &'static str {
+        match self {
+            Error::Usage { .. } => "usage",
+            Error::Config { .. } => "config",
+            Error::Io { .. } => "io",
+            Error::Sqlite { .. } => "sqlite",
+            Error::Storage {
+                kind: StorageKind::Transient,
+                ..
+            } => "storage_unavailable",
+            Error::Storage { .. } => "storage_refused",
+            Error::Integrity { .. } => "integrity",
+            Error::Busy { .. } => "busy",
+            Error::Other { .. } => "other",
+        }
+    }
+
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io {
             op,

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dbfile;
 pub mod digest;
 pub mod error;
 pub mod layout;

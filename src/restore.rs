@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use log::info;
 use rusqlite::Connection;
 
+use crate::dbfile;
 use crate::digest::HashingReader;
 use crate::error::{Error, Result};
 use crate::layout::{self, Kind, Meta, Object, Position};
@@ -170,14 +171,10 @@ impl ChainCheck {
     }
 }
 
-/// Page size from a database header (offset 16, big-endian u16, 1 meaning 65536).
+/// Page size from a database file's header.
 fn db_page_size(path: &Path) -> Result<u32> {
     let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let mut b = [0u8; 2];
-    f.read_exact_at(&mut b, 16)
-        .map_err(|e| Error::io("read", path, e))?;
-    let v = u16::from_be_bytes(b) as u32;
-    Ok(if v == 1 { 65536 } else { v })
+    dbfile::page_size(&f, path)
 }
 
 /// Fetch, verify and apply one segment onto the database file `out`.
@@ -234,11 +231,7 @@ fn temp_path(out: &Path) -> PathBuf {
 }
 
 fn side_files(p: &Path) -> [PathBuf; 2] {
-    let mut w = p.as_os_str().to_owned();
-    w.push("-wal");
-    let mut s = p.as_os_str().to_owned();
-    s.push("-shm");
-    [PathBuf::from(w), PathBuf::from(s)]
+    [dbfile::wal_path(p), dbfile::shm_path(p)]
 }
 
 /// Restore namespace `ns` into `out` (latest, or the state at `pit`).
@@ -430,11 +423,10 @@ pub fn verify(storage: &dyn Storage, ns: &str) -> Result<Verified> {
                     .map_err(|e| Error::integrity(&o.key, format!("read failed: {e}")))?;
                 let got = r.hex();
                 check_sha(&o.key, &want, &got)?;
-                if n < 100 || &head[..16] != b"SQLite format 3\0" {
+                let Some(h) = dbfile::Header::parse(&head[..n]) else {
                     return Err(Error::integrity(&o.key, "is not a SQLite database"));
-                }
-                let ps = u16::from_be_bytes([head[16], head[17]]) as u32;
-                let ps = if ps == 1 { 65536 } else { ps };
+                };
+                let ps = h.page_size;
                 if let (Some(c), Some(prev)) = (&chain, body.meta.get(layout::PREV)) {
                     if *prev != c.anchor {
                         return Err(Error::integrity(

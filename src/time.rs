@@ -2,7 +2,7 @@
 //! ISO 8601 for `--point-in-time` and for output. Civil-date math after H. Hinnant's
 //! `days_from_civil`, valid for the proleptic Gregorian calendar.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch, UTC.
 pub fn now_ms() -> u64 {
@@ -177,6 +177,35 @@ pub fn fmt_duration(d: std::time::Duration) -> String {
         }
     }
     format!("{ms}ms")
+}
+
+/// Parse a duration: `250ms`, `1s`, `5m`, `1h`, `1d`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration '{s}' (use e.g. 250ms, 1s, 5m, 1h, 1d or 3600)"))?;
+    let mult = match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => {
+            return Err(format!(
+                "invalid duration '{s}': unknown unit '{unit}' (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    let secs = v * mult;
+    if !secs.is_finite() || !(0.0..=10.0 * 365.0 * 86400.0).contains(&secs) {
+        return Err(format!("invalid duration '{s}'"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]

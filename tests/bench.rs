@@ -88,17 +88,41 @@ struct Row {
     app_write_errors: u64,
 }
 
-fn spawn_walsync(dbs: &[PathBuf], replica: &Path, log: &Path, sync: &str) -> Child {
+fn spawn_walsync(dbs: &[PathBuf], replica: &Path, log: &Path, sync: &str, extra: &[&str]) -> Child {
     let logf = std::fs::File::create(log).unwrap();
     Command::new(BIN)
         .arg("watch")
         .args(dbs)
         .args(["-b", replica.to_str().unwrap(), "--sync-interval", sync])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(logf)
         .spawn()
         .unwrap()
+}
+
+static METRICS_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// A free port for the metrics endpoint (remembered for the scrapes).
+fn metrics_port() -> u16 {
+    let p = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    METRICS_PORT.store(p, Ordering::Relaxed);
+    p
+}
+
+/// GET /metrics; the body's length.
+fn scrape(port: u16) -> std::io::Result<usize> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut v = Vec::new();
+    c.read_to_end(&mut v)?;
+    Ok(v.len())
 }
 
 fn spawn_litestream(dbs: &[PathBuf], replica: &Path, dir: &Path) -> Option<Child> {
@@ -128,7 +152,14 @@ fn measure(tool: &'static str, n: usize, idle_secs: u64) -> Option<Row> {
     let (dbs, _keep) = make_dbs(&t.path, n);
     let replica = t.join("replica");
     let mut child = match tool {
-        "walsync" => spawn_walsync(&dbs, &replica, &t.join("log"), "1s"),
+        "walsync" => spawn_walsync(&dbs, &replica, &t.join("log"), "1s", &[]),
+        "walsync+metrics" => spawn_walsync(
+            &dbs,
+            &replica,
+            &t.join("log"),
+            "1s",
+            &["--metrics-addr", &format!("127.0.0.1:{}", metrics_port())],
+        ),
         _ => spawn_litestream(&dbs, &replica, &t.path)?,
     };
     let pid = child.id();
@@ -140,7 +171,17 @@ fn measure(tool: &'static str, n: usize, idle_secs: u64) -> Option<Row> {
     sleep(Duration::from_secs(5));
     let objs0 = count_files(&replica);
     let ticks0 = cpu_ticks(pid);
-    sleep(Duration::from_secs(idle_secs));
+    if tool == "walsync+metrics" {
+        // A Prometheus server's scrapes: the idle window's ticks include them.
+        let port = METRICS_PORT.load(Ordering::Relaxed);
+        let end = Instant::now() + Duration::from_secs(idle_secs);
+        while Instant::now() < end {
+            let _ = scrape(port);
+            sleep(Duration::from_secs(15).min(end.saturating_duration_since(Instant::now())));
+        }
+    } else {
+        sleep(Duration::from_secs(idle_secs));
+    }
     let idle_ticks = cpu_ticks(pid) - ticks0;
     let idle_objs = count_files(&replica) - objs0;
     let idle_rss_kb = proc_status(pid, "VmHWM:");
@@ -203,7 +244,7 @@ fn lag(sync: &str, samples: usize) -> (f64, f64) {
     let t = TestDir::new("bench-lag");
     let (dbs, _keep) = make_dbs(&t.path, 1);
     let replica = t.join("replica");
-    let mut child = spawn_walsync(&dbs, &replica, &t.join("log"), sync);
+    let mut child = spawn_walsync(&dbs, &replica, &t.join("log"), sync, &[]);
     let wal = replica.join("db0000").join("wal");
     wait_until("first snapshot", Duration::from_secs(10), || {
         count_files(&replica) >= 1
@@ -249,7 +290,13 @@ fn bench() {
     println!("| tool | databases | RSS idle (VmHWM) | fds idle | CPU ticks idle {idle}s | RSS under writes (VmHWM) | objects/db/hour idle | objects/db/hour under writes (1 commit/s/db) | app write errors |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for &n in &sizes {
-        for tool in ["walsync", "litestream"] {
+        // BENCH_METRICS=1 adds a row with the metrics endpoint on (scraped every 15 s).
+        let tools: &[&'static str] = if std::env::var("BENCH_METRICS").is_ok() {
+            &["walsync", "walsync+metrics", "litestream"]
+        } else {
+            &["walsync", "litestream"]
+        };
+        for &tool in tools {
             if let Some(r) = measure(tool, n, idle) {
                 println!(
                     "| {} | {} | {:.1} MB | {} | {} | {:.1} MB | {:.0} | {:.0} | {} |",

@@ -14,12 +14,24 @@ missing=()
 command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v flock >/dev/null 2>&1 || missing+=(util-linux)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]} (Debian packages)"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >&2
 fi
+
+# The Prometheus project's own parser of the text exposition (the metrics test checks
+# walsync's /metrics with it), in a virtualenv of its own under ~/.cache/walsync.
+PYENV="${HOME}/.cache/walsync/py"
+if ! "$PYENV/bin/python" -c 'import prometheus_client' >/dev/null 2>&1; then
+  log "installing prometheus_client into $PYENV"
+  python3 -m venv "$PYENV"
+  "$PYENV/bin/pip" install -q 'prometheus_client==0.26.0' >&2
+fi
+export WALSYNC_TEST_PYTHON="$PYENV/bin/python"
 
 # The real S3 server of the S3 tests: Garage, built once into ~/.cache/walsync (outside the
 # checkout, reused by later runs on this machine; ~13 min the first time). The tests start it

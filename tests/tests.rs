@@ -18,6 +18,7 @@ mod proxy;
 mod prune;
 mod replication;
 mod s3;
+mod status;
 mod torture;
 mod wal_reader;
 mod workload;

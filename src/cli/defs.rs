@@ -54,6 +54,11 @@ pub const COMMANDS: &[Command] = &[
         args: "[NAME]",
         doc: "Apply retention now to database NAME (or every database of --config): delete the objects older than the newest snapshot at or before now minus the retention, so every point in time inside the window still restores; oldest first, so an interrupted prune leaves a replica that restores. The watch daemon (and 'snapshot') does the same after each snapshot it uploads.",
     },
+    Command {
+        name: "status",
+        args: "[DB...]",
+        doc: "Show how far behind each database is (those named, or every one of --config), worst first, as the running watch daemon reports it in each database's spool directory: lag, objects waiting, last upload, the current error. Says so when no daemon runs for a database. Exits 1 when any database lags, fails or has no daemon.",
+    },
 ];
 
 const ALL: &[&str] = &[
@@ -64,6 +69,7 @@ const ALL: &[&str] = &[
     "list",
     "verify",
     "prune",
+    "status",
 ];
 
 pub const FLAGS: &[Flag] = &[
@@ -85,7 +91,7 @@ pub const FLAGS: &[Flag] = &[
         long: "config",
         short: Some('c'),
         value: Some("FILE"),
-        cmds: &["watch", "snapshot", "restore", "restore-all", "prune"],
+        cmds: &["watch", "snapshot", "restore", "restore-all", "prune", "status"],
         doc: "TOML config file: [storage], [defaults] and [[databases]] (path, or dir + pattern; prefix; intervals).",
     },
     Flag {
@@ -129,6 +135,20 @@ pub const FLAGS: &[Flag] = &[
         value: None,
         cmds: &["prune"],
         doc: "Print what would be deleted; delete nothing.",
+    },
+    Flag {
+        long: "json",
+        short: None,
+        value: None,
+        cmds: &["status"],
+        doc: "Print one JSON object per database, one per line, instead of the table.",
+    },
+    Flag {
+        long: "metrics-addr",
+        short: None,
+        value: Some("HOST:PORT"),
+        cmds: &["watch"],
+        doc: "Serve /metrics (Prometheus text format) and /healthz (HTTP 503 when a database lags or fails) on this address; off by default (config: [metrics] addr).",
     },
     Flag {
         long: "uploads",

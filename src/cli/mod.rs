@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::time;
+use crate::time::{self, parse_duration};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cmd {
@@ -23,6 +23,7 @@ pub enum Cmd {
     List,
     Verify,
     Prune,
+    Status,
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +45,10 @@ pub struct Args {
     /// How long every point in time stays restorable (None: forever).
     pub retention: Option<Duration>,
     pub dry_run: bool,
+    /// `status --json`.
+    pub json: bool,
+    /// `watch --metrics-addr`.
+    pub metrics_addr: Option<String>,
 }
 
 /// Default retention, as Litestream's: every point of the last 24 hours restores.
@@ -64,35 +69,6 @@ pub fn parse_retention(s: &str) -> std::result::Result<Option<Duration>, String>
 /// Default of `--uploads`: requests in flight are what keeps up with storage 10-80 ms away.
 pub const DEFAULT_UPLOADS: usize = 32;
 
-/// Parse a duration: `250ms`, `1s`, `5m`, `1h`, `1d`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration '{s}' (use e.g. 250ms, 1s, 5m, 1h, 1d or 3600)"))?;
-    let mult = match unit {
-        "" | "s" => 1.0,
-        "ms" => 0.001,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "d" => 86400.0,
-        _ => {
-            return Err(format!(
-                "invalid duration '{s}': unknown unit '{unit}' (use ms, s, m, h or d)"
-            ))
-        }
-    };
-    let secs = v * mult;
-    if !secs.is_finite() || !(0.0..=10.0 * 365.0 * 86400.0).contains(&secs) {
-        return Err(format!("invalid duration '{s}'"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 fn cmd_of(name: &str) -> Option<Cmd> {
     Some(match name {
         "watch" => Cmd::Watch,
@@ -102,6 +78,7 @@ fn cmd_of(name: &str) -> Option<Cmd> {
         "list" => Cmd::List,
         "verify" => Cmd::Verify,
         "prune" => Cmd::Prune,
+        "status" => Cmd::Status,
         _ => return None,
     })
 }
@@ -125,6 +102,8 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
         uploads: DEFAULT_UPLOADS,
         retention: Some(DEFAULT_RETENTION),
         dry_run: false,
+        json: false,
+        metrics_addr: None,
     };
     let mut name: Option<&'static str> = None;
     let uerr = |e: lexopt::Error| Error::usage(e.to_string());
@@ -188,6 +167,7 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
                 }
                 "force" => args.force = true,
                 "dry-run" => args.dry_run = true,
+                "json" => args.json = true,
                 _ => unreachable!("switch --{} has no handler", f.long),
             }
             continue;
@@ -216,6 +196,7 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
             "output" => args.output = Some(PathBuf::from(v)),
             "config" => args.config = Some(PathBuf::from(v)),
             "prefix" => args.prefix = Some(v),
+            "metrics-addr" => args.metrics_addr = Some(v),
             "output-dir" => args.output_dir = Some(PathBuf::from(v)),
             "uploads" => {
                 args.uploads = match v.parse::<usize>() {
@@ -249,12 +230,14 @@ fn validate(a: &Args) -> Result<()> {
         Cmd::List => "list",
         Cmd::Verify => "verify",
         Cmd::Prune => "prune",
+        Cmd::Status => "status",
         _ => return Ok(()),
     };
     let hint = format!("run 'walsync {cmd} --help' for usage");
     let usage = |m: String| Err(Error::usage(m).with_hint(hint.clone()));
     let with_config = a.config.is_some();
     if a.bucket.is_none()
+        && a.cmd != Cmd::Status
         && !(with_config
             && matches!(
                 a.cmd,
@@ -267,7 +250,10 @@ fn validate(a: &Args) -> Result<()> {
         Cmd::Watch if with_config && !a.positional.is_empty() => {
             usage("'watch' takes databases from --config or from the command line, not both".into())
         }
-        Cmd::Watch | Cmd::Snapshot if a.positional.is_empty() && !with_config => {
+        Cmd::Status if with_config && !a.positional.is_empty() => usage(
+            "'status' takes databases from --config or from the command line, not both".into(),
+        ),
+        Cmd::Watch | Cmd::Snapshot | Cmd::Status if a.positional.is_empty() && !with_config => {
             usage(format!("'{cmd}' needs at least one database path"))
         }
         Cmd::Restore if with_config && (a.prefix.is_none() || !a.positional.is_empty()) => {

@@ -97,15 +97,6 @@ fn db_pages(db: &File, path: &Path, page_size: u32) -> Result<u32> {
     })
 }
 
-/// Page size from the database header.
-pub fn db_page_size(db: &File, path: &Path) -> Result<u32> {
-    let mut b = [0u8; 2];
-    db.read_exact_at(&mut b, 16)
-        .map_err(|e| Error::io("read database", path, e))?;
-    let v = u16::from_be_bytes(b) as u32;
-    Ok(if v == 1 { 65536 } else { v })
-}
-
 /// A fresh WAL header for a bridge that carries no live frames.
 fn fresh_header(page_size: u32) -> WalHeader {
     let nanos = SystemTime::now()

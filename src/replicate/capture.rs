@@ -59,6 +59,10 @@ pub struct Appendable {
     pub hasher: Sha256,
     /// The state after the segment's first commit.
     pub head: Head,
+    /// Bytes after the head when compaction last looked at them (0: never). It looks again
+    /// once they doubled, so a pending segment that keeps growing (a slow or unreachable
+    /// store) is rewritten a bounded number of times per byte, not at every capture.
+    pub compacted: u64,
 }
 
 impl Appendable {
@@ -100,30 +104,7 @@ pub fn capture(
     limit: Option<u32>,
     target: Target<'_>,
 ) -> Result<(Option<(PathBuf, Captured)>, Tail)> {
-    let (path, file, base) = match &target {
-        Target::New(p) => (
-            p.to_path_buf(),
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(p)
-                .map_err(|e| Error::io("create spool file", p, e))?,
-            None,
-        ),
-        Target::Append(p, a) => {
-            let mut f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(p)
-                .map_err(|e| Error::io("open spool file", p, e))?;
-            f.set_len(a.len)
-                .and_then(|_| f.seek(SeekFrom::Start(a.len)))
-                .map_err(|e| Error::io("write spool file", p, e))?;
-            (p.to_path_buf(), f, Some(a.as_ref().clone()))
-        }
-    };
+    let (path, file, base) = open_target(&target)?;
     let wio = |e| Error::io("write spool file", &path, e);
     let mut out = HashingWriter::new(BufWriter::with_capacity(64 * 1024, file));
     let mut seg = match &base {
@@ -189,6 +170,7 @@ pub fn capture(
         cksum: at_commit_cksum,
         hasher: at_commit,
         head,
+        compacted: base.as_ref().map_or(0, |a| a.compacted),
     };
     let mut start = start;
     if compact(&w, &path, &mut appendable)? {
@@ -211,6 +193,35 @@ pub fn capture(
     ))
 }
 
+/// Open the file a capture writes: a new one, or a pending segment cut back to its last commit
+/// and positioned there (with its writer state).
+fn open_target(target: &Target<'_>) -> Result<(PathBuf, File, Option<Appendable>)> {
+    Ok(match target {
+        Target::New(p) => (
+            p.to_path_buf(),
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(p)
+                .map_err(|e| Error::io("create spool file", p, e))?,
+            None,
+        ),
+        Target::Append(p, a) => {
+            let mut f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p)
+                .map_err(|e| Error::io("open spool file", p, e))?;
+            f.set_len(a.len)
+                .and_then(|_| f.seek(SeekFrom::Start(a.len)))
+                .map_err(|e| Error::io("write spool file", p, e))?;
+            (p.to_path_buf(), f, Some(a.as_ref().clone()))
+        }
+    })
+}
+
 /// Compact the frames of segment file `f` after its first commit to the newest version of each
 /// page, in place, as one transaction ending on its last commit; `seg` is updated to the new
 /// length, frame count, checksum and hash. Returns whether anything was rewritten.
@@ -223,10 +234,12 @@ pub fn capture(
 fn compact(f: &File, path: &Path, seg: &mut Appendable) -> Result<bool> {
     let flen = seg.hdr.frame_len();
     let head = &seg.head;
-    let n = ((seg.len - head.len) / flen) as usize;
-    if !(2..=COMPACT_MAX_FRAMES).contains(&n) {
+    let region = seg.len - head.len;
+    let n = (region / flen) as usize;
+    if !(2..=COMPACT_MAX_FRAMES).contains(&n) || region < 2 * seg.compacted {
         return Ok(false);
     }
+    seg.compacted = region;
     let rio = |e| Error::io("read spool file", path, e);
     let mut fh_buf = [0u8; FRAME_HEADER_LEN];
     // Pass 1: the last frame of each page, and whether any commit shrinks the database.
@@ -283,6 +296,7 @@ fn compact(f: &File, path: &Path, seg: &mut Appendable) -> Result<bool> {
         w.frames - head.frames
     );
     seg.len = w.len;
+    seg.compacted = w.len - head.len;
     seg.frames = w.frames;
     seg.cksum = w.cksum();
     seg.hasher = hasher;

@@ -9,4 +9,5 @@ pub mod daemon;
 pub mod db;
 pub mod pagemap;
 pub mod request;
+pub mod status;
 pub mod upload;

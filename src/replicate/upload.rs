@@ -34,6 +34,21 @@ pub struct Pending {
     pub len: u64,
     /// Set on a segment later captures may append to (see `capture`).
     pub append: Option<Appendable>,
+    /// When it was first queued (ms since the epoch; set by `Outbox::push`, kept by a merge):
+    /// the oldest commit it holds was captured then.
+    pub queued_ms: u64,
+}
+
+/// What a database's uploads shipped so far (since the daemon started).
+#[derive(Debug, Default, Clone)]
+pub struct Shipped {
+    pub snapshots: u64,
+    pub segments: u64,
+    pub bytes: u64,
+    /// When the last object was uploaded (ms since the epoch; 0: none yet), and its key.
+    pub last_ms: u64,
+    pub last_key: String,
+    pub generation: u32,
 }
 
 #[derive(Default)]
@@ -46,6 +61,7 @@ struct Inner {
     last: Option<(String, u32, u32)>,
     state_written: Option<String>,
     state_written_at: Option<Instant>,
+    shipped: Shipped,
 }
 
 /// `state.json` is written at most this often while something changes, and at shutdown:
@@ -90,8 +106,21 @@ impl Outbox {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn push(&self, p: Pending) {
+    pub fn push(&self, mut p: Pending) {
+        if p.queued_ms == 0 {
+            p.queued_ms = time::now_ms();
+        }
         self.lock().items.push_back(p);
+    }
+
+    /// What was shipped so far.
+    pub fn shipped(&self) -> Shipped {
+        self.lock().shipped.clone()
+    }
+
+    /// When the oldest object waiting was queued (ms since the epoch), if any waits.
+    pub fn oldest_queued_ms(&self) -> Option<u64> {
+        self.lock().items.iter().map(|p| p.queued_ms).min()
     }
 
     /// Take the newest pending segment if frames from `from_frame` on, in `gen` and WAL
@@ -175,6 +204,16 @@ impl Outbox {
             let mut i = self.lock();
             i.items.pop_front();
             i.in_flight = false;
+            let s = &mut i.shipped;
+            if snapshot {
+                s.snapshots += 1;
+            } else {
+                s.segments += 1;
+            }
+            s.bytes += p.len;
+            s.last_ms = time::now_ms();
+            s.last_key.clone_from(&p.key);
+            s.generation = gen;
             i.last = Some((p.key, gen, frame));
             done += 1;
             drop(i);

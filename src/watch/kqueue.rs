@@ -30,9 +30,7 @@ fn flags() -> FilterFlag {
 }
 
 fn wal_of(db: &Path) -> PathBuf {
-    let mut s = db.as_os_str().to_owned();
-    s.push("-wal");
-    PathBuf::from(s)
+    crate::dbfile::wal_path(db)
 }
 
 pub struct Watcher {

@@ -20,6 +20,7 @@
 //!   re-reads the config. New databases are added; databases no longer listed get a final
 //!   step and are let go.
 
+mod notify;
 mod pool;
 mod slot;
 
@@ -34,11 +35,12 @@ use signal_hook::consts::{SIGHUP, SIGUSR1};
 
 use super::db::{DbOptions, Shipper};
 use super::request::read_requests;
+use super::status::{self, Board, Health};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 use crate::watch::{self, WatchEvent, Watcher};
 use pool::{Done, Job, Pool};
-use slot::{earliest, Slot};
+use slot::{earliest, Slot, PUBLISH_EVERY};
 
 pub struct DaemonConfig {
     /// Workers for steps (capture, snapshots, checkpoints: local work), sized by cores.
@@ -48,6 +50,8 @@ pub struct DaemonConfig {
     pub uploads: usize,
     /// How long SIGTERM may take to ship what is pending.
     pub shutdown_deadline: Duration,
+    /// The metrics endpoint, if asked for.
+    pub metrics: Option<crate::config::Metrics>,
 }
 
 /// One database the daemon should replicate.
@@ -81,6 +85,9 @@ struct Daemon {
     stopping: Option<Instant>,
     rescan_at: Option<(Instant, bool)>,
     shutdown_deadline: Duration,
+    /// The figures the metrics endpoint serves, when it runs.
+    board: Option<Board>,
+    notify: notify::Notify,
 }
 
 /// Run until a signal; returns Ok when everything pending was shipped.
@@ -99,6 +106,8 @@ pub fn run(
         let steps_full = d.dispatch_steps(now);
         let queue_full = d.dispatch_uploads(now);
         d.let_go();
+        d.publish(false);
+        d.notify.tick(now);
         if d.finished() {
             break;
         }
@@ -181,7 +190,22 @@ impl Daemon {
             stopping: None,
             rescan_at: None,
             shutdown_deadline: cfg.shutdown_deadline,
+            board: None,
+            notify: notify::Notify::from_env(),
         };
+        if let Some(m) = &cfg.metrics {
+            let board: Board = Arc::default();
+            let health = Health {
+                max_lag: m.max_lag,
+                max_failing: m.max_failing,
+            };
+            status::serve(&m.addr, Arc::clone(&board), health)?;
+            d.board = Some(board);
+        }
+        for slot in d.slots.iter_mut().flatten() {
+            slot.report.due = true;
+        }
+        d.notify.send("READY=1");
         // Snapshot requests left while we were starting (before SIGUSR1 was handled).
         for slot in d.slots.iter_mut().flatten() {
             read_requests(&slot.spool, &slot.target, &mut slot.requests);
@@ -339,7 +363,45 @@ impl Daemon {
             {
                 let s = slot.take().expect("checked");
                 self.index.remove(&s.path);
+                let _ = std::fs::remove_file(s.spool.join(status::FILE));
                 info!("db={} let go", s.path.display());
+            }
+        }
+    }
+
+    /// Write the status of each database that changed (at most once per `PUBLISH_EVERY`; all
+    /// of them when `all`) to its spool, and to the metrics board.
+    fn publish(&mut self, all: bool) {
+        let now = Instant::now();
+        let mut board = self
+            .board
+            .as_ref()
+            .map(|b| b.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(b) = board.as_mut() {
+            b.resize(self.slots.len(), None);
+        }
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(slot) = slot else {
+                if let Some(b) = board.as_mut() {
+                    b[i] = None;
+                }
+                continue;
+            };
+            let r = &mut slot.report;
+            let soon = r.published.is_some_and(|t| now < t + PUBLISH_EVERY);
+            if !all && (!r.due || soon) {
+                continue;
+            }
+            r.due = false;
+            r.published = Some(now);
+            let st = slot.status();
+            if slot.spool.is_dir() {
+                if let Err(e) = status::write(&slot.spool, &st) {
+                    debug!("db={} {e}", slot.path.display());
+                }
+            }
+            if let Some(b) = board.as_mut() {
+                b[i] = Some(st);
             }
         }
     }
@@ -376,6 +438,9 @@ impl Daemon {
         let may_upload = self.uploads_running() < self.pool.max_uploads && self.stopping.is_none();
         for slot in self.slots.iter().flatten() {
             next = earliest(next, slot.s.next_due(slot.sync));
+            if slot.report.due {
+                next = earliest(next, slot.report.published.map(|t| t + PUBLISH_EVERY));
+            }
             if may_upload {
                 next = earliest(next, slot.upload_due(now));
             }
@@ -390,7 +455,7 @@ impl Daemon {
             // Quiet until the next change: an idle daemon holds no connection.
             self.storage.release_idle();
         }
-        next
+        earliest(next, self.notify.due())
     }
 
     /// A watch event (`None`: the watcher thread stopped).
@@ -468,13 +533,15 @@ impl Daemon {
             }
             sig => {
                 info!("signal {sig}: shipping everything pending, then exiting");
+                self.notify.send("STOPPING=1");
                 self.stopping = Some(Instant::now());
             }
         }
     }
 
     /// Join the workers; an error when a database still had changes to ship.
-    fn finish(self) -> Result<()> {
+    fn finish(mut self) -> Result<()> {
+        self.publish(true);
         self.pool.join();
         let unfinished = self
             .slots

@@ -11,6 +11,7 @@ use log::{error, info, warn};
 
 use super::super::db::{Shipper, StepReport, IDLE_RELEASE};
 use super::super::request::answer_requests;
+use super::super::status::{DbStatus, Failing};
 use super::super::upload::Outbox;
 use super::pool::StepPlan;
 use super::DbSpec;
@@ -186,6 +187,35 @@ pub(super) struct Slot {
     /// the one in flight.
     pub requests: Vec<u32>,
     pub requests_in_flight: Vec<u32>,
+    pub report: Report,
+}
+
+/// What `walsync status` and the metrics show of a database beyond its outbox: failures and
+/// the last new commit, and when the status file is next due.
+#[derive(Default)]
+pub(super) struct Report {
+    pub retries: u64,
+    pub step_failing: Option<Failing>,
+    pub upload_failing: Option<Failing>,
+    pub last_commit_ms: u64,
+    /// Something changed since the status was last published, and when that was.
+    pub due: bool,
+    pub published: Option<Instant>,
+}
+
+/// A database's status file is rewritten at most this often.
+pub(super) const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// A failure, keeping the time of the first of a run of failures.
+fn failing(prev: &Option<Failing>, e: &Error) -> Option<Failing> {
+    let since_ms = prev
+        .as_ref()
+        .map_or_else(crate::time::now_ms, |f| f.since_ms);
+    Some(Failing {
+        class: e.class().to_string(),
+        msg: e.to_string(),
+        since_ms,
+    })
 }
 
 impl Slot {
@@ -198,6 +228,7 @@ impl Slot {
             ns: sh.ns.clone(),
             requests: Vec::new(),
             requests_in_flight: Vec::new(),
+            report: Report::default(),
             sync: sh.options().sync_interval,
             snap: sh.options().snapshot_interval,
             shipper: Arc::new(Mutex::new(sh)),
@@ -261,6 +292,19 @@ impl Slot {
         if !self.requests_in_flight.is_empty() {
             self.answer_requests(&result);
         }
+        self.report.due = true;
+        match &result {
+            Ok(r) => {
+                self.report.step_failing = None;
+                if r.frames > 0 {
+                    self.report.last_commit_ms = crate::time::now_ms();
+                }
+            }
+            Err(e) => {
+                self.report.retries += 1;
+                self.report.step_failing = failing(&self.report.step_failing, e);
+            }
+        }
         let path = &self.path;
         let s = &mut self.s;
         s.in_flight = false;
@@ -299,6 +343,36 @@ impl Slot {
         }
     }
 
+    /// The database's status now (see `status`).
+    pub fn status(&self) -> DbStatus {
+        let shipped = self.outbox.shipped();
+        let (pending_objects, pending_bytes) = self.outbox.size();
+        let now_ms = crate::time::now_ms();
+        let oldest = self.outbox.oldest_queued_ms().unwrap_or(0);
+        let failing = match (&self.report.step_failing, &self.report.upload_failing) {
+            (Some(a), Some(b)) if b.since_ms < a.since_ms => Some(b.clone()),
+            (a, b) => a.clone().or_else(|| b.clone()),
+        };
+        DbStatus {
+            db: self.path.clone(),
+            ns: self.ns.clone(),
+            pid: std::process::id(),
+            updated_ms: now_ms,
+            generation: shipped.generation,
+            last_commit_ms: self.report.last_commit_ms,
+            last_upload_ms: shipped.last_ms,
+            last_key: shipped.last_key,
+            oldest_unshipped_ms: oldest,
+            pending_objects,
+            pending_bytes,
+            snapshots: shipped.snapshots,
+            segments: shipped.segments,
+            bytes_up: shipped.bytes,
+            retries: self.report.retries,
+            failing,
+        }
+    }
+
     /// Tell the `walsync snapshot` processes waiting on this step how it went.
     fn answer_requests(&mut self, result: &Result<StepReport>) {
         let answer = match result {
@@ -318,6 +392,14 @@ impl Slot {
 
     /// An upload job reported back.
     pub fn upload_done(&mut self, idx: usize, result: Result<usize>, now: Instant) {
+        self.report.due = true;
+        match &result {
+            Ok(_) => self.report.upload_failing = None,
+            Err(e) => {
+                self.report.retries += 1;
+                self.report.upload_failing = failing(&self.report.upload_failing, e);
+            }
+        }
         let s = &mut self.s;
         s.uploading = false;
         match result {

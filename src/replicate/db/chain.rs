@@ -140,6 +140,7 @@ impl Shipper {
         );
         self.take_snapshot(pos, None)?;
         self.db_id = file_id(&self.path);
+        self.chain_lost = None;
         Ok(())
     }
 
@@ -177,6 +178,7 @@ impl Shipper {
             meta,
             len,
             append: None,
+            queued_ms: 0,
         });
         // A periodic snapshot keeps what the chain knew; a new generation's at an empty WAL
         // has the database file hold the chain's state.
@@ -209,11 +211,13 @@ impl Shipper {
     /// drop what waits (the database file still holds all of it) and start a new generation
     /// with a snapshot, which is what the next upload ships. Points in time between the last
     /// uploaded object and that snapshot are lost, never the latest state; logged.
-    pub(super) fn bound_spool(&mut self) -> Result<bool> {
+    /// `incoming`: what the capture about to run may add (checked before it, so that the limit
+    /// holds with the capture, not only after it).
+    pub(super) fn bound_spool(&mut self, incoming: u64) -> Result<bool> {
         let (_, bytes) = self.outbox.size();
         let db_len = fs::metadata(&self.path).map_or(0, |m| m.len());
         let limit = SPOOL_LIMIT_MIN.max(db_len.saturating_mul(2));
-        if bytes <= limit || self.pin.is_none() {
+        if bytes == 0 || bytes + incoming <= limit || self.pin.is_none() {
             return Ok(false);
         }
         let (n, freed) = self.outbox.drop_unsent();
@@ -221,13 +225,36 @@ impl Shipper {
             return Ok(false);
         }
         warn!(
-            "db={} the spool held {} of objects waiting for upload (limit {}): dropped {n} of them ({}); the database file still holds everything",
+            "db={} the spool held {} of objects waiting for upload and the WAL {} more (limit {}): dropped {n} of them ({}); the database file still holds everything",
             self.path.display(),
             mb(bytes),
+            mb(incoming),
             mb(limit),
             mb(freed)
         );
-        self.new_generation("objects waiting for upload were dropped to keep the spool bounded")?;
+        // The chain's tip went with them: nothing may link to it any more, neither a capture
+        // nor a bridge from the page map (which describes the dropped state). If the new
+        // generation cannot start now, the next step starts it (the pin is let go, so that
+        // step re-pins and finds the chain lost).
+        let why = "objects waiting for upload were dropped to keep the spool bounded";
+        self.chain = None;
+        PageMap::remove(&self.spool);
+        self.chain_lost = Some(why.to_string());
+        if let Err(e) = self.new_generation(why) {
+            self.release();
+            return Err(e);
+        }
         Ok(true)
+    }
+
+    /// Bytes of the WAL after the chain's position: at most what the next capture adds.
+    pub(super) fn uncaptured(&self) -> u64 {
+        let wal = fs::metadata(&self.wal_path).map_or(0, |m| m.len());
+        let at = self
+            .chain
+            .as_ref()
+            .and_then(|c| c.pos.wal)
+            .map_or(0, |(h, e)| h.frame_offset(e.frame + 1));
+        wal.saturating_sub(at)
     }
 }

@@ -22,7 +22,7 @@ impl Shipper {
     /// nothing committed in between, the new pin sits on read-mark 0 and the application's
     /// next write restarts the WAL, which continues our chain exactly: the old pin kept the
     /// backfill at or below its own mark, and everything up to that mark was captured. An
-    /// application committing without pause can keep that window shut, so it is tried a few
+    /// application committing without pause can keep that window shut, so it is tried
     /// twice; then walsync lets go: it captures everything up to the WAL's last commit and
     /// releases the pin, so the application's own checkpoint backfills the whole WAL and its
     /// next write restarts it. The commits that land in between stay in the file, past the
@@ -41,33 +41,37 @@ impl Shipper {
         }
         self.checkpointed_at = self.wal_frames;
         let c = self.open_conn()?;
-        let mut r = Ok(None);
-        let mut free = false;
-        for attempt in 1..=2 {
-            match self.checkpoint_and_move(&c, report, attempt) {
-                // The pin is on read-mark 0 and holds back no restart: the next change is to
-                // be captured at once, before a second restart could follow the first.
-                Ok(Ckpt::Free) => {
-                    report.hurry = true;
-                    free = true;
-                    break;
-                }
-                Ok(Ckpt::Missed) => {}
-                Ok(Ckpt::Broken(why)) => {
-                    r = Ok(Some(why));
-                    break;
-                }
-                Err(e) => {
-                    r = Err(e);
-                    break;
-                }
-            }
-        }
-        if matches!(r, Ok(None)) && !free {
-            r = self.let_go(&c, report);
-        }
+        let r = match self.try_free(&c, report, |_| {}) {
+            Ok((None, false)) => self.let_go(&c, report),
+            Ok((why, _)) => Ok(why),
+            Err(e) => Err(e),
+        };
         Self::close_conn(c, &self.path);
         r
+    }
+
+    /// Up to two attempts to move the pin onto read-mark 0 (`checkpoint_and_move`), using
+    /// our connection `c` for the checkpoint; `missed` runs after an attempt that missed.
+    /// Returns why continuity broke (when a capture found it broken) and whether the WAL is
+    /// now free to restart (then the next change is to be captured at once, before a second
+    /// restart could follow the first).
+    fn try_free(
+        &mut self,
+        c: &Connection,
+        report: &mut StepReport,
+        mut missed: impl FnMut(&Self),
+    ) -> Result<(Option<String>, bool)> {
+        for attempt in 1..=2 {
+            match self.checkpoint_and_move(c, report, attempt)? {
+                Ckpt::Free => {
+                    report.hurry = true;
+                    return Ok((None, true));
+                }
+                Ckpt::Missed => missed(self),
+                Ckpt::Broken(why) => return Ok((Some(why), false)),
+            }
+        }
+        Ok((None, false))
     }
 
     /// Commits arrive without pause: capture up to the last one and release the pin (see
@@ -203,35 +207,9 @@ impl Shipper {
     /// where it holds back no restart or truncation (see `checkpoint_if_large`).
     fn make_way(&mut self, report: &mut StepReport) -> Result<Option<String>> {
         let c = self.open_conn()?;
-        let mut r = Ok(None);
-        for attempt in 1..=2 {
-            match self.checkpoint_and_move(&c, report, attempt) {
-                Ok(Ckpt::Free) => {
-                    report.hurry = true;
-                    break;
-                }
-                Ok(Ckpt::Missed) => {
-                    let began = Instant::now();
-                    while began.elapsed() < MAKE_WAY_WAIT {
-                        let idx = self.pin.as_ref().map(|p| shm::read(&p.shm, &self.shm_path));
-                        match idx {
-                            Some(Ok(Some(i))) if i.backfill < i.max_frame => {
-                                std::thread::sleep(Duration::from_millis(2))
-                            }
-                            _ => break,
-                        }
-                    }
-                }
-                Ok(Ckpt::Broken(why)) => {
-                    r = Ok(Some(why));
-                    break;
-                }
-                Err(e) => {
-                    r = Err(e);
-                    break;
-                }
-            }
-        }
+        let r = self
+            .try_free(&c, report, Self::wait_backfill)
+            .map(|(why, _)| why);
         Self::close_conn(c, &self.path);
         debug!(
             "db={} the application's checkpoint was waiting for walsync's pin: moved it",
@@ -239,7 +217,72 @@ impl Shipper {
         );
         r
     }
+
+    /// Wait (at most `MAKE_WAY_WAIT`) for the application's checkpoint to backfill the WAL.
+    fn wait_backfill(&self) {
+        let began = Instant::now();
+        while began.elapsed() < MAKE_WAY_WAIT {
+            let idx = self.pin.as_ref().map(|p| shm::read(&p.shm, &self.shm_path));
+            match idx {
+                Some(Ok(Some(i))) if i.backfill < i.max_frame => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                _ => break,
+            }
+        }
+    }
 }
 
 /// How long `make_way` waits for the application's checkpoint to backfill the WAL.
 const MAKE_WAY_WAIT: Duration = Duration::from_millis(500);
+
+impl Shipper {
+    /// Snapshot policy besides the interval: once the segments since the last snapshot hold
+    /// as many bytes as the database itself, a restore would read more from them than from a
+    /// new snapshot, so one is due (at most once per `SNAPSHOT_BY_BYTES_EVERY`, so that a
+    /// database written without pause does not spend its time copying itself).
+    pub(super) fn snapshot_by_bytes(&self) -> bool {
+        let Some(pin) = &self.pin else {
+            return false;
+        };
+        let db_len = pin.db.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+        // After a start, the newest snapshot may be recent: count from the start.
+        let since = self.last_snapshot_at.unwrap_or(self.started);
+        self.bytes_since_snapshot >= db_len.max(SNAPSHOT_BY_BYTES_MIN)
+            && since.elapsed() >= SNAPSHOT_BY_BYTES_EVERY
+    }
+
+    /// After a let-go (see `checkpoint::let_go`): stay unpinned while the application keeps
+    /// writing into the same WAL cycle, so that nothing of ours holds back its restart; a pin
+    /// would take a read mark and block it. Pin again once the WAL restarted, or stopped
+    /// growing, or grew by the checkpoint threshold without restarting (a reader of the
+    /// application holds it back, or nothing checkpoints it).
+    pub(super) fn awaiting_restart(&mut self) -> Result<bool> {
+        let Some(mut lg) = self.let_go.take() else {
+            return Ok(false);
+        };
+        let ours = self.chain.as_ref().and_then(|c| c.pos.wal.map(|(h, _)| h));
+        // No connection of ours is open: reading the -shm through a descriptor of its own
+        // drops no lock of ours when it closes.
+        let idx = match File::open(&self.shm_path) {
+            Ok(f) => shm::read(&f, &self.shm_path)?,
+            Err(_) => None,
+        };
+        let (Some(i), Some(h)) = (idx, ours) else {
+            return Ok(false);
+        };
+        if (i.salt1, i.salt2) != (h.salt1, h.salt2)
+            || i.max_frame >= lg.frame + self.opts.checkpoint_frames
+        {
+            return Ok(false);
+        }
+        if i.change != lg.change {
+            lg.change = i.change;
+            lg.seen = Instant::now();
+        } else if lg.seen.elapsed() >= LET_GO_QUIET {
+            return Ok(false);
+        }
+        self.let_go = Some(lg);
+        Ok(true)
+    }
+}

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use rusqlite::{Connection, OpenFlags};
 
+use crate::dbfile;
 use crate::digest;
 use crate::error::{is_busy, Error, Result};
 use crate::layout::{self, Kind, Meta, Position};
@@ -118,6 +119,7 @@ struct Pin {
 
 use super::continuity::{self, Continuity};
 
+mod capturing;
 mod chain;
 mod checkpoint;
 mod pin;
@@ -126,6 +128,7 @@ mod spool;
 
 pub use pin::{open_files_limit, reserve_uploads};
 use pin::{pin_budget, PINNED};
+pub use spool::{process_is_walsync, spool_of};
 use spool::{source_id, NAMESPACE_BUSY_MS};
 
 /// After a let-go (see `checkpoint::let_go`): the WAL's last frame then, and SQLite's change
@@ -202,6 +205,9 @@ pub struct Shipper {
     let_go: Option<LetGo>,
     /// A let-go was needed and the writer has not paused since (see `step`).
     nonstop: bool,
+    /// The chain's newest objects were dropped from the spool (see `bound_spool`): nothing
+    /// may link to them, so only a new generation continues; why, for its log line.
+    chain_lost: Option<String>,
     /// SQLite's commit counter in the wal-index after the last step (see `probe`).
     seen_change: u32,
     /// When the last step ended (the WAL's growth rate, see `step`).
@@ -227,15 +233,7 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
 
 impl Shipper {
     pub fn new(path: &Path, ns: String, storage: Arc<dyn Storage>, opts: DbOptions) -> Self {
-        let file = path
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        let mut shm = path.as_os_str().to_owned();
-        shm.push("-shm");
+        let (wal, shm) = (dbfile::wal_path(path), dbfile::shm_path(path));
         Shipper {
             outbox: Arc::new(Outbox::new(
                 path.to_path_buf(),
@@ -245,11 +243,11 @@ impl Shipper {
             )),
             source: source_id(path),
             path: path.to_path_buf(),
-            wal_path: PathBuf::from(wal),
-            shm_path: PathBuf::from(shm),
+            wal_path: wal,
+            shm_path: shm,
             ns,
             storage,
-            spool: dir.join(format!(".{file}-walsync")),
+            spool: spool_of(path),
             opts,
             chain: None,
             loaded: false,
@@ -271,6 +269,7 @@ impl Shipper {
             tail_pending: false,
             let_go: None,
             nonstop: false,
+            chain_lost: None,
             seen_change: 0,
             last_step: None,
             bytes_since_snapshot: 0,
@@ -312,6 +311,9 @@ impl Shipper {
     /// Can the chain continue from the WAL as found right after (re)pinning at `idx`? Gathers
     /// the facts `continuity::decide` needs (reading the WAL only as far as the case requires).
     fn continuity(&self, idx: &WalIndex, cur: &Option<(File, WalHeader)>) -> Result<Continuity> {
+        if let Some(why) = &self.chain_lost {
+            return Ok(Continuity::Unproven(why.clone()));
+        }
         let chain = self.chain.as_ref();
         let mut found = continuity::Found {
             max_frame: idx.max_frame,
@@ -340,324 +342,6 @@ impl Shipper {
             chain.is_some_and(|c| c.at_db),
             &found,
         ))
-    }
-
-    /// Capture the committed frames after the chain's position into a spooled segment.
-    /// `restart` is true when `hdr` begins a new WAL cycle continuing the chain.
-    fn capture(
-        &mut self,
-        f: &File,
-        hdr: &WalHeader,
-        restart: bool,
-        limit: Option<u32>,
-    ) -> Result<(u32, WalEnd)> {
-        let chain = self.chain.as_ref().expect("capture needs a chain").clone();
-        let from = match (&chain.pos.wal, restart) {
-            (Some((_, end)), false) => *end,
-            _ => reader::start(hdr),
-        };
-        fs::create_dir_all(&self.spool)
-            .map_err(|e| Error::io("create spool directory", &self.spool, e))?;
-        let gen = if restart && chain.pos.wal.is_some() {
-            self.new_gen()
-        } else {
-            chain.pos.gen
-        };
-        // A backlog merges: frames continuing the newest pending segment are appended to it.
-        let tail = self.outbox.take_appendable(gen, hdr, from.frame);
-        let tmp = self
-            .spool
-            .join(format!("capture-{}.tmp", std::process::id()));
-        let target = match &tail {
-            Some(p) => capture::Target::Append(
-                &p.file,
-                Box::new(
-                    p.append
-                        .clone()
-                        .expect("take_appendable returns appendable segments"),
-                ),
-            ),
-            None => capture::Target::New(&tmp),
-        };
-        let res = capture::capture(f, &self.wal_path, hdr, gen, from, limit, target);
-        let captured = match res {
-            Ok(c) => c,
-            Err(e) => {
-                if let Some(p) = tail {
-                    self.outbox.push(p); // unchanged: cut back or never touched
-                }
-                return Err(e);
-            }
-        };
-        let (captured, wal_tail) = captured;
-        // A small transaction caught mid-write (a commit landing as the step runs) is worth a
-        // second look soon; a large one in progress is not (its writes keep waking us).
-        match wal_tail {
-            Some((frames, last)) if frames <= TAIL_FRAMES && last != self.tail_seen => {
-                self.tail_seen = last;
-                self.tail_pending = true;
-            }
-            Some(_) => {}
-            None => self.tail_seen = 0,
-        }
-        let Some((file, c)) = captured else {
-            if let Some(p) = tail {
-                self.outbox.push(p);
-            }
-            if restart && chain.pos.wal.is_some() {
-                self.max_gen -= 1; // nothing captured under the new generation yet
-            }
-            return Ok((0, from));
-        };
-        self.wal_frames = c.end.frame.max(self.wal_frames);
-        self.bytes_since_snapshot += c.frames as u64 * hdr.frame_len();
-        let ts = self.next_ts();
-        let key = layout::segment_key(&self.ns, gen, ts);
-        self.update_map(&chain.last_sha, &file, c.start, hdr.page_size, &c.sha);
-        let pos = Position {
-            gen,
-            wal: Some((*hdr, c.end)),
-        };
-        let (file, mut meta, first) = match tail {
-            // The merged object keeps the first one's links and takes the new end.
-            Some(p) => {
-                let first = p.meta.get(layout::FIRST).cloned().unwrap_or_default();
-                (p.file, p.meta, first)
-            }
-            None => {
-                let dst = self
-                    .spool
-                    .join(format!("{gen:08x}-{}.wal", time::key_ts(ts)));
-                fs::rename(&file, &dst).map_err(|e| Error::io("rename spool file", &dst, e))?;
-                let mut meta = Meta::new();
-                meta.insert(layout::PREV.into(), chain.last_sha.clone());
-                meta.insert(layout::FIRST.into(), c.first.to_string());
-                meta.insert(layout::SOURCE.into(), self.source.clone());
-                if chain.at_db && chain.pos.wal.is_some() {
-                    // Follows the database state of the object before it, not a WAL cycle.
-                    meta.insert(layout::BASE.into(), layout::BASE_DB.into());
-                }
-                (dst, meta, c.first.to_string())
-            }
-        };
-        meta.insert(layout::SHA256.into(), c.sha.clone());
-        layout::put_position(&mut meta, &pos);
-        debug!(
-            "db={} captured {key}: frames {}..{} ({} frames{})",
-            self.path.display(),
-            c.first,
-            c.end.frame,
-            c.frames,
-            if first == c.first.to_string() {
-                String::new()
-            } else {
-                format!(", merged with pending frames from {first}")
-            }
-        );
-        self.outbox.push(Pending {
-            file,
-            key,
-            meta,
-            len: c.appendable.len,
-            append: Some(c.appendable),
-        });
-        self.chain = Some(Chain {
-            pos,
-            last_sha: c.sha,
-            at_db: false,
-        });
-        self.changed_since_snapshot = true;
-        self.last_frames_at = Instant::now();
-        Ok((c.frames, c.end))
-    }
-
-    /// Read the WAL while pinned and capture what is new; a restart of our WAL continues the
-    /// chain (see the module docs), anything else unexpected breaks it.
-    fn capture_pinned(&mut self, report: &mut StepReport) -> Result<Option<String>> {
-        let cur = reader::read_header(&self.wal_path)?;
-        let wal_id = file_id(&self.wal_path);
-        let pin = self.pin.as_mut().expect("pinned");
-        if let (Some(old), Some(_)) = (pin.wal_id, &cur) {
-            if wal_id != Some(old) {
-                return Ok(Some(
-                    "the WAL file was deleted or replaced while the database was open".into(),
-                ));
-            }
-        }
-        if cur.is_none() && pin.wal_id.is_some() && wal_id.is_none() {
-            return Ok(Some(
-                "the WAL file was deleted while the database was open".into(),
-            ));
-        }
-        if wal_id.is_some() {
-            pin.wal_id = wal_id;
-        }
-        let Some((f, hdr)) = cur else {
-            return Ok(None); // truncated (or never written): nothing new
-        };
-        if file_id(&self.path) != pin.db_id {
-            return Ok(Some(
-                "the database file was replaced while walsync had it open".into(),
-            ));
-        }
-        let chain = self.chain.as_ref().expect("pinned implies a chain");
-        let restart = match &chain.pos.wal {
-            // The database held everything and the WAL was empty when we pinned, and our pin
-            // has held every checkpoint back since: this WAL's frames follow the chain.
-            _ if chain.at_db => true,
-            None => true,
-            Some((h, _)) if hdr.same_wal(h) => false,
-            Some((h, _)) if hdr.is_restart_of(h) => true,
-            Some((h, _)) => {
-                return Ok(Some(format!(
-                    "unexpected WAL header while pinned (checkpoint sequence {} -> {})",
-                    h.seq, hdr.seq
-                )))
-            }
-        };
-        if restart {
-            self.wal_frames = 0;
-            self.checkpointed_at = 0;
-        }
-        // Up to a little past what the wal-index published when we looked (a commit whose
-        // frames are written but not yet published), never chasing a writer that commits
-        // faster than we read: the rest is for the next step.
-        let limit = match shm::read(&self.pin.as_ref().expect("pinned").shm, &self.shm_path)? {
-            Some(i) if (i.salt1, i.salt2) == (hdr.salt1, hdr.salt2) => {
-                Some(i.max_frame.saturating_add(TAIL_FRAMES))
-            }
-            _ => None,
-        };
-        let (n, _) = self.capture(&f, &hdr, restart, limit)?;
-        if n > 0 {
-            report.segments += 1;
-            report.frames += n;
-        }
-        Ok(None)
-    }
-
-    /// (Re)pin at an exact position and check continuity; capture the tail when it holds.
-    /// Returns the reason when a new generation is needed.
-    fn pin_and_check(&mut self, report: &mut StepReport) -> Result<Option<String>> {
-        let idx = self.pin_exact()?;
-        let cur = reader::read_header(&self.wal_path)?;
-        let restart = match self.continuity(&idx, &cur)? {
-            Continuity::Unproven(why) => return Ok(Some(why)),
-            Continuity::Same => false,
-            Continuity::Restarted => true,
-            Continuity::RestartedAfter(last) => {
-                if let Some(why) = self.capture_old_tail(&cur, last, report)? {
-                    return Ok(Some(why));
-                }
-                true
-            }
-        };
-        if let Some((f, hdr)) = &cur {
-            let limit = (idx.max_frame > 0).then_some(idx.max_frame);
-            let (n, end) = self.capture(f, hdr, restart, limit)?;
-            if n > 0 {
-                report.segments += 1;
-                report.frames += n;
-            }
-            if restart {
-                self.wal_frames = end.frame;
-                self.checkpointed_at = 0;
-            }
-            if idx.max_frame > 0 && (end.frame != idx.max_frame || end.cksum != idx.cksum) {
-                // Only possible if SQLite restarted the WAL under a read-mark-0 pin before we
-                // read frames we had not shipped.
-                return Ok(Some(format!(
-                    "the WAL changed while walsync read it (frame {} of {})",
-                    end.frame, idx.max_frame
-                )));
-            }
-        }
-        let wal_id = file_id(&self.wal_path);
-        self.pin.as_mut().expect("pinned").wal_id = wal_id;
-        Ok(None)
-    }
-
-    /// The WAL restarted after more commits than walsync had captured, and their frames are
-    /// still in the file (`Continuity::RestartedAfter`): capture them into the chain as they
-    /// are, up to `last`, before the new cycle. Returns why not, if the file changed meanwhile.
-    fn capture_old_tail(
-        &mut self,
-        cur: &Option<(File, WalHeader)>,
-        last: WalEnd,
-        report: &mut StepReport,
-    ) -> Result<Option<String>> {
-        let (Some((f, _)), Some(Chain { pos, .. })) = (cur, &self.chain) else {
-            return Ok(Some("the WAL vanished while walsync read it".into()));
-        };
-        let Some((ours, from)) = pos.wal else {
-            return Ok(Some("the chain has no WAL position".into()));
-        };
-        let (n, end) = self.capture(f, &ours, false, Some(last.frame))?;
-        if end != last {
-            return Ok(Some(format!(
-                "the WAL's old frames changed while walsync read them (frame {} of {})",
-                end.frame, last.frame
-            )));
-        }
-        report.segments += 1;
-        report.frames += n;
-        debug!(
-            "db={} the WAL restarted after frame {}; its old frames {}..{} were still in the file and continue the chain",
-            self.path.display(),
-            last.frame,
-            from.frame + 1,
-            last.frame
-        );
-        Ok(None)
-    }
-
-    /// Snapshot policy besides the interval: once the segments since the last snapshot hold
-    /// as many bytes as the database itself, a restore would read more from them than from a
-    /// new snapshot, so one is due (at most once per `SNAPSHOT_BY_BYTES_EVERY`, so that a
-    /// database written without pause does not spend its time copying itself).
-    fn snapshot_by_bytes(&self) -> bool {
-        let Some(pin) = &self.pin else {
-            return false;
-        };
-        let db_len = pin.db.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-        // After a start, the newest snapshot may be recent: count from the start.
-        let since = self.last_snapshot_at.unwrap_or(self.started);
-        self.bytes_since_snapshot >= db_len.max(SNAPSHOT_BY_BYTES_MIN)
-            && since.elapsed() >= SNAPSHOT_BY_BYTES_EVERY
-    }
-
-    /// After a let-go (see `checkpoint::let_go`): stay unpinned while the application keeps
-    /// writing into the same WAL cycle, so that nothing of ours holds back its restart; a pin
-    /// would take a read mark and block it. Pin again once the WAL restarted, or stopped
-    /// growing, or grew by the checkpoint threshold without restarting (a reader of the
-    /// application holds it back, or nothing checkpoints it).
-    fn awaiting_restart(&mut self) -> Result<bool> {
-        let Some(mut lg) = self.let_go.take() else {
-            return Ok(false);
-        };
-        let ours = self.chain.as_ref().and_then(|c| c.pos.wal.map(|(h, _)| h));
-        // No connection of ours is open: reading the -shm through a descriptor of its own
-        // drops no lock of ours when it closes.
-        let idx = match File::open(&self.shm_path) {
-            Ok(f) => shm::read(&f, &self.shm_path)?,
-            Err(_) => None,
-        };
-        let (Some(i), Some(h)) = (idx, ours) else {
-            return Ok(false);
-        };
-        if (i.salt1, i.salt2) != (h.salt1, h.salt2)
-            || i.max_frame >= lg.frame + self.opts.checkpoint_frames
-        {
-            return Ok(false);
-        }
-        if i.change != lg.change {
-            lg.change = i.change;
-            lg.seen = Instant::now();
-        } else if lg.seen.elapsed() >= LET_GO_QUIET {
-            return Ok(false);
-        }
-        self.let_go = Some(lg);
-        Ok(true)
     }
 
     /// The objects this database's steps captured, for the daemon's upload jobs.
@@ -729,8 +413,11 @@ impl Shipper {
             if self.db_id.is_none() {
                 self.db_id = file_id(&self.path);
             }
-        } else if let Some(why) = self.capture_pinned(report)? {
-            report.snapshot |= self.recover(&why, report)?;
+        } else {
+            report.snapshot |= self.bound_spool(self.uncaptured())?;
+            if let Some(why) = self.capture_pinned(report)? {
+                report.snapshot |= self.recover(&why, report)?;
+            }
         }
         let by_bytes = !want_snapshot && self.changed_since_snapshot && self.snapshot_by_bytes();
         if by_bytes {
@@ -756,7 +443,7 @@ impl Shipper {
         if let Some(why) = self.checkpoint_if_large(report)? {
             report.snapshot |= self.recover(&why, report)?;
         }
-        report.snapshot |= self.bound_spool()?;
+        report.snapshot |= self.bound_spool(0)?;
         if upload {
             self.outbox.upload(usize::MAX)?;
         }

@@ -40,7 +40,7 @@ impl Shipper {
         let idx = self.pin_exact()?;
         let chain = self.chain.clone().expect("recover checked the chain");
         let pin = self.pin.as_ref().expect("pinned");
-        let ps = bridge::db_page_size(&pin.db, &self.path)?;
+        let ps = dbfile::page_size(&pin.db, &self.path)?;
         let Some(mut map) = PageMap::open(&self.spool, &chain.last_sha, ps)? else {
             return Ok(Err(
                 "no page map of the chain's state to compare the database file with".into(),
@@ -152,6 +152,7 @@ impl Shipper {
             meta,
             len: b.len,
             append: None,
+            queued_ms: 0,
         });
         self.chain = Some(Chain {
             pos,
@@ -209,7 +210,7 @@ impl Shipper {
         if !shm::read(&pin.shm, &self.shm_path).is_ok_and(|i| i.is_some_and(|i| i.max_frame == 0)) {
             return;
         }
-        let Ok(ps) = bridge::db_page_size(&pin.db, &self.path) else {
+        let Ok(ps) = dbfile::page_size(&pin.db, &self.path) else {
             return;
         };
         if let (Ok(Some(mut map)), Some(f)) = (
@@ -225,7 +226,7 @@ impl Shipper {
     pub(super) fn snapshot_map(&self, file: &Path, tag: &str, at_db: bool) {
         let pin = self.pin.as_ref().expect("snapshot needs a pin");
         let r = (|| -> Result<()> {
-            let ps = bridge::db_page_size(&pin.db, &self.path)?;
+            let ps = dbfile::page_size(&pin.db, &self.path)?;
             let mut map = match PageMap::open(&self.spool, tag, ps)? {
                 Some(m) => m,
                 None => PageMap::build(&self.spool, file, ps, tag)?,

@@ -7,7 +7,7 @@ use super::*;
 /// Is `pid` a live walsync process? Proven by its command name, never by a live pid alone: a
 /// pid reused by another program must not be taken for an owner (and signalled). Linux reads
 /// `/proc/<pid>/comm`; elsewhere (BSD, macOS, no /proc) `ps -o comm= -p <pid>` says.
-pub(super) fn process_is_walsync(pid: u32) -> bool {
+pub fn process_is_walsync(pid: u32) -> bool {
     let proc_dir = Path::new("/proc").join(pid.to_string());
     if Path::new("/proc/self").exists() {
         return fs::read_to_string(proc_dir.join("comm")).is_ok_and(|c| c.trim() == "walsync");
@@ -22,6 +22,17 @@ pub(super) fn process_is_walsync(pid: u32) -> bool {
                     .file_name()
                     .is_some_and(|n| n == "walsync")
         })
+}
+
+/// A database's spool directory: `.<file>-walsync` beside it.
+pub fn spool_of(db: &Path) -> PathBuf {
+    let file = db
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    db.parent()
+        .unwrap_or(Path::new("."))
+        .join(format!(".{file}-walsync"))
 }
 
 /// A shipped object counts as another writer's when its source differs and it is younger than
@@ -126,9 +137,11 @@ impl Shipper {
         for e in rd.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            // The owner file, and `walsync snapshot`'s requests and answers.
+            // The owner file, the page map, the status file (see `status`), and
+            // `walsync snapshot`'s requests and answers.
             if name == "owner"
                 || name == "pages"
+                || name.starts_with(crate::replicate::status::FILE)
                 || name.starts_with("owner.")
                 || name.trim_start_matches('.').starts_with("snapshot-")
             {
@@ -192,12 +205,12 @@ impl Shipper {
             f.read(&mut hdr)
                 .map_err(|e| Error::io("read database", &self.path, e))?
         };
-        if n < 100 || &hdr[..16] != b"SQLite format 3\0" {
+        let Some(h) = dbfile::Header::parse(&hdr[..n]) else {
             return Err(
                 Error::other(format!("{} is not a SQLite database", self.path.display()))
                     .with_hint("point walsync at a SQLite database file"),
             );
-        }
-        Ok(hdr[18] == 2 && hdr[19] == 2)
+        };
+        Ok(h.wal_mode)
     }
 }

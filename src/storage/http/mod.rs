@@ -11,17 +11,25 @@
 //! kept. `release_idle` closes them all, which the daemon does when it goes quiet, so an idle
 //! daemon holds no socket.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod conn;
+mod response;
+
+#[cfg(feature = "tls")]
+use conn::tls_config;
+use conn::{Conn, Stream};
+use response::{framing_done, read_head, Framing, Head};
+pub use response::{BodyReader, Response};
+
 const MAX_IDLE: usize = crate::cli::DEFAULT_UPLOADS;
 /// An idle connection older than this is closed rather than reused: servers drop idle
 /// keep-alive connections after 5 to 75 s, and a request sent on a half-closed one fails.
 const IDLE_TTL: Duration = Duration::from_secs(15);
-const MAX_HEAD: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request fails when the connection makes no progress for this long (no byte of the body
 /// accepted, no byte of the answer received).
@@ -31,141 +39,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// reading the whole body, and then stop reading, so the write would otherwise only end at
 /// `IO_TIMEOUT`.
 const SEND_POLL: Duration = Duration::from_millis(500);
-
-enum Stream {
-    Plain(TcpStream),
-    /// `early`: the request body was abandoned because the server answered first; reads
-    /// must not try to flush the TLS records still waiting to be written.
-    #[cfg(feature = "tls")]
-    Tls {
-        s: Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
-        early: bool,
-    },
-}
-
-impl Stream {
-    /// Ask Linux to acknowledge at once while we wait for an answer: a server that writes a
-    /// response in two pieces without TCP_NODELAY (Garage's body after its head) otherwise
-    /// waits for our delayed ACK, 40 ms per request.
-    fn quickack(&self) {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::linux::net::TcpStreamExt;
-            let _ = self.tcp().set_quickack(true);
-        }
-    }
-
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            #[cfg(feature = "tls")]
-            Stream::Tls { s, .. } => s.get_ref(),
-        }
-    }
-
-    /// Has the server sent something (an answer, or the end of the connection) while we are
-    /// still sending? Never blocks. Over TLS, records that carry no application data (session
-    /// tickets) do not count.
-    fn answered(&mut self) -> io::Result<bool> {
-        self.tcp().set_nonblocking(true)?;
-        let r = match self {
-            Stream::Plain(s) => {
-                let mut b = [0u8; 1];
-                match s.peek(&mut b) {
-                    Ok(_) => Ok(true), // data, or 0 = closed
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-                    Err(e) => Err(e),
-                }
-            }
-            #[cfg(feature = "tls")]
-            Stream::Tls { s, early } => loop {
-                match s.conn.read_tls(&mut s.sock) {
-                    Ok(n) => {
-                        let st = s.conn.process_new_packets().map_err(io::Error::other)?;
-                        if n == 0 || st.plaintext_bytes_to_read() > 0 || st.peer_has_closed() {
-                            *early = true;
-                            break Ok(true);
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
-                    Err(e) => break Err(e),
-                }
-            },
-        };
-        self.tcp().set_nonblocking(false)?;
-        r
-    }
-}
-
-/// Read a TLS connection's application data without writing anything: after an early answer
-/// the records of the abandoned request body are still queued, and the server no longer reads.
-#[cfg(feature = "tls")]
-fn read_tls_only(
-    s: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
-    buf: &mut [u8],
-) -> io::Result<usize> {
-    loop {
-        match s.conn.reader().read(buf) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-        s.conn.read_tls(&mut s.sock)?;
-        s.conn.process_new_packets().map_err(io::Error::other)?;
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            #[cfg(feature = "tls")]
-            Stream::Tls { s, early: true } => read_tls_only(s, buf),
-            #[cfg(feature = "tls")]
-            Stream::Tls { s, .. } => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            #[cfg(feature = "tls")]
-            Stream::Tls { s, .. } => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            #[cfg(feature = "tls")]
-            Stream::Tls { s, .. } => s.flush(),
-        }
-    }
-}
-
-struct Conn {
-    io: BufReader<Stream>,
-    idle_since: Instant,
-    reused: bool,
-}
-
-impl Conn {
-    /// Whether an idle connection still looks usable: nothing buffered, and the socket has
-    /// neither been closed by the server nor received anything unasked.
-    fn alive(&self) -> bool {
-        if !self.io.buffer().is_empty() || self.idle_since.elapsed() > IDLE_TTL {
-            return false;
-        }
-        let tcp = self.io.get_ref().tcp();
-        if tcp.set_nonblocking(true).is_err() {
-            return false;
-        }
-        let mut b = [0u8; 1];
-        let ok = matches!(tcp.peek(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
-        ok && tcp.set_nonblocking(false).is_ok()
-    }
-}
 
 /// Where requests go: scheme, host and port of an endpoint.
 #[derive(Debug, Clone)]
@@ -354,13 +227,23 @@ impl Client {
             let mut conn = self.checkout()?;
             let reused = conn.reused;
             match self.exchange(&mut conn, method, path_query, head, &mut body) {
-                Ok((status, _, _, _, true)) if (200..300).contains(&status) => {
+                Ok(Head {
+                    status,
+                    early: true,
+                    ..
+                }) if (200..300).contains(&status) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("{method} {path_query}: the server answered {status} before the request body was sent"),
                     ));
                 }
-                Ok((status, headers, framing, keep, early)) => {
+                Ok(Head {
+                    status,
+                    headers,
+                    framing,
+                    keep,
+                    early,
+                }) => {
                     if early {
                         log::debug!("{method} {path_query}: answered {status} before the whole body was sent");
                     }
@@ -452,7 +335,13 @@ impl Client {
                 Framing::Close
             };
             let keep = !early && !close && !matches!(framing, Framing::Close);
-            return Ok((status, headers, framing, keep, early));
+            return Ok(Head {
+                status,
+                headers,
+                framing,
+                keep,
+                early,
+            });
         }
     }
 
@@ -576,228 +465,10 @@ impl Client {
     }
 }
 
-fn read_head(r: &mut BufReader<Stream>) -> io::Result<(u16, Vec<(String, String)>)> {
-    let mut total = 0;
-    let mut line = Vec::new();
-    let mut next_line = |line: &mut Vec<u8>| -> io::Result<()> {
-        line.clear();
-        let n = r
-            .by_ref()
-            .take((MAX_HEAD - total) as u64 + 1)
-            .read_until(b'\n', line)?;
-        total += n;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed before a response",
-            ));
-        }
-        if total > MAX_HEAD || line.last() != Some(&b'\n') {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "response head over 64 KiB",
-            ));
-        }
-        Ok(())
-    };
-    next_line(&mut line)?;
-    let status_line = String::from_utf8_lossy(&line);
-    let mut parts = status_line.split_whitespace();
-    let status = match (
-        parts.next(),
-        parts.next().and_then(|s| s.parse::<u16>().ok()),
-    ) {
-        (Some(v), Some(s)) if v.starts_with("HTTP/1.") => s,
-        _ => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("not an HTTP response: {:?}", status_line.trim_end()),
-            ))
-        }
-    };
-    let mut headers = Vec::new();
-    loop {
-        next_line(&mut line)?;
-        let l = String::from_utf8_lossy(&line);
-        let l = l.trim_end_matches(['\r', '\n']);
-        if l.is_empty() {
-            return Ok((status, headers));
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            headers.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
-}
-
-/// Status, headers, body framing, whether the connection may be reused, and whether the
-/// answer came before the whole request body was sent.
-type Head = (u16, Vec<(String, String)>, Framing, bool, bool);
-
-#[derive(Debug)]
-enum Framing {
-    Length(u64),
-    Chunked { left: u64, done: bool },
-    Close,
-}
-
-fn framing_done(f: &Framing) -> bool {
-    matches!(f, Framing::Length(0) | Framing::Chunked { done: true, .. })
-}
-
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: BodyReader,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The body as text, at most `limit` bytes; the connection goes back to the pool when
-    /// the body was read to its end.
-    pub fn text(mut self, limit: u64) -> io::Result<String> {
-        let mut v = Vec::new();
-        (&mut self.body).take(limit).read_to_end(&mut v)?;
-        Ok(String::from_utf8_lossy(&v).into_owned())
-    }
-}
-
-/// A response body. Reading it to the end returns its connection to the pool; dropping it
-/// earlier closes the connection.
-pub struct BodyReader {
-    conn: Option<Conn>,
-    framing: Framing,
-    keep: bool,
-    pool: Arc<Mutex<Vec<Conn>>>,
-}
-
-impl BodyReader {
-    fn give_back(&mut self) {
-        if let Some(mut c) = self.conn.take() {
-            if self.keep {
-                c.idle_since = Instant::now();
-                let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-                if pool.len() < MAX_IDLE {
-                    pool.push(c);
-                }
-            }
-        }
-    }
-}
-
-fn bad(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
-}
-
-impl Read for BodyReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Ok(0);
-        };
-        let r = &mut conn.io;
-        if r.buffer().is_empty() {
-            r.get_ref().quickack();
-        }
-        let n = match &mut self.framing {
-            Framing::Length(0) => 0,
-            Framing::Length(left) => {
-                let want = (*left).min(buf.len() as u64) as usize;
-                let n = r.read(&mut buf[..want])?;
-                if n == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("response body ended {left} bytes early"),
-                    ));
-                }
-                *left -= n as u64;
-                n
-            }
-            Framing::Close => r.read(buf)?,
-            Framing::Chunked { left, done } => {
-                if *left == 0 && !*done {
-                    let mut line = Vec::new();
-                    r.by_ref().take(1024).read_until(b'\n', &mut line)?;
-                    let s = String::from_utf8_lossy(&line);
-                    let hex = s.trim().split(';').next().unwrap_or("");
-                    *left = u64::from_str_radix(hex, 16).map_err(|_| bad("bad chunk size"))?;
-                    if *left == 0 {
-                        // Trailers until an empty line.
-                        loop {
-                            line.clear();
-                            let n = r.by_ref().take(8192).read_until(b'\n', &mut line)?;
-                            if n == 0 || line == b"\r\n" || line == b"\n" {
-                                break;
-                            }
-                        }
-                        *done = true;
-                    }
-                }
-                if *done {
-                    0
-                } else {
-                    let want = (*left).min(buf.len() as u64) as usize;
-                    let n = r.read(&mut buf[..want])?;
-                    if n == 0 {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "chunked response body ended early",
-                        ));
-                    }
-                    *left -= n as u64;
-                    if *left == 0 {
-                        let mut crlf = [0u8; 2];
-                        r.read_exact(&mut crlf)?;
-                    }
-                    n
-                }
-            }
-        };
-        if n == 0 || framing_done(&self.framing) {
-            if matches!(self.framing, Framing::Close) {
-                self.conn = None;
-            } else {
-                self.give_back();
-            }
-        }
-        Ok(n)
-    }
-}
-
-#[cfg(feature = "tls")]
-fn tls_config() -> io::Result<Arc<rustls::ClientConfig>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    // A private CA (a self-hosted MinIO or Garage behind TLS): AWS_CA_BUNDLE, as the AWS
-    // tools read it, or SSL_CERT_FILE.
-    for var in ["AWS_CA_BUNDLE", "SSL_CERT_FILE"] {
-        let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) else {
-            continue;
-        };
-        let certs = CertificateDer::pem_file_iter(&path)
-            .map_err(|e| io::Error::other(format!("{var}={}: {e}", path.to_string_lossy())))?;
-        for c in certs {
-            let c = c.map_err(|e| io::Error::other(format!("{var}: {e}")))?;
-            roots
-                .add(c)
-                .map_err(|e| io::Error::other(format!("{var}: {e}")))?;
-        }
-    }
-    let cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::BufRead;
 
     #[test]
     fn targets() {

@@ -16,6 +16,12 @@ use log::debug;
 use s3::creds::Credentials;
 use s3::Region;
 
+mod errors;
+mod xml;
+
+use errors::classify;
+use xml::{escape, xml_blocks, xml_tag};
+
 use super::http::{Client, ReqBody, Response, Target};
 use super::sigv4::{self, Keys};
 use super::{Body, Entry, Storage};
@@ -52,132 +58,6 @@ pub struct S3Options {
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-/// The text of the first `<tag>...</tag>` in `xml`, unescaped.
-fn xml_tag(xml: &str, tag: &str) -> Option<String> {
-    let open = format!("<{tag}>");
-    let close = format!("</{tag}>");
-    let start = xml.find(&open)? + open.len();
-    let len = xml[start..].find(&close)?;
-    Some(unescape(&xml[start..start + len]))
-}
-
-/// Every `<tag>...</tag>` block's inner text.
-fn xml_blocks<'a>(xml: &'a str, tag: &str) -> impl Iterator<Item = &'a str> {
-    let open = format!("<{tag}>");
-    let close = format!("</{tag}>");
-    let mut rest = xml;
-    std::iter::from_fn(move || {
-        let start = rest.find(&open)? + open.len();
-        let len = rest[start..].find(&close)?;
-        let block = &rest[start..start + len];
-        rest = &rest[start + len + close.len()..];
-        Some(block)
-    })
-}
-
-fn unescape(s: &str) -> String {
-    if !s.contains('&') {
-        return s.to_string();
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i..];
-        let Some(end) = after.find(';') else {
-            out.push_str(after);
-            return out;
-        };
-        let ent = &after[1..end];
-        let ch = match ent {
-            "amp" => Some('&'),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            _ => ent
-                .strip_prefix("#x")
-                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                .or_else(|| ent.strip_prefix('#').and_then(|d| d.parse().ok()))
-                .and_then(char::from_u32),
-        };
-        match ch {
-            Some(c) => out.push(c),
-            None => out.push_str(&after[..=end]),
-        }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// What an error answer means: its class and one line for the log, with S3's own code and
-/// message, and the bucket's region when the server names it (a wrong region).
-fn classify(status: u16, body: &str, bucket: &str, endpoint: &str) -> (StorageKind, String) {
-    let code = xml_tag(body, "Code").unwrap_or_default();
-    let message = xml_tag(body, "Message").unwrap_or_default();
-    let region = xml_tag(body, "Region").filter(|r| {
-        !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    });
-    // S3's own explanation, one line, bounded.
-    let message: String = message
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .chars()
-        .take(200)
-        .collect();
-    let generic = match (code.is_empty(), message.is_empty()) {
-        (_, true) => format!("HTTP {status} {code}").trim().to_string(),
-        (true, false) => format!("HTTP {status}: {message}"),
-        (false, false) => format!("HTTP {status} {code}: {message}"),
-    };
-    let (kind, msg) = match (status, code.as_str()) {
-        (404, "NoSuchBucket") => (
-            StorageKind::Permanent,
-            format!("bucket {} does not exist at {}", bucket, endpoint),
-        ),
-        (404, _) => (StorageKind::NotFound, "not found".to_string()),
-        (403, _) | (401, _) => (
-            StorageKind::Permanent,
-            format!(
-                "access denied to bucket {} at {} ({}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-                bucket,
-                endpoint,
-                if code.is_empty() { status.to_string() } else { code.clone() }
-            ),
-        ),
-        (413, _) => (
-            StorageKind::Permanent,
-            format!(
-                "HTTP 413: {} refused a request body of this size (walsync sends up to 16 MiB per request); \
-                 if a proxy stands in front of S3, raise its limit (nginx: client_max_body_size)",
-                endpoint
-            ),
-        ),
-        (301 | 307, _) | (400, "AuthorizationHeaderMalformed") if region.is_some() => (
-            StorageKind::Permanent,
-            format!(
-                "bucket {} is in region {} ({} answered HTTP {status} {code}); set AWS_REGION={} (or region in [storage])",
-                bucket,
-                region.as_deref().unwrap_or(""),
-                endpoint,
-                region.as_deref().unwrap_or("")
-            ),
-        ),
-        (408, _) | (429, _) | (500..=599, _) => (StorageKind::Transient, generic),
-        _ => (StorageKind::Permanent, generic),
-    };
-    (kind, msg)
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 impl S3Storage {
@@ -596,88 +476,5 @@ impl Storage for S3Storage {
 
     fn release_idle(&self) {
         self.client.release_idle();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_answers_say_what_s3_said() {
-        let (k, m) = classify(
-            301,
-            "<Error><Code>PermanentRedirect</Code><Message>The bucket you are attempting to access must be addressed using the specified endpoint.</Message></Error><Region>eu-west-1</Region>",
-            "b",
-            "https://s3.us-east-1.amazonaws.com",
-        );
-        assert_eq!(k, StorageKind::Permanent);
-        assert_eq!(m, "bucket b is in region eu-west-1 (https://s3.us-east-1.amazonaws.com answered HTTP 301 PermanentRedirect); set AWS_REGION=eu-west-1 (or region in [storage])");
-        let (k, m) = classify(
-            503,
-            "<Error><Code>SlowDown</Code><Message>Please reduce\n your request rate.</Message></Error>",
-            "b",
-            "e",
-        );
-        assert_eq!(k, StorageKind::Transient);
-        assert_eq!(m, "HTTP 503 SlowDown: Please reduce your request rate.");
-        let (_, m) = classify(400, "", "b", "e");
-        assert_eq!(m, "HTTP 400");
-        // Servers name the bucket's region on every answer: only a redirect means "wrong".
-        let (_, m) = classify(
-            400,
-            "<Error><Code>InvalidDigest</Code><Message>bad digest</Message></Error><Region>us-east-1</Region>",
-            "b",
-            "e",
-        );
-        assert_eq!(m, "HTTP 400 InvalidDigest: bad digest");
-    }
-
-    #[test]
-    fn xml_helpers() {
-        let x = "<R><IsTruncated>true</IsTruncated><Contents><Key>a&amp;b</Key><Size>3</Size></Contents>\
-                 <Contents><Key>c&#x2F;d&lt;</Key><Size>0</Size></Contents></R>";
-        let got: Vec<_> = xml_blocks(x, "Contents")
-            .map(|c| (xml_tag(c, "Key").unwrap(), xml_tag(c, "Size").unwrap()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("a&b".to_string(), "3".to_string()),
-                ("c/d<".into(), "0".into())
-            ]
-        );
-        assert_eq!(xml_tag(x, "IsTruncated").as_deref(), Some("true"));
-        assert_eq!(xml_tag(x, "Missing"), None);
-        assert_eq!(unescape("x &bogus; &#65;"), "x &bogus; A");
-        assert_eq!(escape("\"e&t\""), "&quot;e&amp;t&quot;");
-    }
-
-    proptest::proptest! {
-        /// Issue #12: the LIST/error XML reader never panics on what a server (or a proxy in
-        /// between) sends, and what it unescapes round-trips what `escape` wrote.
-        #[test]
-        fn xml_reader_never_panics(
-            parts in proptest::collection::vec(proptest::prop_oneof![
-                proptest::prelude::Just("<Contents>".to_string()),
-                proptest::prelude::Just("</Contents>".to_string()),
-                proptest::prelude::Just("<Key>".to_string()),
-                proptest::prelude::Just("</Key>".to_string()),
-                proptest::prelude::Just("&#x".to_string()),
-                proptest::prelude::Just("&#".to_string()),
-                proptest::prelude::Just(";".to_string()),
-                proptest::prelude::Just("&amp".to_string()),
-                "\\PC{0,8}",
-            ], 0..24),
-            text in "\\PC{0,30}",
-        ) {
-            let xml: String = parts.concat();
-            for b in xml_blocks(&xml, "Contents") {
-                let _ = xml_tag(b, "Key");
-            }
-            let _ = xml_tag(&xml, "Key");
-            let _ = unescape(&xml);
-            proptest::prop_assert_eq!(unescape(&escape(&text)), text);
-        }
     }
 }

@@ -1,0 +1,209 @@
+//! Reading an answer: its head (status line and headers, at most 64 KiB), its body framing,
+//! and the body reader that gives the connection back to the pool when read to its end.
+
+use std::io::{self, BufRead, BufReader, Read};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::conn::{Conn, Stream};
+use super::MAX_IDLE;
+
+const MAX_HEAD: usize = 64 * 1024;
+
+pub(super) fn read_head(r: &mut BufReader<Stream>) -> io::Result<(u16, Vec<(String, String)>)> {
+    let mut total = 0;
+    let mut line = Vec::new();
+    let mut next_line = |line: &mut Vec<u8>| -> io::Result<()> {
+        line.clear();
+        let n = r
+            .by_ref()
+            .take((MAX_HEAD - total) as u64 + 1)
+            .read_until(b'\n', line)?;
+        total += n;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before a response",
+            ));
+        }
+        if total > MAX_HEAD || line.last() != Some(&b'\n') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "response head over 64 KiB",
+            ));
+        }
+        Ok(())
+    };
+    next_line(&mut line)?;
+    let status_line = String::from_utf8_lossy(&line);
+    let mut parts = status_line.split_whitespace();
+    let status = match (
+        parts.next(),
+        parts.next().and_then(|s| s.parse::<u16>().ok()),
+    ) {
+        (Some(v), Some(s)) if v.starts_with("HTTP/1.") => s,
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not an HTTP response: {:?}", status_line.trim_end()),
+            ))
+        }
+    };
+    let mut headers = Vec::new();
+    loop {
+        next_line(&mut line)?;
+        let l = String::from_utf8_lossy(&line);
+        let l = l.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            return Ok((status, headers));
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+}
+
+/// An answer's head: status, headers, body framing, whether the connection may be reused,
+/// and whether the answer came before the whole request body was sent.
+pub(super) struct Head {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub framing: Framing,
+    pub keep: bool,
+    pub early: bool,
+}
+
+#[derive(Debug)]
+pub(super) enum Framing {
+    Length(u64),
+    Chunked { left: u64, done: bool },
+    Close,
+}
+
+pub(super) fn framing_done(f: &Framing) -> bool {
+    matches!(f, Framing::Length(0) | Framing::Chunked { done: true, .. })
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: BodyReader,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text, at most `limit` bytes; the connection goes back to the pool when
+    /// the body was read to its end.
+    pub fn text(mut self, limit: u64) -> io::Result<String> {
+        let mut v = Vec::new();
+        (&mut self.body).take(limit).read_to_end(&mut v)?;
+        Ok(String::from_utf8_lossy(&v).into_owned())
+    }
+}
+
+/// A response body. Reading it to the end returns its connection to the pool; dropping it
+/// earlier closes the connection.
+pub struct BodyReader {
+    pub(super) conn: Option<Conn>,
+    pub(super) framing: Framing,
+    pub(super) keep: bool,
+    pub(super) pool: Arc<Mutex<Vec<Conn>>>,
+}
+
+impl BodyReader {
+    pub(super) fn give_back(&mut self) {
+        if let Some(mut c) = self.conn.take() {
+            if self.keep {
+                c.idle_since = Instant::now();
+                let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+                if pool.len() < MAX_IDLE {
+                    pool.push(c);
+                }
+            }
+        }
+    }
+}
+
+fn bad(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(0);
+        };
+        let r = &mut conn.io;
+        if r.buffer().is_empty() {
+            r.get_ref().quickack();
+        }
+        let n = match &mut self.framing {
+            Framing::Length(0) => 0,
+            Framing::Length(left) => {
+                let want = (*left).min(buf.len() as u64) as usize;
+                let n = r.read(&mut buf[..want])?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("response body ended {left} bytes early"),
+                    ));
+                }
+                *left -= n as u64;
+                n
+            }
+            Framing::Close => r.read(buf)?,
+            Framing::Chunked { left, done } => {
+                if *left == 0 && !*done {
+                    let mut line = Vec::new();
+                    r.by_ref().take(1024).read_until(b'\n', &mut line)?;
+                    let s = String::from_utf8_lossy(&line);
+                    let hex = s.trim().split(';').next().unwrap_or("");
+                    *left = u64::from_str_radix(hex, 16).map_err(|_| bad("bad chunk size"))?;
+                    if *left == 0 {
+                        // Trailers until an empty line.
+                        loop {
+                            line.clear();
+                            let n = r.by_ref().take(8192).read_until(b'\n', &mut line)?;
+                            if n == 0 || line == b"\r\n" || line == b"\n" {
+                                break;
+                            }
+                        }
+                        *done = true;
+                    }
+                }
+                if *done {
+                    0
+                } else {
+                    let want = (*left).min(buf.len() as u64) as usize;
+                    let n = r.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "chunked response body ended early",
+                        ));
+                    }
+                    *left -= n as u64;
+                    if *left == 0 {
+                        let mut crlf = [0u8; 2];
+                        r.read_exact(&mut crlf)?;
+                    }
+                    n
+                }
+            }
+        };
+        if n == 0 || framing_done(&self.framing) {
+            if matches!(self.framing, Framing::Close) {
+                self.conn = None;
+            } else {
+                self.give_back();
+            }
+        }
+        Ok(n)
+    }
+}
