@@ -6,11 +6,12 @@
 //! segment is still one valid standalone WAL: its frames' checksums continue the chain of the
 //! frames before them, and its SHA-256 is carried forward from the saved hash state.
 //!
-//! Fewer bytes per segment: after a capture, the frames after the segment's first commit are
-//! compacted in place to the newest version of each page, as one transaction ending on the
-//! last commit (see `compact`). A segment's boundaries are the points a restore can reach, so
-//! the commits inside it need not be replayable one by one; its first transaction is kept
-//! whole because the database size before it is not known here.
+//! Fewer bytes per segment: after a capture, the segment's frames are compacted in place to the
+//! newest version of each page, as one transaction ending on the last commit (see `compact`).
+//! A segment's boundaries are the points a restore can reach, so the commits inside it need
+//! not be replayable one by one. Compaction needs the database size before its first frame:
+//! known when the segment continues a WAL cycle (the chain's last commit says it); a segment
+//! that begins a cycle keeps its first transaction whole and compacts the rest.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -28,14 +29,15 @@ use crate::wal::reader::{self, WalEnd};
 use crate::wal::segment::SegmentWriter;
 use crate::wal::{Checksum, WalHeader};
 
-/// A segment's state just after its first commit frame: where compaction starts.
+/// A segment's state where compaction starts: after its header (when the database size
+/// before its first frame is known) or after its first commit frame.
 #[derive(Debug, Clone)]
 pub struct Head {
     pub len: u64,
     pub frames: u32,
     pub cksum: Checksum,
     pub hasher: Sha256,
-    /// Database size in pages after that commit.
+    /// Database size in pages at that point.
     pub db_pages: u32,
 }
 
@@ -119,7 +121,19 @@ pub fn capture(
     let mut at_commit: Sha256 = out.hasher.clone();
     let mut at_commit_cksum = seg.cksum();
     let mut first = 0;
-    let mut head = base.as_ref().map(|a| a.head.clone());
+    // Compaction may start right after the header when the database size before the first
+    // frame is known (the capture continues a WAL cycle); else after the first commit.
+    let mut head = match &base {
+        Some(a) => Some(a.head.clone()),
+        None if from.frame > 0 && from.db_pages > 0 => Some(Head {
+            len: seg.len,
+            frames: 0,
+            cksum: seg.cksum(),
+            hasher: out.hasher.clone(),
+            db_pages: from.db_pages,
+        }),
+        None => None,
+    };
     let walk = reader::walk(wal, wal_path, hdr, from, limit, |i, fh, page| {
         if first == 0 {
             first = i;
@@ -222,7 +236,7 @@ fn open_target(target: &Target<'_>) -> Result<(PathBuf, File, Option<Appendable>
     })
 }
 
-/// Compact the frames of segment file `f` after its first commit to the newest version of each
+/// Compact the frames of segment file `f` after its head to the newest version of each
 /// page, in place, as one transaction ending on its last commit; `seg` is updated to the new
 /// length, frame count, checksum and hash. Returns whether anything was rewritten.
 ///
