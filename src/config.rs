@@ -25,6 +25,27 @@ struct Raw {
     #[serde(default)]
     databases: Vec<RawDb>,
     metrics: Option<RawMetrics>,
+    alerts: Option<RawAlerts>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    on_failure: Option<Spanned<String>>,
+    after: Option<Spanned<String>>,
+    heartbeat_url: Option<Spanned<String>>,
+    heartbeat_interval: Option<Spanned<String>>,
+}
+
+/// Alerts (`[alerts]`, see `replicate::alerts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alerts {
+    /// Run by `sh -c` when a database has failed for `after`.
+    pub on_failure: Option<String>,
+    pub after: Duration,
+    /// Fetched every `heartbeat_interval` while every database is healthy.
+    pub heartbeat_url: Option<String>,
+    pub heartbeat_interval: Duration,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +133,7 @@ pub struct Config {
     pub databases: Vec<DbEntry>,
     pub dirs: Vec<DirEntry>,
     pub metrics: Option<Metrics>,
+    pub alerts: Option<Alerts>,
 }
 
 /// Line and column (1-based) of a byte offset.
@@ -454,6 +476,33 @@ pub fn parse(file: &Path, text: &str) -> Result<Config> {
             })
         }
     };
+    let alerts = match &raw.alerts {
+        None => None,
+        Some(a) => {
+            let opt =
+                |v: &Option<Spanned<String>>, k| v.as_ref().map(|v| cx.expand(v, k)).transpose();
+            let heartbeat_url = opt(&a.heartbeat_url, "heartbeat_url")?;
+            if let (Some(u), Some(at)) = (&heartbeat_url, &a.heartbeat_url) {
+                if !u.starts_with("http://") && !u.starts_with("https://") {
+                    return Err(cx.err_at(
+                        at.span().start,
+                        "heartbeat_url",
+                        format!("'{u}' is not an http:// or https:// URL"),
+                    ));
+                }
+            }
+            Some(Alerts {
+                on_failure: opt(&a.on_failure, "on_failure")?,
+                after: cx.duration(&a.after, "after", DEFAULT_MAX_FAILING)?,
+                heartbeat_url,
+                heartbeat_interval: cx.duration(
+                    &a.heartbeat_interval,
+                    "heartbeat_interval",
+                    Duration::from_secs(60),
+                )?,
+            })
+        }
+    };
     Ok(Config {
         file: file.to_path_buf(),
         bucket,
@@ -462,6 +511,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config> {
         databases,
         dirs,
         metrics,
+        alerts,
     })
 }
 

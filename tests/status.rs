@@ -259,3 +259,98 @@ fn systemd_notify_ready_watchdog_stopping() {
     let mut d = d;
     assert!(d.child.wait().unwrap().success(), "{}", d.log_text());
 }
+
+/// `[alerts]`: the heartbeat URL is fetched while every database is healthy and not while one
+/// fails; `on_failure` runs once for a failure lasting `after`, with the database and the error
+/// in its environment.
+#[test]
+fn alerts_heartbeat_and_on_failure() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    ensure_s3();
+    let up: std::net::SocketAddr = std::env::var("AWS_ENDPOINT_URL_S3")
+        .unwrap()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(up);
+    let t = TestDir::new("alerts");
+    let db = t.join("app.db");
+    let c = open_app(&db);
+    c.execute_batch("CREATE TABLE t(x)").unwrap();
+    // A heartbeat receiver: counts GET /ping/<uuid>.
+    let hb = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hb_port = hb.local_addr().unwrap().port();
+    let pings = Arc::new(AtomicU64::new(0));
+    let p2 = pings.clone();
+    std::thread::spawn(move || {
+        for conn in hb.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).unwrap_or(0);
+            if String::from_utf8_lossy(&buf[..n]).starts_with("GET /ping/1234 ") {
+                p2.fetch_add(1, Ordering::SeqCst);
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK");
+        }
+    });
+    let alerts = t.join("alerts.txt");
+    let bucket = std::env::var("S3_BUCKET").unwrap_or_else(|_| "walsync-test".into());
+    let cfg = t.join("walsync.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[storage]\nbucket = \"s3://{bucket}/alerts-test-{}\"\nendpoint = \"{}\"\n\
+             [defaults]\nsync_interval = \"200ms\"\n[[databases]]\npath = \"app.db\"\n\
+             [alerts]\non_failure = 'echo \"$WALSYNC_DB $WALSYNC_ERROR_CLASS\" >> {}'\n\
+             after = \"1s\"\nheartbeat_url = \"http://127.0.0.1:{hb_port}/ping/1234\"\n\
+             heartbeat_interval = \"200ms\"\n",
+            std::process::id(),
+            proxy.endpoint(),
+            alerts.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_args(
+        &["watch", "--config", cfg.to_str().unwrap()],
+        &t.join("log"),
+    );
+    c.execute("INSERT INTO t VALUES (1)", []).unwrap();
+    wait_until("heartbeats while healthy", Duration::from_secs(30), || {
+        pings.load(Ordering::SeqCst) >= 3
+    });
+    proxy.set_down(true);
+    c.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    wait_until("on_failure ran", Duration::from_secs(60), || {
+        std::fs::read_to_string(&alerts).is_ok_and(|s| s.ends_with('\n'))
+    });
+    assert_eq!(
+        std::fs::read_to_string(&alerts).unwrap(),
+        format!("{} storage_unavailable\n", db.display())
+    );
+    // While failing, the heartbeats stop: two skipped beats in a row with no ping between.
+    let skipped = |log: &str| log.matches("heartbeat skipped: ").count();
+    let n0 = skipped(&d.log_text());
+    wait_until("a skipped heartbeat", Duration::from_secs(30), || {
+        skipped(&d.log_text()) > n0
+    });
+    let p0 = pings.load(Ordering::SeqCst);
+    let n1 = skipped(&d.log_text());
+    wait_until("another skipped heartbeat", Duration::from_secs(30), || {
+        skipped(&d.log_text()) > n1
+    });
+    assert_eq!(
+        pings.load(Ordering::SeqCst),
+        p0,
+        "no heartbeat while failing"
+    );
+    // Still one alert: it repeats at most once an hour.
+    assert_eq!(std::fs::read_to_string(&alerts).unwrap().lines().count(), 1);
+    proxy.set_down(false);
+    wait_until("heartbeats again", Duration::from_secs(60), || {
+        pings.load(Ordering::SeqCst) >= p0 + 2
+    });
+    drop(c);
+    d.stop();
+}

@@ -153,6 +153,7 @@ pub fn watch(a: &Args) -> Result<()> {
         uploads: a.uploads,
         shutdown_deadline: Duration::from_secs(120),
         metrics,
+        alerts: cfg.as_ref().and_then(|c| c.alerts.clone()),
     };
     daemon::run(shippers, catalog, storage, dcfg, signals)?;
     Ok(())

@@ -2,7 +2,7 @@
 //! segments, chains) stays in `layout` and `replicate`. Backends are shared as
 //! `Arc<dyn Storage>` between all databases and worker threads.
 
-mod http;
+pub(crate) mod http;
 pub mod local;
 pub mod s3;
 mod sigv4;

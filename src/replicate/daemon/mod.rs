@@ -33,6 +33,7 @@ use crossbeam_channel::{bounded, select, Receiver};
 use log::{debug, error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGUSR1};
 
+use super::alerts::{self, Alerter};
 use super::db::{DbOptions, Shipper};
 use super::request::read_requests;
 use super::status::{self, Board, Health};
@@ -52,6 +53,8 @@ pub struct DaemonConfig {
     pub shutdown_deadline: Duration,
     /// The metrics endpoint, if asked for.
     pub metrics: Option<crate::config::Metrics>,
+    /// `[alerts]`, if configured.
+    pub alerts: Option<crate::config::Alerts>,
 }
 
 /// One database the daemon should replicate.
@@ -88,6 +91,10 @@ struct Daemon {
     /// The figures the metrics endpoint serves, when it runs.
     board: Option<Board>,
     notify: notify::Notify,
+    /// The alerts thread, its settings, the health thresholds and the next heartbeat.
+    alerter: Option<(Alerter, crate::config::Alerts)>,
+    health: Health,
+    next_beat: Option<Instant>,
 }
 
 /// Run until a signal; returns Ok when everything pending was shipped.
@@ -108,6 +115,7 @@ pub fn run(
         d.let_go();
         d.publish(false);
         d.notify.tick(now);
+        d.beat(now);
         if d.finished() {
             break;
         }
@@ -192,7 +200,25 @@ impl Daemon {
             shutdown_deadline: cfg.shutdown_deadline,
             board: None,
             notify: notify::Notify::from_env(),
+            alerter: None,
+            health: Health {
+                max_lag: cfg
+                    .metrics
+                    .as_ref()
+                    .map_or(crate::config::DEFAULT_MAX_LAG, |m| m.max_lag),
+                max_failing: cfg
+                    .metrics
+                    .as_ref()
+                    .map_or(crate::config::DEFAULT_MAX_FAILING, |m| m.max_failing),
+            },
+            next_beat: None,
         };
+        if let Some(a) = &cfg.alerts {
+            d.alerter = Some((Alerter::start(a)?, a.clone()));
+            if a.heartbeat_url.is_some() {
+                d.next_beat = Some(Instant::now());
+            }
+        }
         if let Some(m) = &cfg.metrics {
             let board: Board = Arc::default();
             let health = Health {
@@ -455,7 +481,7 @@ impl Daemon {
             // Quiet until the next change: an idle daemon holds no connection.
             self.storage.release_idle();
         }
-        earliest(next, self.notify.due())
+        earliest(earliest(next, self.notify.due()), self.next_beat)
     }
 
     /// A watch event (`None`: the watcher thread stopped).
@@ -511,6 +537,57 @@ impl Daemon {
                 ..
             } => slot.step_done(idx, release, result, changed_since_snapshot, finishing),
             Done::Upload { result, .. } => slot.upload_done(idx, result, now),
+        }
+        self.alert(idx, now);
+    }
+
+    /// Run `on_failure` for a database failing for longer than `after` (at most once per
+    /// `alerts::REPEAT` while it keeps failing; again after it recovered).
+    fn alert(&mut self, idx: usize, now: Instant) {
+        let (Some((alerter, cfg)), Some(slot)) = (&self.alerter, self.slots[idx].as_mut()) else {
+            return;
+        };
+        let Some(f) = slot.failing() else {
+            slot.report.alerted = None;
+            return;
+        };
+        let failing_for = Duration::from_millis(crate::time::now_ms().saturating_sub(f.since_ms));
+        if cfg.on_failure.is_none()
+            || failing_for < cfg.after
+            || slot
+                .report
+                .alerted
+                .is_some_and(|t| now < t + alerts::REPEAT)
+        {
+            return;
+        }
+        slot.report.alerted = Some(now);
+        alerter.send(alerts::Job::Failed {
+            db: slot.path.display().to_string(),
+            ns: slot.ns.clone(),
+            class: f.class,
+            msg: f.msg,
+            since_ms: f.since_ms,
+        });
+    }
+
+    /// Fetch the heartbeat URL when due, if every database is healthy.
+    fn beat(&mut self, now: Instant) {
+        let (Some((alerter, cfg)), Some(t)) = (&self.alerter, self.next_beat) else {
+            return;
+        };
+        if t > now {
+            return;
+        }
+        self.next_beat = Some(now + cfg.heartbeat_interval.max(Duration::from_millis(100)));
+        let all: Vec<_> = self.slots.iter().flatten().map(|s| s.status()).collect();
+        let h = Health {
+            max_lag: self.health.max_lag,
+            max_failing: cfg.after,
+        };
+        match status::health(&all, crate::time::now_ms(), h) {
+            Ok(_) => alerter.send(alerts::Job::Beat),
+            Err(why) => debug!("heartbeat skipped: {why}"),
         }
     }
 

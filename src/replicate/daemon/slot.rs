@@ -201,6 +201,8 @@ pub(super) struct Report {
     /// Something changed since the status was last published, and when that was.
     pub due: bool,
     pub published: Option<Instant>,
+    /// When `on_failure` last ran for the current failure (see `alerts`).
+    pub alerted: Option<Instant>,
 }
 
 /// A database's status file is rewritten at most this often.
@@ -343,16 +345,21 @@ impl Slot {
         }
     }
 
+    /// The current failure, the older of a failing step and a failing upload.
+    pub fn failing(&self) -> Option<Failing> {
+        match (&self.report.step_failing, &self.report.upload_failing) {
+            (Some(a), Some(b)) if b.since_ms < a.since_ms => Some(b.clone()),
+            (a, b) => a.clone().or_else(|| b.clone()),
+        }
+    }
+
     /// The database's status now (see `status`).
     pub fn status(&self) -> DbStatus {
         let shipped = self.outbox.shipped();
         let (pending_objects, pending_bytes) = self.outbox.size();
         let now_ms = crate::time::now_ms();
         let oldest = self.outbox.oldest_queued_ms().unwrap_or(0);
-        let failing = match (&self.report.step_failing, &self.report.upload_failing) {
-            (Some(a), Some(b)) if b.since_ms < a.since_ms => Some(b.clone()),
-            (a, b) => a.clone().or_else(|| b.clone()),
-        };
+        let failing = self.failing();
         DbStatus {
             db: self.path.clone(),
             ns: self.ns.clone(),
