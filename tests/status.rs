@@ -192,6 +192,18 @@ fn status_metrics_and_health_through_an_outage() {
             .any(|l| l.starts_with("walsync_failing_since_seconds class=storage_unavailable,db=")),
         "{parsed:?}"
     );
+    // Errors by class, requests by type (the PUTs that shipped before the outage).
+    assert!(
+        parsed
+            .iter()
+            .any(|l| l.starts_with("walsync_errors_total class=storage_unavailable ")),
+        "{parsed:?}"
+    );
+    let puts = parsed
+        .iter()
+        .find(|l| l.starts_with("walsync_requests_total type=put "))
+        .expect("a put counter");
+    assert!(!puts.ends_with(" 0.0"), "{puts}");
 
     // Storage back: everything shipped, healthy again.
     proxy.set_down(false);

@@ -350,6 +350,23 @@ pub fn exposition(all: &[DbStatus], now_ms: u64, rss_bytes: u64) -> String {
     }
     let _ = writeln!(
         o,
+        "# HELP walsync_errors_total Failed attempts (steps and uploads) since the start, by error class.\n# TYPE walsync_errors_total counter"
+    );
+    for (class, n) in ERRORS.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(o, "walsync_errors_total{{class=\"{class}\"}} {n}");
+    }
+    let _ = writeln!(
+        o,
+        "# HELP walsync_requests_total Requests to storage since the start, by type.\n# TYPE walsync_requests_total counter"
+    );
+    for (t, n) in crate::storage::REQUEST_TYPES
+        .iter()
+        .zip(crate::storage::requests())
+    {
+        let _ = writeln!(o, "walsync_requests_total{{type=\"{t}\"}} {n}");
+    }
+    let _ = writeln!(
+        o,
         "# HELP walsync_databases Databases replicated.\n# TYPE walsync_databases gauge\nwalsync_databases {}",
         all.len()
     );
@@ -358,6 +375,18 @@ pub fn exposition(all: &[DbStatus], now_ms: u64, rss_bytes: u64) -> String {
         "# HELP walsync_resident_memory_bytes Resident memory of the daemon.\n# TYPE walsync_resident_memory_bytes gauge\nwalsync_resident_memory_bytes {rss_bytes}"
     );
     o
+}
+
+/// Failures (steps and uploads) since the start, by `Error::class`.
+static ERRORS: Mutex<Vec<(&'static str, u64)>> = Mutex::new(Vec::new());
+
+/// Count one failure of `class`.
+pub fn count_error(class: &'static str) {
+    let mut e = ERRORS.lock().unwrap_or_else(|p| p.into_inner());
+    match e.iter_mut().find(|(c, _)| *c == class) {
+        Some((_, n)) => *n += 1,
+        None => e.push((class, 1)),
+    }
 }
 
 /// The daemon's figures, shared with the metrics thread: one entry per database slot (`None`

@@ -181,6 +181,7 @@ impl Storage for LocalStorage {
     }
 
     fn put(&self, key: &str, src: &mut dyn Read, len: u64, meta: &Meta) -> Result<()> {
+        super::count_request("put");
         let path = self.path(key)?;
         let mut text = String::new();
         for (k, v) in meta {
@@ -195,6 +196,7 @@ impl Storage for LocalStorage {
     }
 
     fn get(&self, key: &str) -> Result<Body> {
+        super::count_request("get");
         let path = self.path(key)?;
         let f = File::open(&path).map_err(|e| self.io_err(key, e))?;
         let size = f.metadata().map_err(|e| self.io_err(key, e))?.len();
@@ -207,6 +209,7 @@ impl Storage for LocalStorage {
     }
 
     fn head(&self, key: &str) -> Result<Meta> {
+        super::count_request("head");
         let path = self.path(key)?;
         if !path.exists() {
             return Err(self.err(key, StorageKind::NotFound, "not found".into()));
@@ -215,10 +218,12 @@ impl Storage for LocalStorage {
     }
 
     fn list(&self, prefix: &str, f: &mut dyn FnMut(Entry)) -> Result<()> {
+        super::count_request("list");
         self.walk(&self.root, "", prefix, f)
     }
 
     fn delete(&self, key: &str) -> Result<()> {
+        super::count_request("delete");
         let path = self.path(key)?;
         for p in [path.clone(), meta_path(&path)] {
             match fs::remove_file(&p) {

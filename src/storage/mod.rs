@@ -3,12 +3,30 @@
 //! `Arc<dyn Storage>` between all databases and worker threads.
 
 pub(crate) mod http;
+
+/// Requests to storage by type, since the start (for the metrics): `put`, `get`, `head`,
+/// `list`, `delete`, and `post` (multipart initiation and completion on S3).
+pub const REQUEST_TYPES: [&str; 6] = ["put", "get", "head", "list", "delete", "post"];
+static REQUESTS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+
+/// Count one request of type `t` (one of `REQUEST_TYPES`).
+pub fn count_request(t: &str) {
+    if let Some(i) = REQUEST_TYPES.iter().position(|x| *x == t) {
+        REQUESTS[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Requests so far, by type, in `REQUEST_TYPES` order.
+pub fn requests() -> [u64; 6] {
+    std::array::from_fn(|i| REQUESTS[i].load(Ordering::Relaxed))
+}
 pub mod local;
 pub mod s3;
 mod sigv4;
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};

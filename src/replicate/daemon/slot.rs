@@ -210,6 +210,7 @@ pub(super) const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 /// A failure, keeping the time of the first of a run of failures.
 fn failing(prev: &Option<Failing>, e: &Error) -> Option<Failing> {
+    crate::replicate::status::count_error(e.class());
     let since_ms = prev
         .as_ref()
         .map_or_else(crate::time::now_ms, |f| f.since_ms);

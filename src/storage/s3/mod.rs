@@ -181,6 +181,16 @@ impl S3Storage {
         body: ReqBody,
         body_sha256: Option<&str>,
     ) -> Result<Response> {
+        super::count_request(match method {
+            "GET" if query.iter().any(|(k, _)| *k == "list-type") => "list",
+            m => match m {
+                "PUT" => "put",
+                "GET" => "get",
+                "HEAD" => "head",
+                "DELETE" => "delete",
+                _ => "post",
+            },
+        });
         let path = if key.is_empty() {
             format!("{}/", self.base)
         } else {
