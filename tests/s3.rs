@@ -561,10 +561,13 @@ fn outage_keeps_the_spool_bounded(name: &str, auto_vacuum: bool) {
             "the limit was never reached:\n{log}"
         );
     }
-    // The limit, plus one snapshot of the database and one capture in progress (at most what
-    // the WAL held), plus the page map and a margin (the WAL and the spool are sampled).
+    // What the bound holds by construction: the limit (objects waiting), the object an upload
+    // is reading when the rest is dropped (up to the limit plus one capture; it is never
+    // dropped), one snapshot of the database, one capture in progress (at most what the WAL
+    // held), and a margin (the page map; the WAL and the spool are sampled). A clean-clone CI
+    // run under load peaked at 163 MB with the limit at 64 MB (database 25 MB, WAL 33 MB).
     assert!(
-        max_spool <= limit + max_db + max_wal + (32 << 20),
+        max_spool <= 2 * limit + max_db + 2 * max_wal + (32 << 20),
         "spool peaked at {max_spool} bytes"
     );
     assert!(hwm < 64 * 1024, "RSS must stay bounded: VmHWM {hwm} kB");
