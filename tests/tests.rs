@@ -17,6 +17,7 @@ mod oneshot;
 mod proxy;
 mod prune;
 mod replication;
+mod resume;
 mod s3;
 mod status;
 mod torture;

@@ -279,6 +279,35 @@ impl Outbox {
     }
 }
 
+/// What `state.json` says of the chain: the newest object's key and its generation when it
+/// was written. Only a place to start listing from (see `Shipper::load`), never trusted for
+/// the chain itself. None for anything not written by `write_state`.
+pub fn parse_state(json: &str) -> Option<(u32, String)> {
+    let gen = json
+        .split_once("\"generation\":")?
+        .1
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    let rest = json.split_once("\"last_object\":\"")?.1;
+    let mut key = String::new();
+    let mut chars = rest.chars();
+    loop {
+        match chars.next()? {
+            '"' => return Some((gen, key)),
+            '\\' => match chars.next()? {
+                'u' => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    key.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                }
+                c => key.push(c),
+            },
+            c => key.push(c),
+        }
+    }
+}
+
 /// A JSON string literal.
 fn json_str(s: &str) -> String {
     let mut o = String::from("\"");
@@ -292,4 +321,31 @@ fn json_str(s: &str) -> String {
     }
     o.push('"');
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_json_round_trips_its_hint() {
+        for key in [
+            "app/wal/00000003-20261203190012473.wal",
+            "a \"b\"\\c\u{1}é/x",
+        ] {
+            let json = format!(
+                "{{\"database\":\"/x\",\"generation\":7,\"last_object\":{},\"wal_frame\":3}}",
+                json_str(key)
+            );
+            assert_eq!(parse_state(&json), Some((7, key.to_string())));
+        }
+        for bad in [
+            "",
+            "{}",
+            "{\"generation\":x,\"last_object\":\"k\"}",
+            "{\"generation\":1,\"last_object\":\"k",
+        ] {
+            assert_eq!(parse_state(bad), None, "{bad}");
+        }
+    }
 }

@@ -217,9 +217,13 @@ impl Storage for LocalStorage {
         self.read_meta(key, &path)
     }
 
-    fn list(&self, prefix: &str, f: &mut dyn FnMut(Entry)) -> Result<()> {
+    fn list_from(&self, prefix: &str, after: &str, f: &mut dyn FnMut(Entry)) -> Result<()> {
         super::count_request("list");
-        self.walk(&self.root, "", prefix, f)
+        self.walk(&self.root, "", prefix, &mut |e| {
+            if e.key.as_str() > after {
+                f(e)
+            }
+        })
     }
 
     fn delete(&self, key: &str) -> Result<()> {

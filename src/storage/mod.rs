@@ -60,9 +60,16 @@ pub trait Storage: Send + Sync {
     /// An object's metadata without its bytes. A missing key returns `NotFound`.
     fn head(&self, key: &str) -> Result<Meta>;
 
-    /// Call `f` for every object whose key starts with `prefix`, in key order. Memory does not
-    /// grow with the number of objects.
-    fn list(&self, prefix: &str, f: &mut dyn FnMut(Entry)) -> Result<()>;
+    /// Call `f` for every object whose key starts with `prefix` and sorts after `after` (all
+    /// of them when `after` is empty), in key order. Memory does not grow with the number of
+    /// objects; on S3 the listing starts at `after` (`start-after`), so the requests made
+    /// depend only on what follows it.
+    fn list_from(&self, prefix: &str, after: &str, f: &mut dyn FnMut(Entry)) -> Result<()>;
+
+    /// Every object whose key starts with `prefix`, in key order.
+    fn list(&self, prefix: &str, f: &mut dyn FnMut(Entry)) -> Result<()> {
+        self.list_from(prefix, "", f)
+    }
 
     /// Remove an object; removing a missing key is not an error.
     fn delete(&self, key: &str) -> Result<()>;

@@ -1,36 +1,63 @@
-//! Where the chain stands: learnt from the replica at start (one LIST, one HEAD), extended by
+//! Where the chain stands: learnt from the replica at start (from `state.json`, a listing of
+//! what follows it and one HEAD), extended by
 //! captures, and restarted as a new generation with a snapshot at an exact position when
 //! continuity cannot be proven; periodic snapshots of a continuing chain.
 
+use std::io::Read;
+
 use super::*;
 
+/// The newest object `state.json` named, with the chain's generation then.
+struct Hint {
+    obj: layout::Object,
+    gen: u32,
+}
+
+/// What the start-up listing found: the newest object and its metadata, the highest generation.
+#[derive(Default)]
+struct Newest {
+    obj: Option<layout::Object>,
+    max_gen: u32,
+    meta: Meta,
+    /// How the listing went, for the log.
+    how: String,
+}
+
 impl Shipper {
-    /// Learn where the chain stands from the newest object in the replica (one LIST, one HEAD).
+    /// Learn where the chain stands from the newest object in the replica. `state.json` names
+    /// the newest object as of its writing, so the listing starts there (a GET, two LISTs of
+    /// what came after it, one HEAD: the same few requests whatever the namespace's age);
+    /// without it, or when the object it names is gone, the whole namespace is listed.
     pub(super) fn load(&mut self) -> Result<()> {
         if self.loaded {
             return Ok(());
         }
-        let mut newest: Option<layout::Object> = None;
-        let mut max_gen = 0;
-        let prefix = format!("{}/", self.ns);
-        let ns = self.ns.clone();
-        self.storage.list(&prefix, &mut |e| {
-            if let Some((n, o)) = layout::parse_key(&e.key, e.size) {
-                if n != ns {
-                    return;
+        let hint = self.state_hint()?;
+        let found = match &hint {
+            Some(h) => self.newest_after(Some(h))?,
+            None => None,
+        };
+        let Newest {
+            obj: newest,
+            max_gen,
+            meta,
+            how,
+        } = match found {
+            Some(f) => f,
+            None => {
+                if let Some(h) = &hint {
+                    warn!(
+                        "db={} state.json names {}, which is gone; listing the whole namespace",
+                        self.path.display(),
+                        h.obj.key
+                    );
                 }
-                if let Kind::Segment { gen } = o.kind {
-                    max_gen = max_gen.max(gen);
-                }
-                if newest.as_ref().is_none_or(|b| o.ts > b.ts) {
-                    newest = Some(o);
-                }
+                self.newest_after(None)?.unwrap_or_default()
             }
-        })?;
+        };
         self.max_gen = max_gen;
         if let Some(o) = newest {
             self.last_ts = o.ts;
-            let meta = self.storage.head(&o.key)?;
             // Another database, elsewhere, is shipping into this namespace right now: two
             // chains in one namespace would make both unrestorable. Refuse (and retry later).
             if let Some(other) = meta.get(layout::SOURCE).filter(|s| **s != self.source) {
@@ -54,7 +81,7 @@ impl Shipper {
                     };
                     self.max_gen = self.max_gen.max(pos.gen);
                     info!(
-                        "db={} found chain ending at {} (generation {})",
+                        "db={} found chain ending at {} (generation {}; {how})",
                         self.path.display(),
                         o.key,
                         pos.gen
@@ -75,6 +102,89 @@ impl Shipper {
         self.clear_spool();
         self.loaded = true;
         Ok(())
+    }
+
+    /// Where `state.json` says the chain stood: None when it is absent or not ours to read.
+    fn state_hint(&self) -> Result<Option<Hint>> {
+        let key = layout::state_key(&self.ns);
+        let mut body = match self.storage.get(&key) {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut json = String::new();
+        let read = body
+            .reader
+            .by_ref()
+            .take(64 << 10)
+            .read_to_string(&mut json);
+        let hint = read
+            .ok()
+            .and_then(|_| super::super::upload::parse_state(&json))
+            .and_then(|(gen, k)| {
+                let (ns, obj) = layout::parse_key(&k, 0)?;
+                (ns == self.ns).then_some(Hint { obj, gen })
+            });
+        if hint.is_none() {
+            warn!(
+                "db={} {key} is not one walsync wrote; listing the whole namespace",
+                self.path.display()
+            );
+        }
+        Ok(hint)
+    }
+
+    /// The newest object of the namespace (with its metadata) and the highest generation seen,
+    /// listing only what sorts after `hint`'s object. Generations never decrease with time and
+    /// times are unique, so every newer segment sorts after `<ns>/wal/<gen>-<time>` and every
+    /// newer snapshot after `<ns>/snapshots/<time>`. None when nothing is newer and the hint's
+    /// object is gone.
+    fn newest_after(&self, hint: Option<&Hint>) -> Result<Option<Newest>> {
+        let mut newest: Option<layout::Object> = None;
+        let mut max_gen = hint.map_or(0, |h| h.gen);
+        let mut listed = 0u64;
+        let ns = self.ns.clone();
+        let mut see = |e: crate::storage::Entry| {
+            if let Some((n, o)) = layout::parse_key(&e.key, e.size) {
+                if n != ns {
+                    return;
+                }
+                listed += 1;
+                if let Kind::Segment { gen } = o.kind {
+                    max_gen = max_gen.max(gen);
+                }
+                if newest.as_ref().is_none_or(|b| o.ts > b.ts) {
+                    newest = Some(o);
+                }
+            }
+        };
+        match hint {
+            None => self.storage.list(&format!("{}/", self.ns), &mut see)?,
+            Some(h) => {
+                let (wal, snaps) = (format!("{}/wal/", ns), format!("{}/snapshots/", ns));
+                let after_seg = layout::segment_key(&ns, h.gen, h.obj.ts);
+                self.storage.list_from(&wal, &after_seg, &mut see)?;
+                let after_snap = layout::snapshot_key(&ns, h.obj.ts);
+                self.storage.list_from(&snaps, &after_snap, &mut see)?;
+            }
+        }
+        let how = match hint {
+            Some(h) => format!("{listed} object(s) newer than {}", h.obj.key),
+            None => format!("{listed} object(s) listed"),
+        };
+        let Some(obj) = newest.or_else(|| hint.map(|h| h.obj.clone())) else {
+            return Ok(Some(Newest::default()));
+        };
+        match self.storage.head(&obj.key) {
+            Ok(meta) => Ok(Some(Newest {
+                obj: Some(obj),
+                max_gen,
+                meta,
+                how,
+            })),
+            Err(e) if e.is_not_found() && hint.is_some() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub(super) fn next_ts(&mut self) -> u64 {

@@ -444,18 +444,24 @@ impl Storage for S3Storage {
         Ok(Self::meta_of(&resp))
     }
 
-    fn list(&self, prefix: &str, f: &mut dyn FnMut(Entry)) -> Result<()> {
+    fn list_from(&self, prefix: &str, after: &str, f: &mut dyn FnMut(Entry)) -> Result<()> {
         let mut token: Option<String> = None;
         loop {
             let mut q = vec![("list-type", "2"), ("prefix", prefix), ("max-keys", "1000")];
             if let Some(t) = &token {
                 q.push(("continuation-token", t));
+            } else if !after.is_empty() {
+                q.push(("start-after", after));
             }
             let xml = self.request_text("GET", "", &q, &[], ReqBody::Empty, XML_LIMIT)?;
             for c in xml_blocks(&xml, "Contents") {
                 let (Some(key), Some(size)) = (xml_tag(c, "Key"), xml_tag(c, "Size")) else {
                     continue;
                 };
+                // A server that ignores start-after lists from the start: same answer.
+                if key.as_str() <= after {
+                    continue;
+                }
                 f(Entry {
                     key,
                     size: size.trim().parse().unwrap_or(0),
