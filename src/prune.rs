@@ -4,9 +4,14 @@
 //! `now - keep` on must restore, and a restore at T starts from the newest snapshot at or
 //! before T. So the chain from the newest snapshot at or before `now - keep` (call it the
 //! anchor) is kept whole, and everything before the anchor, in replay order, may go. With no
-//! snapshot that old, nothing goes. Deletions run oldest first: a prune stopped at any point
-//! (`kill -9`, an S3 outage) leaves a replica whose kept part is untouched, so it restores
-//! exactly, and the next prune finishes the job. Only the namespace's own keys are listed
+//! snapshot that old, nothing goes. The kept part is never touched, so a prune stopped at
+//! any point (`kill -9`, an S3 outage) leaves the window restoring exactly, and the next prune
+//! finishes the job. What goes, goes in two phases, each a multi-object DELETE in which any
+//! subset may be gone when it stops: first the snapshots before the anchor (with every segment
+//! still there, a restore before the window starts from an older snapshot and replays through
+//! the missing one, or fails on the chain link where a generation began: never a wrong
+//! state), then the segments (now no snapshot is older than the anchor, so a point before it
+//! fails with one line naming the anchor's time). Only the namespace's own keys are listed
 //! (`<ns>/` exactly, parsed back to the same namespace), so `app` never touches `app2`.
 
 use std::time::Duration;
@@ -14,7 +19,7 @@ use std::time::Duration;
 use log::{debug, info};
 
 use crate::error::Result;
-use crate::layout::{Kind, Object};
+use crate::layout::{self, Kind, Object};
 use crate::restore;
 use crate::storage::Storage;
 use crate::time;
@@ -51,13 +56,20 @@ pub fn prune(storage: &dyn Storage, ns: &str, keep: Duration, dry_run: bool) -> 
             .map(|o| o.ts),
         ..Pruned::default()
     };
-    for o in objs.into_iter().take(n) {
+    let (snapshots, segments): (Vec<Object>, Vec<Object>) = objs
+        .into_iter()
+        .take(n)
+        .partition(|o| o.kind == Kind::Snapshot);
+    for phase in [snapshots, segments] {
         if !dry_run {
-            storage.delete(&o.key)?;
-            debug!("ns={ns} deleted {} (retention {keep:?})", o.key);
+            let keys: Vec<String> = phase.iter().map(|o| o.key.clone()).collect();
+            storage.delete_many(&keys, &mut |k| {
+                debug!("ns={ns} deleted {k} (retention {keep:?})")
+            })?;
         }
-        out.deleted.push(o);
+        out.deleted.extend(phase);
     }
+    layout::sort(&mut out.deleted);
     if !out.deleted.is_empty() && !dry_run {
         let bytes: u64 = out.deleted.iter().map(|o| o.size).sum();
         info!(

@@ -205,3 +205,200 @@ fn retention_errors() {
         stderr(&o)
     );
 }
+
+/// A history with many objects: `rounds` recorded states, each after a burst of commits
+/// shipped one segment each, and a snapshot of the changed database every second.
+fn record_history(t: &TestDir, replica: &Replica, db: &Path, rounds: usize) -> Vec<(String, u64)> {
+    make(db);
+    let d = Daemon::start(
+        &[db],
+        replica,
+        &[
+            "--snapshot-interval",
+            "1s",
+            "--retention",
+            "forever",
+            "--sync-interval",
+            "0",
+        ],
+        &t.join("log"),
+    );
+    let scratch = t.join("scratch.db");
+    let mut states = Vec::new();
+    for i in 0..rounds {
+        for j in 0..8 {
+            write(db, &format!("row {i}.{j}"));
+            sleep(Duration::from_millis(25)); // the application's own pace
+        }
+        states.push(wait_shipped(replica, "app", db, &scratch));
+        sleep(Duration::from_millis(300));
+    }
+    d.stop();
+    states
+}
+
+/// Every recorded state restores exactly, or (before the window, once something there is
+/// gone) fails: never a different state. Those at or after `window` must restore.
+fn restores_exactly_or_fails(
+    t: &TestDir,
+    replica: &Replica,
+    states: &[(String, u64)],
+    window: u64,
+    what: &str,
+) {
+    for (i, (want, at)) in states.iter().enumerate() {
+        let out = t.join(&format!("check-{i}.db"));
+        let _ = std::fs::remove_file(&out);
+        let r = restore(replica, "app", &out, Some(&walsync::time::iso(*at)));
+        if r.status.success() {
+            assert_eq!(
+                &content_hash(&out),
+                want,
+                "{what}: state {i} restored wrong"
+            );
+        } else {
+            assert!(
+                *at < window,
+                "{what}: state {i} inside the window failed: {}",
+                stderr(&r)
+            );
+        }
+    }
+    let out = t.join("check-latest.db");
+    let _ = std::fs::remove_file(&out);
+    restore_ok(replica, "app", &out, None);
+    assert_eq!(
+        content_hash(&out),
+        states.last().unwrap().0,
+        "{what}: latest"
+    );
+}
+
+/// Issue #16: a prune interrupted anywhere (any subset of its first phase, the snapshots; any
+/// subset of its second, the segments; a `walsync prune` killed with -9 as it deletes) leaves
+/// every point of the window and the latest restoring exactly, and no point restoring wrong.
+fn prune_interrupted(backend: Backend) {
+    let t = TestDir::new("prune-kill");
+    let replica = Replica::new(&t, backend);
+    let db = t.join("app.db");
+    let states = record_history(&t, &replica, &db, 12);
+    // The window is relative to each prune's own clock, so every prune is given one that
+    // starts 1.5 s before state 9: that state and the later ones stay inside it.
+    let window = states[9].1;
+    let keep_now = || format!("{}ms", walsync::time::now_ms() + 1500 - window);
+    let keep = keep_now();
+    let dry = walsync(&[
+        "prune",
+        "app",
+        "-b",
+        &replica.url(),
+        "--retention",
+        &keep,
+        "--dry-run",
+    ]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    let doomed: Vec<String> = String::from_utf8_lossy(&dry.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("would delete "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_string)
+        .collect();
+    let (snaps, segs): (Vec<&String>, Vec<&String>) =
+        doomed.iter().partition(|k| k.contains("/snapshots/"));
+    assert!(snaps.len() >= 2 && segs.len() >= 30, "{doomed:?}");
+    let (st, _) = replica.storage();
+
+    // Phase one stopped with every other snapshot gone (the newest first, the worst order).
+    for k in snaps.iter().rev().step_by(2) {
+        st.delete(k).unwrap();
+    }
+    restores_exactly_or_fails(&t, &replica, &states, window, "some old snapshots gone");
+
+    // A real prune, killed as it logs its first deletion. Its stderr is a pipe of one page,
+    // so it blocks on logging until read, and the kill lands while it deletes.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_walsync"))
+        .args([
+            "prune",
+            "app",
+            "-b",
+            &replica.url(),
+            "--retention",
+            &keep_now(),
+        ])
+        .env("RUST_LOG", "walsync=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&err),
+            libc::F_SETPIPE_SZ,
+            4096,
+        )
+    };
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(err));
+    let first = lines
+        .by_ref()
+        .map_while(|l| l.ok())
+        .find(|l| l.contains(" deleted "));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(first.is_some(), "the prune deleted nothing");
+    let left: Vec<String> = all_keys(&replica, "app")
+        .into_iter()
+        .filter(|k| doomed.contains(k))
+        .collect();
+    eprintln!(
+        "killed with {} of {} doomed objects left",
+        left.len(),
+        doomed.len()
+    );
+    if backend == Backend::Local {
+        assert!(!left.is_empty(), "the kill landed after the prune finished");
+    }
+    restores_exactly_or_fails(&t, &replica, &states, window, "a prune killed with -9");
+
+    // Phase two stopped with every other remaining segment gone.
+    for k in snaps {
+        st.delete(k).unwrap();
+    }
+    for k in segs.iter().step_by(2) {
+        st.delete(k).unwrap();
+    }
+    restores_exactly_or_fails(
+        &t,
+        &replica,
+        &states,
+        window,
+        "snapshots and some segments gone",
+    );
+
+    // The next prune finishes the job; before the window, one line naming the oldest time.
+    let o = walsync(&[
+        "prune",
+        "app",
+        "-b",
+        &replica.url(),
+        "--retention",
+        &keep_now(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(all_keys(&replica, "app")
+        .iter()
+        .all(|k| !doomed.contains(k)));
+    restores_exactly_or_fails(&t, &replica, &states, window, "after the prune");
+    let r = restore(
+        &replica,
+        "app",
+        &t.join("old.db"),
+        Some(&walsync::time::iso(states[0].1)),
+    );
+    let first = stderr(&r).lines().next().unwrap_or("").to_string();
+    assert!(first.contains("; the earliest is at "), "{first}");
+    let v = walsync(&["verify", "app", "-b", &replica.url()]);
+    assert!(v.status.success(), "{}", stderr(&v));
+}
+
+crate::both!(prune_interrupted_anywhere, super::prune_interrupted);

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -28,7 +29,15 @@ fn get(port: u16, path: &str) -> (u16, String) {
 /// Parse an exposition with `prometheus_client` (installed by tests/run.sh); returns
 /// `name{labels} value` lines, sorted, as the parser read them.
 fn prometheus_parse(text: &str) -> Vec<String> {
-    let py = std::env::var("WALSYNC_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    // tests/run.sh's virtualenv, also when cargo test is run by hand after it.
+    let venv = std::env::var("HOME").unwrap_or_default() + "/.cache/walsync/py/bin/python";
+    let py = std::env::var("WALSYNC_TEST_PYTHON").unwrap_or_else(|_| {
+        if Path::new(&venv).exists() {
+            venv
+        } else {
+            "python3".into()
+        }
+    });
     let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as f\n\
         out = []\nfor fam in f(sys.stdin.read()):\n    for s in fam.samples:\n        \
         out.append('%s %s %s' % (s.name, ','.join('%s=%s' % kv for kv in sorted(s.labels.items())), float(s.value)))\n\

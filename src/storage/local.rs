@@ -272,6 +272,32 @@ pub fn check_storage(s: &dyn Storage) -> Result<()> {
     let mut all = Vec::new();
     s.list("conf/", &mut |e| all.push(e.key))?;
     assert_eq!(all.len(), 3);
+    let mut after = Vec::new();
+    s.list_from("conf/", "conf/a/one.bin", &mut |e| after.push(e.key))?;
+    assert_eq!(
+        after,
+        ["conf/a/two.bin", "conf/b.bin"],
+        "list_from starts after"
+    );
+    // A multi-object delete, with keys that need escaping and one that does not exist.
+    let odd = [
+        "conf/c/a&b<c>'\"d.bin",
+        "conf/c/é ü.bin",
+        "conf/c/plain.bin",
+    ];
+    for k in odd {
+        s.put(k, &mut &b"x"[..], 1, &Meta::new())?;
+    }
+    let mut gone = Vec::new();
+    let mut batch: Vec<String> = odd.iter().map(|k| k.to_string()).collect();
+    batch.push("conf/c/missing".into());
+    s.delete_many(&batch, &mut |k| gone.push(k.to_string()))?;
+    gone.sort();
+    batch.sort();
+    assert_eq!(gone, batch, "delete_many reports every key");
+    let mut left = 0;
+    s.list("conf/c/", &mut |_| left += 1)?;
+    assert_eq!(left, 0, "delete_many removes objects");
     assert!(s
         .get("conf/missing")
         .err()

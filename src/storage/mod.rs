@@ -74,6 +74,17 @@ pub trait Storage: Send + Sync {
     /// Remove an object; removing a missing key is not an error.
     fn delete(&self, key: &str) -> Result<()>;
 
+    /// Remove several objects (S3: one multi-object DELETE per 1,000 keys), calling `done` for
+    /// each key once it is gone. The order in which they go is not promised, and an error may
+    /// leave any subset deleted: callers delete only sets whose every subset is safe to lose.
+    fn delete_many(&self, keys: &[String], done: &mut dyn FnMut(&str)) -> Result<()> {
+        for k in keys {
+            self.delete(k)?;
+            done(k);
+        }
+        Ok(())
+    }
+
     /// Let go of idle resources (pooled connections); called when the daemon goes quiet.
     fn release_idle(&self) {}
 }

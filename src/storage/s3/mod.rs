@@ -11,8 +11,9 @@
 //! bucket and endpoint.
 
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use log::debug;
+use log::{debug, info};
 use s3::creds::Credentials;
 use s3::Region;
 
@@ -47,6 +48,8 @@ pub struct S3Storage {
     base: String,
     endpoint: String,
     describe: String,
+    /// The server answered a multi-object DELETE with NotImplemented: delete one by one.
+    no_multi_delete: AtomicBool,
 }
 
 /// Where and how to reach S3; every field falls back to the `AWS_*` environment.
@@ -131,6 +134,7 @@ impl S3Storage {
             bucket: bucket.to_string(),
             base,
             describe: format!("s3://{bucket} at {shown}"),
+            no_multi_delete: AtomicBool::new(false),
             endpoint: shown,
         })
     }
@@ -490,7 +494,126 @@ impl Storage for S3Storage {
         }
     }
 
+    fn delete_many(&self, keys: &[String], done: &mut dyn FnMut(&str)) -> Result<()> {
+        for batch in keys.chunks(DELETE_BATCH) {
+            if batch.len() == 1 || self.no_multi_delete.load(Ordering::Relaxed) {
+                for k in batch {
+                    self.delete(k)?;
+                    done(k);
+                }
+                continue;
+            }
+            let mut xml = String::from("<Delete><Quiet>true</Quiet>");
+            for k in batch {
+                xml.push_str(&format!("<Object><Key>{}</Key></Object>", escape(k)));
+            }
+            xml.push_str("</Delete>");
+            let md5 = base64(&md5::compute(xml.as_bytes()).0);
+            let headers = [("content-md5".to_string(), md5)];
+            let q = [("delete", "")];
+            let answer = match self.request_text(
+                "POST",
+                "",
+                &q,
+                &headers,
+                ReqBody::Bytes(xml.as_bytes()),
+                XML_LIMIT,
+            ) {
+                Ok(a) => a,
+                // Servers without it (B2's S3 API before 2021, some gateways): one by one.
+                Err(Error::Storage { ref msg, .. })
+                    if msg.contains("NotImplemented") || msg.starts_with("HTTP 501") =>
+                {
+                    info!(
+                        "{}: no multi-object DELETE; deleting one by one",
+                        self.describe
+                    );
+                    self.no_multi_delete.store(true, Ordering::Relaxed);
+                    for k in batch {
+                        self.delete(k)?;
+                        done(k);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let failed: Vec<(String, String)> = xml_blocks(&answer, "Error")
+                .filter_map(|e| {
+                    let key = xml_tag(e, "Key")?;
+                    let why = format!(
+                        "{} {}",
+                        xml_tag(e, "Code").unwrap_or_default(),
+                        xml_tag(e, "Message").unwrap_or_default()
+                    );
+                    Some((key, why.trim().to_string()))
+                })
+                .collect();
+            for k in batch {
+                if !failed.iter().any(|(f, _)| f == k) {
+                    done(k);
+                }
+            }
+            if let Some((key, why)) = failed.first() {
+                return Err(self.err(
+                    key,
+                    StorageKind::Transient,
+                    format!(
+                        "{} of {} deletions refused: {why}",
+                        failed.len(),
+                        batch.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn release_idle(&self) {
         self.client.release_idle();
+    }
+}
+
+/// Keys per multi-object DELETE (S3's limit).
+const DELETE_BATCH: usize = 1000;
+
+/// Standard base64 (Content-MD5).
+fn base64(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut o = String::new();
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                o.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                o.push('=');
+            }
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_of_rfc4648_vectors() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(super::base64(i.as_bytes()), o);
+        }
+        // MD5("") = d41d8cd98f00b204e9800998ecf8427e.
+        assert_eq!(
+            super::base64(&md5::compute(b"").0),
+            "1B2M2Y8AsgTpgAmY7PhCfg=="
+        );
     }
 }
