@@ -16,7 +16,9 @@ use crate::dbfile;
 use crate::digest::HashingReader;
 use crate::error::{Error, Result};
 use crate::layout::{self, Kind, Meta, Object, Position};
-use crate::storage::Storage;
+use crate::storage::{Body, Storage};
+
+mod ahead;
 use crate::time;
 use crate::wal::segment::read_segment;
 
@@ -177,14 +179,8 @@ fn db_page_size(path: &Path) -> Result<u32> {
     dbfile::page_size(&f, path)
 }
 
-/// Fetch, verify and apply one segment onto the database file `out`.
-fn apply_segment(
-    storage: &dyn Storage,
-    key: &str,
-    chain: &mut ChainCheck,
-    out: &File,
-) -> Result<u32> {
-    let body = storage.get(key)?;
+/// Verify and apply one fetched segment onto the database file `out`.
+fn apply_segment(body: Body, key: &str, chain: &mut ChainCheck, out: &File) -> Result<u32> {
     let want = need(&body.meta, key, layout::SHA256)?.clone();
     let pos = chain.check_links(key, &body.meta)?;
     let ps = chain.page_size as u64;
@@ -285,33 +281,48 @@ pub fn restore(
 }
 
 fn restore_into(storage: &dyn Storage, plan: &Plan, tmp: &Path) -> Result<Restored> {
+    let keys: Vec<(String, u64)> = plan
+        .segments
+        .iter()
+        .map(|o| (o.key.clone(), o.size))
+        .collect();
+    let dir = tmp
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // The segments are fetched ahead while the snapshot downloads.
+    let (bytes, frames) = ahead::with_ahead(storage, &keys, Some(dir), |next| {
+        let skey = &plan.snapshot.key;
+        let body = storage.get(skey)?;
+        let want = need(&body.meta, skey, layout::SHA256)?.clone();
+        let mut r = HashingReader::new(body.reader);
+        {
+            let mut f = File::create(tmp).map_err(|e| Error::io("create", tmp, e))?;
+            io::copy(&mut r, &mut f)
+                .map_err(|e| Error::integrity(skey, format!("read failed: {e}")))?;
+            f.flush().map_err(|e| Error::io("write", tmp, e))?;
+        }
+        let bytes = r.bytes;
+        let sha = r.hex();
+        check_sha(skey, &want, &sha)?;
+        let page_size = db_page_size(tmp)?;
+        let mut chain = ChainCheck::start(skey, &body.meta, &sha, page_size)?;
+        let out = OpenOptions::new()
+            .write(true)
+            .open(tmp)
+            .map_err(|e| Error::io("open", tmp, e))?;
+        let mut frames = 0u64;
+        for seg in &plan.segments {
+            let body = next
+                .next()
+                .ok_or_else(|| Error::integrity(&seg.key, "was not fetched"))??;
+            frames += apply_segment(body, &seg.key, &mut chain, &out)? as u64;
+        }
+        out.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
+        Ok((bytes, frames))
+    })?;
     let skey = &plan.snapshot.key;
-    let body = storage.get(skey)?;
-    let want = need(&body.meta, skey, layout::SHA256)?.clone();
-    let mut r = HashingReader::new(body.reader);
-    {
-        let mut f = File::create(tmp).map_err(|e| Error::io("create", tmp, e))?;
-        io::copy(&mut r, &mut f)
-            .map_err(|e| Error::integrity(skey, format!("read failed: {e}")))?;
-        f.flush().map_err(|e| Error::io("write", tmp, e))?;
-    }
-    let bytes = r.bytes;
-    let sha = r.hex();
-    check_sha(skey, &want, &sha)?;
-    let page_size = db_page_size(tmp)?;
-    let mut chain = ChainCheck::start(skey, &body.meta, &sha, page_size)?;
-    let out = OpenOptions::new()
-        .write(true)
-        .open(tmp)
-        .map_err(|e| Error::io("open", tmp, e))?;
-    let mut frames = 0u64;
-    let mut restored_to = plan.snapshot.ts;
-    for seg in &plan.segments {
-        frames += apply_segment(storage, &seg.key, &mut chain, &out)? as u64;
-        restored_to = seg.ts;
-    }
-    out.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
-    drop(out);
+    let restored_to = plan.segments.last().map_or(plan.snapshot.ts, |s| s.ts);
     integrity_check(tmp)?;
     info!(
         "restored {} + {} segments ({frames} frames), state as of {}",
@@ -408,10 +419,24 @@ pub struct Verified {
 /// starts a chain or continues the current one, each segment follows the object before it.
 pub fn verify(storage: &dyn Storage, ns: &str) -> Result<Verified> {
     let objs = objects_of_backup(storage, ns)?;
+    let keys: Vec<(String, u64)> = objs.iter().map(|o| (o.key.clone(), o.size)).collect();
+    let (snaps, segs) = ahead::with_ahead(storage, &keys, None, |next| verify_chain(&objs, next))?;
+    Ok(Verified {
+        objects: objs.len(),
+        snapshots: snaps,
+        segments: segs,
+        latest: objs.last().map_or(0, |o| o.ts),
+    })
+}
+
+/// `verify`'s walk over the fetched objects: (snapshots, segments) checked.
+fn verify_chain(objs: &[Object], next: &mut ahead::Ahead) -> Result<(usize, usize)> {
     let mut chain: Option<ChainCheck> = None;
     let (mut snaps, mut segs) = (0, 0);
-    for o in &objs {
-        let body = storage.get(&o.key)?;
+    for o in objs {
+        let body = next
+            .next()
+            .ok_or_else(|| Error::integrity(&o.key, "was not fetched"))??;
         let want = need(&body.meta, &o.key, layout::SHA256)?.clone();
         match o.kind {
             Kind::Snapshot => {
@@ -454,12 +479,7 @@ pub fn verify(storage: &dyn Storage, ns: &str) -> Result<Verified> {
             }
         }
     }
-    Ok(Verified {
-        objects: objs.len(),
-        snapshots: snaps,
-        segments: segs,
-        latest: objs.last().map_or(0, |o| o.ts),
-    })
+    Ok((snaps, segs))
 }
 
 fn read_up_to(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
