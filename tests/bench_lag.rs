@@ -233,7 +233,7 @@ fn pct(v: &[u64], p: f64) -> String {
     format!("{:.1} s", v[i] as f64 / 1000.0)
 }
 
-fn s3_env() -> (String, String, String) {
+pub fn s3_env() -> (String, String, String) {
     (
         std::env::var("S3_BUCKET").unwrap_or_else(|_| "walsync-test".into()),
         std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_default(),
@@ -241,7 +241,7 @@ fn s3_env() -> (String, String, String) {
     )
 }
 
-fn litestream_config(dbs: &[PathBuf], ep: &str, prefix: &str, path: &Path) {
+pub fn litestream_config(dbs: &[PathBuf], ep: &str, prefix: &str, path: &Path) {
     let (bucket, key, secret) = s3_env();
     let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "garage".into());
     let mut cfg = String::from("dbs:\n");

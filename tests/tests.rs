@@ -5,6 +5,7 @@ mod bench_disturb;
 mod bench_https;
 mod bench_lag;
 mod bench_oneshot;
+mod bench_restore;
 mod bench_startup;
 mod compact;
 mod cron;
