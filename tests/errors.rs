@@ -77,6 +77,49 @@ fn restore_refuses_damaged_replicas_naming_the_object() {
     let out = t.join("out.db");
     let before = tree(&replica);
 
+    // list and verify as JSON: the restorable window, counts and bytes.
+    let o = walsync(&["list", "-b", r, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let snaps = rep.objects("app", "snapshots");
+    let first = walsync::layout::parse_key(&snaps[0], 0).unwrap().1.ts;
+    let bytes: u64 = walkdir_sizes(&replica);
+    let parsed: Vec<walsync::layout::Object> = snaps
+        .iter()
+        .chain(rep.objects("app", "wal").iter())
+        .map(|k| walsync::layout::parse_key(k, 0).unwrap().1)
+        .collect();
+    let latest = parsed.iter().map(|o| o.ts).max().unwrap();
+    let gens: Vec<u32> = parsed
+        .iter()
+        .filter_map(|o| match o.kind {
+            walsync::layout::Kind::Segment { gen } => Some(gen),
+            _ => None,
+        })
+        .collect();
+    let (g0, g1) = (gens.iter().min().unwrap(), gens.iter().max().unwrap());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim_end(),
+        format!(
+            "{{\"name\":\"app\",\"oldest_restorable\":\"{}\",\"latest_restorable\":\"{}\",\"snapshots\":{},\"segments\":{},\"generations\":[{g0},{g1}],\"bytes\":{bytes}}}",
+            walsync::time::iso(first),
+            walsync::time::iso(latest),
+            snaps.len(),
+            segs.len(),
+        )
+    );
+    let o = walsync(&["verify", "app", "-b", r, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with(&format!(
+            "{{\"name\":\"app\",\"ok\":true,\"objects\":{},\"snapshots\":{},\"segments\":{},\"latest\":\"",
+            snaps.len() + segs.len(),
+            snaps.len(),
+            segs.len()
+        )),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
     // Output exists.
     fs::write(&out, b"precious").unwrap();
     let o = walsync(&["restore", "app", "-o", out.to_str().unwrap(), "-b", r]);
@@ -133,6 +176,16 @@ fn restore_refuses_damaged_replicas_naming_the_object() {
     let v = walsync(&["verify", "app", "-b", r]);
     assert_eq!(v.status.code(), Some(1));
     assert!(stderr(&v).contains(&key(victim)));
+    let v = walsync(&["verify", "app", "-b", r, "--json"]);
+    assert_eq!(v.status.code(), Some(1));
+    let line = String::from_utf8_lossy(&v.stdout).into_owned();
+    assert!(
+        line.starts_with(&format!(
+            "{{\"name\":\"app\",\"ok\":false,\"error\":\"object {}: SHA-256 mismatch: stored ",
+            key(victim)
+        )),
+        "{line}"
+    );
 
     // Truncated.
     fs::write(victim, &orig[..orig.len() / 2]).unwrap();
@@ -541,4 +594,20 @@ fn corrupt_wal_ships_what_sqlite_sees() {
         "the damaged last commit is not part of the database"
     );
     assert_eq!(content_hash(&out), content_hash(&db));
+}
+
+/// Bytes of the objects in a local replica (sidecars and temporary files left out).
+fn walkdir_sizes(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let md = e.metadata().unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if md.is_dir() {
+            n += walkdir_sizes(&e.path());
+        } else if name.ends_with(".db") || name.ends_with(".wal") {
+            n += md.len();
+        }
+    }
+    n
 }

@@ -140,8 +140,8 @@ pub const FLAGS: &[Flag] = &[
         long: "json",
         short: None,
         value: None,
-        cmds: &["status"],
-        doc: "Print one JSON object per database, one per line, instead of the table.",
+        cmds: &["status", "list", "verify"],
+        doc: "Print one JSON object per database, one per line (field names are stable; see the README), instead of text.",
     },
     Flag {
         long: "metrics-addr",

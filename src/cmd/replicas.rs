@@ -6,41 +6,67 @@ use walsync::cli::Args;
 use walsync::error::Result;
 use walsync::layout;
 use walsync::prune;
+use walsync::replicate::status::json_str;
 use walsync::restore;
 use walsync::time;
 
 use super::watch::replica;
 
-/// The databases in the replica and their restorable state.
+/// The databases in the replica and their restorable window.
 pub fn list(a: &Args) -> Result<()> {
     let (storage, prefix, _) = replica(a)?;
     let all = restore::list(storage.as_ref(), &prefix)?;
-    if all.is_empty() {
+    if all.is_empty() && !a.json {
         println!("no databases in {}", storage.describe());
     }
     for s in all {
+        let name = s.ns.strip_prefix(&format!("{prefix}/")).unwrap_or(&s.ns);
+        // The window: from the oldest snapshot to the newest object after the first snapshot.
+        let oldest = s.snapshots.iter().map(|x| x.0).min();
+        if a.json {
+            println!(
+                "{{\"name\":{},\"oldest_restorable\":{},\"latest_restorable\":{},\"snapshots\":{},\"segments\":{},\"generations\":[{},{}],\"bytes\":{}}}",
+                json_str(name),
+                json_time(oldest.unwrap_or(0)),
+                json_time(s.latest),
+                s.snapshots.len(),
+                s.segments,
+                if s.segments == 0 { 0 } else { s.generations.0 },
+                s.generations.1,
+                s.bytes
+            );
+            continue;
+        }
         let gens = if s.segments == 0 {
             "-".to_string()
         } else {
             format!("{}..{}", s.generations.0, s.generations.1)
         };
-        let latest = if s.latest == 0 {
-            "none".into()
-        } else {
-            time::iso(s.latest)
+        let at = |t: Option<u64>| {
+            t.filter(|&t| t > 0)
+                .map_or_else(|| "none".into(), time::iso)
         };
-        let name = s.ns.strip_prefix(&format!("{prefix}/")).unwrap_or(&s.ns);
         println!(
-                "{name}\tsnapshots={} segments={} generations={gens} bytes={} latest_restorable={latest}",
-                s.snapshots.len(),
-                s.segments,
-                s.bytes
-            );
+            "{name}\tsnapshots={} segments={} generations={gens} bytes={} oldest_restorable={} latest_restorable={}",
+            s.snapshots.len(),
+            s.segments,
+            s.bytes,
+            at(oldest),
+            at(Some(s.latest))
+        );
         for (ts, size) in s.snapshots {
             println!("  snapshot {} {size} bytes", time::iso(ts));
         }
     }
     Ok(())
+}
+
+fn json_time(ms: u64) -> String {
+    if ms == 0 {
+        "null".into()
+    } else {
+        json_str(&time::iso(ms))
+    }
 }
 
 /// Delete what the retention window no longer needs.
@@ -86,13 +112,35 @@ pub fn prune(a: &Args) -> Result<()> {
 pub fn verify(a: &Args) -> Result<()> {
     let (storage, prefix, _) = replica(a)?;
     let name = &a.positional[0];
-    let v = restore::verify(storage.as_ref(), &layout::join(&prefix, name))?;
-    println!(
-            "{name}: {} object(s) verified ({} snapshot(s), {} segment(s)); chain continuous; latest {}",
+    let v = match restore::verify(storage.as_ref(), &layout::join(&prefix, name)) {
+        Ok(v) => v,
+        Err(e) if a.json => {
+            println!(
+                "{{\"name\":{},\"ok\":false,\"error\":{}}}",
+                json_str(name),
+                json_str(&e.to_string())
+            );
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    if a.json {
+        println!(
+            "{{\"name\":{},\"ok\":true,\"objects\":{},\"snapshots\":{},\"segments\":{},\"latest\":{}}}",
+            json_str(name),
             v.objects,
             v.snapshots,
             v.segments,
-            time::iso(v.latest)
+            json_time(v.latest)
         );
+        return Ok(());
+    }
+    println!(
+        "{name}: {} object(s) verified ({} snapshot(s), {} segment(s)); chain continuous; latest {}",
+        v.objects,
+        v.snapshots,
+        v.segments,
+        time::iso(v.latest)
+    );
     Ok(())
 }

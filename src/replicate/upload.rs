@@ -18,6 +18,7 @@ use log::{debug, warn};
 use sha2::{Digest, Sha256};
 
 use super::capture::Appendable;
+use super::status::json_str;
 use crate::digest;
 use crate::error::{Error, Result};
 use crate::layout::{self, Meta};
@@ -306,21 +307,6 @@ pub fn parse_state(json: &str) -> Option<(u32, String)> {
             c => key.push(c),
         }
     }
-}
-
-/// A JSON string literal.
-fn json_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
 }
 
 #[cfg(test)]

@@ -274,13 +274,27 @@ impl Slot {
 
     /// When this database's next upload job is due, if it needs one and may have one now.
     /// Final and asked-for steps upload themselves; a database being let go gets only those.
+    ///
+    /// Hurried steps (a writer without pause, a WAL at its threshold or just restarted)
+    /// capture every few milliseconds to keep the WAL's frames safe, not to ship sooner: what
+    /// they capture waits until its oldest part is a sync interval old, and the captures in
+    /// between append to it, so a nonstop writer costs one object per sync interval, not one
+    /// per commit (measured before: 9,310 PUTs for 10,000 commits over 60 s at the default
+    /// 1 s interval).
     pub fn upload_due(&self, now: Instant) -> Option<Instant> {
         let s = &self.s;
         if s.uploading || (s.in_flight && s.step_uploads) || self.removing || self.outbox.is_empty()
         {
             return None;
         }
-        Some(s.up_wake_at.unwrap_or(now))
+        let mut due = s.up_wake_at.unwrap_or(now);
+        if s.hurry {
+            if let Some(oldest) = self.outbox.oldest_queued_ms() {
+                let age = Duration::from_millis(crate::time::now_ms().saturating_sub(oldest));
+                due = due.max(now + self.sync.saturating_sub(age));
+            }
+        }
+        Some(due)
     }
 
     /// A step reported back.
