@@ -55,13 +55,6 @@ struct Figures {
     truncate_max_ms: u64,
 }
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn make_db(path: &Path, mb: u64) {
     let c = open_app(path);
     c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")

@@ -259,12 +259,7 @@ pub fn litestream_config(dbs: &[PathBuf], ep: &str, prefix: &str, path: &Path) {
 #[ignore = "benchmark: cargo test --release --test tests bench_lag -- --ignored --nocapture"]
 fn bench_lag() {
     ensure_s3();
-    let up: std::net::SocketAddr = std::env::var("AWS_ENDPOINT_URL_S3")
-        .unwrap()
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let up = s3_upstream();
     let secs = env_list("BENCH_LAG_SECS", "60")[0];
     let have_litestream = Command::new("litestream").arg("version").output().is_ok();
     println!("| tool | RTT | databases | lag p50 / p95 / max | commits not in the replica after a 15 s drain (restored sample) | PUTs | bytes up | CPU ticks | RSS (VmHWM) |");

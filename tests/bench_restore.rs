@@ -22,13 +22,6 @@ use crate::bench_lag::{litestream_config, s3_env};
 use crate::harness::*;
 use crate::proxy::{Fault, Proxy};
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn make_db(path: &Path, mb: u64) {
     let c = open_app(path);
     c.execute_batch(
@@ -59,15 +52,6 @@ fn workload(path: &Path, commits: u64, rows: u64) {
         .unwrap();
         sleep(pace); // the application's own pace
     }
-}
-
-fn upstream() -> std::net::SocketAddr {
-    std::env::var("AWS_ENDPOINT_URL_S3")
-        .unwrap()
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap()
 }
 
 fn secs(f: impl FnOnce() -> bool) -> String {
@@ -166,7 +150,7 @@ fn bench_restore() {
         .split(',')
         .filter_map(|v| v.trim().parse::<u64>().ok())
     {
-        let proxy = Proxy::start(upstream());
+        let proxy = Proxy::start(s3_upstream());
         proxy.set_fault(Fault::Slow(Duration::from_millis(rtt)));
         let ep = proxy.endpoint();
         let out = t.join(&format!("w-{rtt}.db"));

@@ -30,12 +30,7 @@ fn started(log: &Path) -> bool {
 #[ignore]
 fn bench_startup() {
     ensure_s3();
-    let up: std::net::SocketAddr = std::env::var("AWS_ENDPOINT_URL_S3")
-        .unwrap()
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let up = s3_upstream();
     let n: u64 = std::env::var("BENCH_OBJECTS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -490,3 +490,21 @@ pub fn manual_restore(replica: &Replica, name: &str, out: &Path) {
     }
     assert_eq!(sqlite3("PRAGMA integrity_check;"), "ok");
 }
+
+/// The real S3 server's address (once `ensure_s3` ran), for a proxy to stand in front of it.
+pub fn s3_upstream() -> std::net::SocketAddr {
+    std::env::var("AWS_ENDPOINT_URL_S3")
+        .unwrap()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap()
+}
+
+/// A benchmark's numeric setting from the environment.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -27,6 +27,21 @@ fn all_keys(replica: &Replica, name: &str) -> Vec<String> {
     k
 }
 
+/// `walsync prune app --dry-run` with retention `keep`: the keys it would delete, and its output.
+fn dry_run(replica: &Replica, keep: &str) -> (Vec<String>, String) {
+    let url = replica.url();
+    let dry = walsync(&["prune", "app", "-b", &url, "--retention", keep, "--dry-run"]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    let out = String::from_utf8_lossy(&dry.stdout).into_owned();
+    let keys = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("would delete "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_string)
+        .collect();
+    (keys, out)
+}
+
 fn prune_window(backend: Backend) {
     let t = TestDir::new("prune");
     let replica = Replica::new(&t, backend);
@@ -58,33 +73,17 @@ fn prune_window(backend: Backend) {
     let start = states[4].1;
     let keep_ms = walsync::time::now_ms() - start;
     let keep = format!("{keep_ms}ms");
-    let dry = walsync(&[
-        "prune",
-        "app",
-        "-b",
-        &replica.url(),
-        "--retention",
-        &keep,
-        "--dry-run",
-    ]);
-    assert!(dry.status.success(), "{}", stderr(&dry));
+    let (doomed, dry_out) = dry_run(&replica, &keep);
     assert_eq!(
         all_keys(&replica, "app"),
         before,
         "a dry run deleted something"
     );
-    let dry_out = String::from_utf8_lossy(&dry.stdout).into_owned();
     let would = dry_out.matches("would delete ").count() - 1; // the summary line says it too
-    assert!(would > 0, "{dry_out}");
+    assert!(would > 0 && would == doomed.len(), "{dry_out}");
 
     // A prune stopped halfway (as by kill -9): the oldest half of what it would delete is gone.
     let (st, prefix) = replica.storage();
-    let doomed: Vec<String> = dry_out
-        .lines()
-        .filter_map(|l| l.strip_prefix("would delete "))
-        .filter_map(|l| l.split(' ').next())
-        .map(str::to_string)
-        .collect();
     for k in doomed.iter().take(doomed.len() / 2) {
         st.delete(k).unwrap();
     }
@@ -287,22 +286,7 @@ fn prune_interrupted(backend: Backend) {
     let window = states[9].1;
     let keep_now = || format!("{}ms", walsync::time::now_ms() + 1500 - window);
     let keep = keep_now();
-    let dry = walsync(&[
-        "prune",
-        "app",
-        "-b",
-        &replica.url(),
-        "--retention",
-        &keep,
-        "--dry-run",
-    ]);
-    assert!(dry.status.success(), "{}", stderr(&dry));
-    let doomed: Vec<String> = String::from_utf8_lossy(&dry.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("would delete "))
-        .filter_map(|l| l.split(' ').next())
-        .map(str::to_string)
-        .collect();
+    let (doomed, _) = dry_run(&replica, &keep);
     let (snaps, segs): (Vec<&String>, Vec<&String>) =
         doomed.iter().partition(|k| k.contains("/snapshots/"));
     assert!(snaps.len() >= 2 && segs.len() >= 30, "{doomed:?}");

@@ -13,11 +13,7 @@ use crate::workload;
 
 fn upstream() -> std::net::SocketAddr {
     ensure_s3();
-    let ep = std::env::var("AWS_ENDPOINT_URL_S3").unwrap();
-    ep.trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap()
+    s3_upstream()
 }
 
 /// `walsync watch` of one database, sending its requests through `proxy`.

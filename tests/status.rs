@@ -86,12 +86,7 @@ fn status_of(db: &std::path::Path) -> (bool, String) {
 #[test]
 fn status_metrics_and_health_through_an_outage() {
     ensure_s3();
-    let up: std::net::SocketAddr = std::env::var("AWS_ENDPOINT_URL_S3")
-        .unwrap()
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let up = s3_upstream();
     let proxy = Proxy::start(up);
     let t = TestDir::new("status");
     let db = t.join("app.db");
@@ -289,12 +284,7 @@ fn alerts_heartbeat_and_on_failure() {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     ensure_s3();
-    let up: std::net::SocketAddr = std::env::var("AWS_ENDPOINT_URL_S3")
-        .unwrap()
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let up = s3_upstream();
     let proxy = Proxy::start(up);
     let t = TestDir::new("alerts");
     let db = t.join("app.db");

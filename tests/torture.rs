@@ -25,13 +25,6 @@ use crate::harness::*;
 use crate::proxy::{Fault, Proxy};
 use crate::workload;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// A state the application committed: when (ms since the epoch, taken after COMMIT returned)
 /// and the content hash.
 type States = Arc<Mutex<Vec<(u64, String)>>>;
@@ -149,12 +142,7 @@ fn torture() {
         env_u64("WALSYNC_TORTURE_OUTAGE_SECS", secs.min(3600) / 3).clamp(5, 30),
     );
     eprintln!("torture: {secs} s, {ndb} databases, seed {seed}, outage {outage:?}");
-    let upstream: std::net::SocketAddr = std::env::var("AWS_ENDPOINT_URL_S3")
-        .unwrap()
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let upstream = s3_upstream();
     let proxy = Proxy::start(upstream);
     let ep = proxy.endpoint();
     let t = TestDir::new("torture");
