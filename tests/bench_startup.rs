@@ -31,10 +31,7 @@ fn started(log: &Path) -> bool {
 fn bench_startup() {
     ensure_s3();
     let up = s3_upstream();
-    let n: u64 = std::env::var("BENCH_OBJECTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let n = env_u64("BENCH_OBJECTS", 100_000);
     let t = TestDir::new("bench-startup");
     let replica = Replica::new(&t, Backend::S3);
     let (st, prefix) = replica.storage();

@@ -8,6 +8,7 @@ mod bench_oneshot;
 mod bench_restore;
 mod bench_startup;
 mod compact;
+mod creds;
 mod cron;
 mod disturb;
 mod errors;

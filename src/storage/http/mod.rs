@@ -112,6 +112,7 @@ pub struct Client {
     pool: Arc<Mutex<Vec<Conn>>>,
     connects: AtomicU64,
     io_timeout: Duration,
+    connect_timeout: Duration,
 }
 
 impl Client {
@@ -135,13 +136,19 @@ impl Client {
             pool: Arc::new(Mutex::new(Vec::new())),
             connects: AtomicU64::new(0),
             io_timeout: IO_TIMEOUT,
+            connect_timeout: CONNECT_TIMEOUT,
         })
     }
 
     /// How long a request may go without progress (default 60 s).
-    #[cfg(test)]
     pub fn with_io_timeout(mut self, t: Duration) -> Client {
         self.io_timeout = t;
+        self
+    }
+
+    /// How long a connection may take to open (default 10 s).
+    pub fn with_connect_timeout(mut self, t: Duration) -> Client {
+        self.connect_timeout = t;
         self
     }
 
@@ -165,7 +172,7 @@ impl Client {
         let mut last = io::Error::other(format!("{host} resolves to no address"));
         let mut tcp = None;
         for addr in (host, t.port).to_socket_addrs()? {
-            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            match TcpStream::connect_timeout(&addr, self.connect_timeout) {
                 Ok(s) => {
                     tcp = Some(s);
                     break;

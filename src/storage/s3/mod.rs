@@ -14,9 +14,9 @@ use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use log::{debug, info};
-use s3::creds::Credentials;
 use s3::Region;
 
+mod creds;
 mod errors;
 mod xml;
 
@@ -41,7 +41,8 @@ const XML_LIMIT: u64 = 4 * 1024 * 1024;
 
 pub struct S3Storage {
     client: Client,
-    keys: Keys,
+    creds: creds::Provider,
+    region: String,
     bucket: String,
     /// `/bucket` with path-style addressing, empty with virtual-hosted style; plus any base
     /// path of the endpoint.
@@ -81,15 +82,7 @@ impl S3Storage {
             .clone()
             .or_else(|| env("AWS_ENDPOINT_URL_S3"))
             .or_else(|| env("AWS_ENDPOINT_URL"));
-        let creds = match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-            (Some(k), Some(s)) => Credentials::new(Some(&k), Some(&s), env("AWS_SESSION_TOKEN").as_deref(), None, None),
-            _ => Credentials::from_profile(env("AWS_PROFILE").as_deref()),
-        }
-        .ok()
-        .and_then(|c| Some((c.access_key?, c.secret_key?, c.session_token.or(c.security_token))))
-        .ok_or_else(|| {
-            cfg(format!("no S3 credentials for bucket {bucket}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"))
-        })?;
+        let creds = creds::Provider::discover(bucket, endpoint.is_none())?;
         let (target, base, shown) = match &endpoint {
             Some(e) => {
                 let (t, path) = Target::parse(e).ok_or_else(|| {
@@ -125,12 +118,8 @@ impl S3Storage {
         let client = Client::new(target).map_err(|e| cfg(format!("S3 endpoint {shown}: {e}")))?;
         Ok(S3Storage {
             client,
-            keys: Keys {
-                access: creds.0,
-                secret: creds.1,
-                token: creds.2,
-                region,
-            },
+            creds,
+            region,
             bucket: bucket.to_string(),
             base,
             describe: format!("s3://{bucket} at {shown}"),
@@ -217,7 +206,14 @@ impl S3Storage {
             headers,
             payload_hash: &hash,
         };
-        let (qs, head) = sigv4::sign(&self.keys, &req, crate::time::now_ms());
+        let c = self.creds.get();
+        let keys = Keys {
+            access: c.access,
+            secret: c.secret,
+            token: c.token,
+            region: self.region.clone(),
+        };
+        let (qs, head) = sigv4::sign(&keys, &req, crate::time::now_ms());
         let target = if qs.is_empty() {
             path
         } else {
@@ -257,6 +253,10 @@ impl S3Storage {
             Ok(resp)
         } else {
             let status = resp.status;
+            if status == 403 || status == 400 {
+                // Expired or revoked temporary keys: fetch new ones for the next request.
+                self.creds.refused();
+            }
             let region = resp.header("x-amz-bucket-region").map(str::to_string);
             let mut body = resp.text(ERROR_BODY_LIMIT).unwrap_or_default();
             if let (Some(r), false) = (region, body.contains("<Region>")) {

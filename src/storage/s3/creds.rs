@@ -1,0 +1,344 @@
+//! Where the S3 keys come from, in the AWS SDKs' order: `AWS_ACCESS_KEY_ID` and
+//! `AWS_SECRET_ACCESS_KEY` (with `AWS_SESSION_TOKEN`), the profile of `~/.aws/credentials`
+//! (`AWS_PROFILE`), the container endpoint of ECS, EKS Pod Identity and Fargate
+//! (`AWS_CONTAINER_CREDENTIALS_FULL_URI` or `_RELATIVE_URI`, with
+//! `AWS_CONTAINER_AUTHORIZATION_TOKEN` or `_TOKEN_FILE`), then, when S3 itself is AWS (no
+//! endpoint given), the EC2 instance metadata service (IMDSv2: a session token, the role, its
+//! keys; `AWS_EC2_METADATA_DISABLED=true` skips it). Keys from the last two expire: they are
+//! fetched again when half their remaining life has passed (at most 5 minutes before they
+//! expire), and after S3 refuses them, so temporary credentials never expire into endless 403s.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use log::{info, warn};
+use s3::creds::Credentials;
+
+use super::super::http::{Client, ReqBody, Target};
+use crate::error::{Error, Result};
+use crate::time;
+
+/// Keys signing requests.
+#[derive(Debug, Clone)]
+pub struct Creds {
+    pub access: String,
+    pub secret: String,
+    pub token: Option<String>,
+}
+
+/// A source that hands out keys that expire.
+enum Refreshing {
+    /// ECS/EKS container endpoint: the URL and the authorization header value, if any.
+    Container {
+        client: Client,
+        path: String,
+        auth: Auth,
+    },
+    /// EC2 instance metadata (IMDSv2).
+    Imds { client: Client },
+}
+
+/// The container endpoint's authorization: none, a token, or a file holding one (read at
+/// every fetch: EKS rotates it).
+enum Auth {
+    None,
+    Token(String),
+    File(String),
+}
+
+struct Current {
+    creds: Creds,
+    /// When the keys expire (ms since the epoch; None: never).
+    expires: Option<u64>,
+    /// When to fetch again.
+    refresh_at: Option<u64>,
+}
+
+pub struct Provider {
+    source: Option<Refreshing>,
+    what: &'static str,
+    cur: Mutex<Current>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Provider {
+    /// The first source of the chain that has keys. `aws`: S3 is AWS itself (no endpoint).
+    pub fn discover(bucket: &str, aws: bool) -> Result<Provider> {
+        let fixed = match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+            (Some(k), Some(s)) => Some((
+                Creds {
+                    access: k,
+                    secret: s,
+                    token: env("AWS_SESSION_TOKEN"),
+                },
+                "the environment",
+            )),
+            _ => Credentials::from_profile(env("AWS_PROFILE").as_deref())
+                .ok()
+                .and_then(|c| {
+                    Some(Creds {
+                        access: c.access_key?,
+                        secret: c.secret_key?,
+                        token: c.session_token.or(c.security_token),
+                    })
+                })
+                .map(|c| (c, "~/.aws/credentials")),
+        };
+        if let Some((creds, what)) = fixed {
+            return Ok(Provider {
+                source: None,
+                what,
+                cur: Mutex::new(Current {
+                    creds,
+                    expires: None,
+                    refresh_at: None,
+                }),
+            });
+        }
+        let (source, what) = if let Some(src) = container_source()? {
+            (src, "the container credentials endpoint")
+        } else if aws && env("AWS_EC2_METADATA_DISABLED").is_none_or(|v| v != "true") {
+            let url = env("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+                .unwrap_or_else(|| "http://169.254.169.254".into());
+            let client = metadata_client(&url)?;
+            (Refreshing::Imds { client }, "the EC2 instance metadata")
+        } else {
+            return Err(no_creds(bucket, ""));
+        };
+        let fetched = fetch(&source).map_err(|e| match source {
+            Refreshing::Imds { .. } => no_creds(bucket, &format!(" (instance metadata: {e})")),
+            Refreshing::Container { .. } => e,
+        })?;
+        info!("S3 credentials from {what}{}", expiry_note(&fetched));
+        Ok(Provider {
+            source: Some(source),
+            what,
+            cur: Mutex::new(fetched),
+        })
+    }
+
+    /// The keys to sign with now, fetched again first when due.
+    pub fn get(&self) -> Creds {
+        let mut cur = self.cur.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(src), Some(at)) = (&self.source, cur.refresh_at) {
+            if time::now_ms() >= at {
+                match fetch(src) {
+                    Ok(c) => {
+                        info!(
+                            "S3 credentials refreshed from {}{}",
+                            self.what,
+                            expiry_note(&c)
+                        );
+                        *cur = c;
+                    }
+                    Err(e) => {
+                        // Keep the old keys (they may still be valid) and try again in 10 s.
+                        warn!("S3 credentials from {}: {e}; retrying in 10 s", self.what);
+                        cur.refresh_at = Some(time::now_ms() + 10_000);
+                    }
+                }
+            }
+        }
+        cur.creds.clone()
+    }
+
+    /// S3 refused the keys: fetch again before the next request (refreshing sources only).
+    pub fn refused(&self) {
+        if self.source.is_some() {
+            let mut cur = self.cur.lock().unwrap_or_else(|p| p.into_inner());
+            let now = time::now_ms();
+            if cur.refresh_at.is_some_and(|t| t > now + 10_000) {
+                cur.refresh_at = Some(now);
+            }
+        }
+    }
+}
+
+fn no_creds(bucket: &str, why: &str) -> Error {
+    Error::Config {
+        file: "environment".into(),
+        key: String::new(),
+        msg: format!(
+            "no S3 credentials for bucket {bucket}{why}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        ),
+    }
+}
+
+fn expiry_note(c: &Current) -> String {
+    c.expires
+        .map(|t| format!(", valid until {}", time::iso(t)))
+        .unwrap_or_default()
+}
+
+fn metadata_client(url: &str) -> Result<Client> {
+    let (target, _) = Target::parse(url).ok_or_else(|| {
+        Error::usage(format!(
+            "invalid credentials endpoint '{url}': it must be http(s)://host[:port]"
+        ))
+    })?;
+    Ok(Client::new(target)
+        .map_err(|e| Error::other(format!("credentials endpoint {url}: {e}")))?
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_io_timeout(Duration::from_secs(5)))
+}
+
+fn container_source() -> Result<Option<Refreshing>> {
+    let url = match (
+        env("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+        env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
+    ) {
+        (Some(full), _) => full,
+        (None, Some(rel)) => format!("http://169.254.170.2{rel}"),
+        (None, None) => return Ok(None),
+    };
+    let (target, path) = Target::parse(&url).ok_or_else(|| {
+        Error::usage(format!(
+            "invalid AWS_CONTAINER_CREDENTIALS_FULL_URI '{url}': it must be http(s)://host[:port]/path"
+        ))
+    })?;
+    let client = metadata_client(&format!(
+        "{}://{}",
+        if target.https { "https" } else { "http" },
+        target.host_header()
+    ))?;
+    let auth = match (
+        env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
+        env("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
+    ) {
+        (Some(f), _) => Auth::File(f),
+        (None, Some(t)) => Auth::Token(t),
+        (None, None) => Auth::None,
+    };
+    Ok(Some(Refreshing::Container {
+        client,
+        path: if path.is_empty() { "/".into() } else { path },
+        auth,
+    }))
+}
+
+/// One GET (or PUT) to a metadata endpoint: the body of a 200 answer.
+fn call(client: &Client, method: &str, path: &str, head: &[(String, String)]) -> Result<String> {
+    let where_ = format!("{}{path}", client.target().host_header());
+    let resp = client
+        .send(method, path, head, ReqBody::Empty)
+        .map_err(|e| Error::other(format!("cannot reach {where_}: {e}")))?;
+    let status = resp.status;
+    let text = resp
+        .text(64 << 10)
+        .map_err(|e| Error::other(format!("reading {where_}: {e}")))?;
+    if status != 200 {
+        let first: String = text.chars().take(200).collect();
+        return Err(Error::other(format!(
+            "{where_} answered HTTP {status}: {}",
+            first.trim()
+        )));
+    }
+    Ok(text)
+}
+
+fn fetch(src: &Refreshing) -> Result<Current> {
+    let json = match src {
+        Refreshing::Container { client, path, auth } => {
+            let token = match auth {
+                Auth::None => None,
+                Auth::Token(t) => Some(t.clone()),
+                Auth::File(f) => Some(
+                    std::fs::read_to_string(f)
+                        .map_err(|e| Error::io("read", f, e))?
+                        .trim()
+                        .to_string(),
+                ),
+            };
+            let head: Vec<(String, String)> = token
+                .into_iter()
+                .map(|t| ("Authorization".to_string(), t))
+                .collect();
+            call(client, "GET", path, &head)?
+        }
+        Refreshing::Imds { client } => {
+            let ttl = [(
+                "X-aws-ec2-metadata-token-ttl-seconds".to_string(),
+                "21600".to_string(),
+            )];
+            let token = call(client, "PUT", "/latest/api/token", &ttl)?;
+            let head = [(
+                "X-aws-ec2-metadata-token".to_string(),
+                token.trim().to_string(),
+            )];
+            let base = "/latest/meta-data/iam/security-credentials/";
+            let role = call(client, "GET", base, &head)?;
+            let role = role.lines().next().unwrap_or("").trim().to_string();
+            if role.is_empty() {
+                return Err(Error::other("the instance has no IAM role attached"));
+            }
+            call(client, "GET", &format!("{base}{role}"), &head)?
+        }
+    };
+    parse(&json)
+}
+
+/// The keys and their expiry from the JSON both endpoints answer with.
+fn parse(json: &str) -> Result<Current> {
+    let field = |name: &str| json_field(json, name);
+    let (Some(access), Some(secret)) = (field("AccessKeyId"), field("SecretAccessKey")) else {
+        return Err(Error::other(
+            "the credentials endpoint answered without AccessKeyId and SecretAccessKey",
+        ));
+    };
+    let expires = field("Expiration").and_then(|e| time::parse_iso(&e));
+    let now = time::now_ms();
+    let refresh_at = expires.map(|e| {
+        let left = e.saturating_sub(now);
+        now + left.saturating_sub((left / 2).min(300_000)).max(1_000)
+    });
+    Ok(Current {
+        creds: Creds {
+            access,
+            secret,
+            token: field("Token").or_else(|| field("SessionToken")),
+        },
+        expires,
+        refresh_at,
+    })
+}
+
+/// The string value of `"name": "..."` in a flat JSON object (no escapes in these values).
+fn json_field(json: &str, name: &str) -> Option<String> {
+    let at = json.find(&format!("\"{name}\""))? + name.len() + 2;
+    let rest = json[at..].trim_start().strip_prefix(':')?.trim_start();
+    let rest = rest.strip_prefix('"')?;
+    Some(rest[..rest.find('"')?].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_container_and_imds_answers() {
+        let later = time::now_ms() + 3_600_000;
+        let json = format!(
+            "{{\n  \"Code\" : \"Success\",\n  \"AccessKeyId\" : \"ASIA1\",\n  \"SecretAccessKey\" : \"s/2\",\n  \"Token\" : \"t+3\",\n  \"Expiration\" : \"{}\"\n}}",
+            time::iso(later)
+        );
+        let c = parse(&json).unwrap();
+        assert_eq!(c.creds.access, "ASIA1");
+        assert_eq!(c.creds.secret, "s/2");
+        assert_eq!(c.creds.token.as_deref(), Some("t+3"));
+        assert_eq!(c.expires, Some(later));
+        // An hour left: fetched again 5 minutes before it expires.
+        let at = c.refresh_at.unwrap();
+        assert!(at.abs_diff(later - 300_000) < 2_000, "{at} vs {later}");
+        // 20 s left: after half of it.
+        let soon = time::now_ms() + 20_000;
+        let c = parse(&json.replace(&time::iso(later), &time::iso(soon))).unwrap();
+        assert!(c.refresh_at.unwrap().abs_diff(soon - 10_000) < 2_000);
+        // No expiry: never.
+        let c = parse("{\"AccessKeyId\":\"a\",\"SecretAccessKey\":\"b\"}").unwrap();
+        assert_eq!((c.expires, c.refresh_at), (None, None));
+        assert!(parse("{\"AccessKeyId\":\"a\"}").is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! Issue #17: credentials that expire. walsync takes its keys from the container credentials
+//! endpoint (ECS, EKS Pod Identity, Fargate: `AWS_CONTAINER_CREDENTIALS_FULL_URI` with an
+//! authorization token), fetches them again before they expire, and keeps shipping; an
+//! endpoint that cannot be reached is one clear line.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::harness::*;
+
+/// A container credentials endpoint handing out the test server's real keys, valid for 4 s
+/// from each fetch, to requests carrying `Authorization: tok`. Returns its URL and the count
+/// of keys handed out.
+fn credentials_endpoint() -> (String, Arc<AtomicU64>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v2/credentials/abc", l.local_addr().unwrap());
+    let served = Arc::new(AtomicU64::new(0));
+    let n = served.clone();
+    let key = std::env::var("AWS_ACCESS_KEY_ID").unwrap();
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let (mut first, mut auth) = (String::new(), false);
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if first.is_empty() {
+                    first = line.clone();
+                }
+                auth |= line.eq_ignore_ascii_case("authorization: tok\r\n");
+            }
+            let (status, body) = if !first.starts_with("GET /v2/credentials/abc ") || !auth {
+                ("403 Forbidden", "{}".to_string())
+            } else {
+                n.fetch_add(1, Ordering::SeqCst);
+                let exp = walsync::time::iso(walsync::time::now_ms() + 4_000);
+                (
+                    "200 OK",
+                    format!("{{\"AccessKeyId\":\"{key}\",\"SecretAccessKey\":\"{secret}\",\"Token\":\"\",\"Expiration\":\"{exp}\"}}"),
+                )
+            };
+            let mut s = s;
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, served)
+}
+
+/// The environment of a process that has no keys but the container endpoint's.
+fn without_keys(cmd: &mut Command, t: &TestDir, url: &str) {
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("HOME", t.join("home"))
+        .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", url)
+        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN", "tok");
+}
+
+#[test]
+fn container_credentials_are_refreshed_before_they_expire() {
+    ensure_s3();
+    let t = TestDir::new("creds");
+    let replica = Replica::new(&t, Backend::S3);
+    let (url, served) = credentials_endpoint();
+    let db = t.join("app.db");
+    let c = open_app(&db);
+    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    drop(c);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["watch", db.to_str().unwrap(), "-b", &replica.url()])
+        .args(["--sync-interval", "0"]);
+    without_keys(&mut cmd, &t, &url);
+    let d = Daemon::spawn(cmd, &t.join("log"));
+    d.wait_log(
+        "S3 credentials from the container credentials endpoint, valid until ",
+        Duration::from_secs(10),
+    );
+    // 12 s of writes: keys valid 4 s at a time must be fetched again, at least twice.
+    let scratch = t.join("scratch.db");
+    let began = std::time::Instant::now();
+    let mut i = 0;
+    while began.elapsed() < Duration::from_secs(12) {
+        open_app(&db)
+            .execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
+            .unwrap();
+        wait_shipped(&replica, "app", &db, &scratch);
+        std::thread::sleep(Duration::from_millis(500)); // the application's own pace
+        i += 1;
+    }
+    d.wait_log(
+        "S3 credentials refreshed from the container credentials endpoint",
+        Duration::from_secs(10),
+    );
+    let log = d.log_text();
+    d.stop();
+    assert!(served.load(Ordering::SeqCst) >= 3, "{log}");
+    assert!(!log.contains("access denied"), "{log}");
+    assert_restores_equal(&replica, "app", &db, &t.join("out.db"));
+}
+
+#[test]
+fn unreachable_credentials_endpoint_is_one_line() {
+    ensure_s3();
+    let t = TestDir::new("creds-down");
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["list", "-b", "s3://walsync-test"]);
+    without_keys(&mut cmd, &t, &format!("http://{closed}/creds"));
+    let o = cmd.output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let first = stderr(&o).lines().next().unwrap_or("").to_string();
+    assert!(
+        first.starts_with(&format!("walsync: error: cannot reach {closed}/creds: ")),
+        "{first}"
+    );
+}
