@@ -12,12 +12,15 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-/// A container credentials endpoint handing out the test server's real keys, valid for 4 s
-/// from each fetch, to requests carrying `Authorization: tok`. Returns its URL and the count
-/// of keys handed out.
-fn credentials_endpoint() -> (String, Arc<AtomicU64>) {
+/// A credentials endpoint on 127.0.0.1 handing out the test server's real keys, valid for 4 s
+/// from each fetch: `answer(request line, headers)` gives the body for the keys (`{key}`,
+/// `{secret}`, `{exp}` filled in), or None for a 403. Returns its address and the count of
+/// keys handed out.
+fn endpoint(
+    answer: impl Fn(&str, &str) -> Option<&'static str> + Send + 'static,
+) -> (String, Arc<AtomicU64>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v2/credentials/abc", l.local_addr().unwrap());
+    let addr = l.local_addr().unwrap().to_string();
     let served = Arc::new(AtomicU64::new(0));
     let n = served.clone();
     let key = std::env::var("AWS_ACCESS_KEY_ID").unwrap();
@@ -25,7 +28,7 @@ fn credentials_endpoint() -> (String, Arc<AtomicU64>) {
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
             let mut r = BufReader::new(s.try_clone().unwrap());
-            let (mut first, mut auth) = (String::new(), false);
+            let (mut first, mut headers) = (String::new(), String::new());
             loop {
                 let mut line = String::new();
                 if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
@@ -33,18 +36,21 @@ fn credentials_endpoint() -> (String, Arc<AtomicU64>) {
                 }
                 if first.is_empty() {
                     first = line.clone();
+                } else {
+                    headers.push_str(&line.to_ascii_lowercase());
                 }
-                auth |= line.eq_ignore_ascii_case("authorization: tok\r\n");
             }
-            let (status, body) = if !first.starts_with("GET /v2/credentials/abc ") || !auth {
-                ("403 Forbidden", "{}".to_string())
-            } else {
-                n.fetch_add(1, Ordering::SeqCst);
-                let exp = walsync::time::iso(walsync::time::now_ms() + 4_000);
-                (
-                    "200 OK",
-                    format!("{{\"AccessKeyId\":\"{key}\",\"SecretAccessKey\":\"{secret}\",\"Token\":\"\",\"Expiration\":\"{exp}\"}}"),
-                )
+            let (status, body) = match answer(&first, &headers) {
+                None => ("403 Forbidden", "{}".to_string()),
+                Some(tpl) => {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    let exp = walsync::time::iso(walsync::time::now_ms() + 4_000);
+                    let body = tpl
+                        .replace("{key}", &key)
+                        .replace("{secret}", &secret)
+                        .replace("{exp}", &exp);
+                    ("200 OK", body)
+                }
             };
             let mut s = s;
             let _ = write!(
@@ -54,7 +60,16 @@ fn credentials_endpoint() -> (String, Arc<AtomicU64>) {
             );
         }
     });
-    (url, served)
+    (addr, served)
+}
+
+/// A container credentials endpoint (ECS): `GET /v2/credentials/abc` with `Authorization: tok`.
+fn credentials_endpoint() -> (String, Arc<AtomicU64>) {
+    let (addr, n) = endpoint(|first, headers| {
+        (first.starts_with("GET /v2/credentials/abc ") && headers.contains("authorization: tok\r\n"))
+            .then_some("{\"AccessKeyId\":\"{key}\",\"SecretAccessKey\":\"{secret}\",\"Token\":\"\",\"Expiration\":\"{exp}\"}")
+    });
+    (format!("http://{addr}/v2/credentials/abc"), n)
 }
 
 /// The environment of a process that has no keys but the container endpoint's.
@@ -129,4 +144,55 @@ fn unreachable_credentials_endpoint_is_one_line() {
         first.starts_with(&format!("walsync: error: cannot reach {closed}/creds: ")),
         "{first}"
     );
+}
+
+/// EKS IRSA: STS AssumeRoleWithWebIdentity with the role and the token file's token; the keys
+/// it answers are used and fetched again before they expire.
+#[test]
+fn web_identity_credentials_from_sts() {
+    ensure_s3();
+    let t = TestDir::new("creds-sts");
+    let replica = Replica::new(&t, Backend::S3);
+    let (sts, served) = endpoint(|first, _| {
+        (first.starts_with("GET /?Action=AssumeRoleWithWebIdentity&")
+            && first.contains("&RoleArn=arn%3Aaws%3Aiam%3A%3A123%3Arole%2Fapp&")
+            && first.contains("&WebIdentityToken=eyJ.tok%2Ben "))
+        .then_some(
+            "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials>\
+             <AccessKeyId>{key}</AccessKeyId><SecretAccessKey>{secret}</SecretAccessKey>\
+             <SessionToken></SessionToken><Expiration>{exp}</Expiration></Credentials>\
+             </AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>",
+        )
+    });
+    let token = t.join("token");
+    std::fs::write(&token, "eyJ.tok+en\n").unwrap();
+    let db = t.join("app.db");
+    open_app(&db)
+        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["watch", db.to_str().unwrap(), "-b", &replica.url()])
+        .args(["--sync-interval", "0"]);
+    without_keys(&mut cmd, &t, "");
+    cmd.env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token)
+        .env("AWS_ROLE_ARN", "arn:aws:iam::123:role/app")
+        .env("AWS_ENDPOINT_URL_STS", format!("http://{sts}"));
+    let d = Daemon::spawn(cmd, &t.join("log"));
+    d.wait_log("S3 credentials from web identity", Duration::from_secs(10));
+    let scratch = t.join("scratch.db");
+    for i in 0..4 {
+        open_app(&db)
+            .execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
+            .unwrap();
+        wait_shipped(&replica, "app", &db, &scratch);
+        std::thread::sleep(Duration::from_millis(1500)); // the application's own pace
+    }
+    d.wait_log(
+        "S3 credentials refreshed from web identity",
+        Duration::from_secs(10),
+    );
+    d.stop();
+    assert!(served.load(Ordering::SeqCst) >= 2);
+    assert_restores_equal(&replica, "app", &db, &t.join("out.db"));
 }

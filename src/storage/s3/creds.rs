@@ -1,10 +1,11 @@
 //! Where the S3 keys come from, in the AWS SDKs' order: `AWS_ACCESS_KEY_ID` and
 //! `AWS_SECRET_ACCESS_KEY` (with `AWS_SESSION_TOKEN`), the profile of `~/.aws/credentials`
-//! (`AWS_PROFILE`), the container endpoint of ECS, EKS Pod Identity and Fargate
+//! (`AWS_PROFILE`), web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`, the EKS IRSA
+//! path: STS AssumeRoleWithWebIdentity), the container endpoint of ECS, EKS Pod Identity and Fargate
 //! (`AWS_CONTAINER_CREDENTIALS_FULL_URI` or `_RELATIVE_URI`, with
 //! `AWS_CONTAINER_AUTHORIZATION_TOKEN` or `_TOKEN_FILE`), then, when S3 itself is AWS (no
 //! endpoint given), the EC2 instance metadata service (IMDSv2: a session token, the role, its
-//! keys; `AWS_EC2_METADATA_DISABLED=true` skips it). Keys from the last two expire: they are
+//! keys; `AWS_EC2_METADATA_DISABLED=true` skips it). Keys from the last three expire: they are
 //! fetched again when half their remaining life has passed (at most 5 minutes before they
 //! expire), and after S3 refuses them, so temporary credentials never expire into endless 403s.
 
@@ -36,6 +37,13 @@ enum Refreshing {
     },
     /// EC2 instance metadata (IMDSv2).
     Imds { client: Client },
+    /// Web identity (EKS IRSA): STS AssumeRoleWithWebIdentity with the token file's token.
+    WebIdentity {
+        client: Client,
+        /// The request path up to the token (action, role, session name).
+        query: String,
+        token_file: String,
+    },
 }
 
 /// The container endpoint's authorization: none, a token, or a file holding one (read at
@@ -98,7 +106,9 @@ impl Provider {
                 }),
             });
         }
-        let (source, what) = if let Some(src) = container_source()? {
+        let (source, what) = if let Some(src) = web_identity_source()? {
+            (src, "web identity (STS AssumeRoleWithWebIdentity)")
+        } else if let Some(src) = container_source()? {
             (src, "the container credentials endpoint")
         } else if aws && env("AWS_EC2_METADATA_DISABLED").is_none_or(|v| v != "true") {
             let url = env("AWS_EC2_METADATA_SERVICE_ENDPOINT")
@@ -110,7 +120,7 @@ impl Provider {
         };
         let fetched = fetch(&source).map_err(|e| match source {
             Refreshing::Imds { .. } => no_creds(bucket, &format!(" (instance metadata: {e})")),
-            Refreshing::Container { .. } => e,
+            _ => e,
         })?;
         info!("S3 credentials from {what}{}", expiry_note(&fetched));
         Ok(Provider {
@@ -183,6 +193,40 @@ fn metadata_client(url: &str) -> Result<Client> {
         .map_err(|e| Error::other(format!("credentials endpoint {url}: {e}")))?
         .with_connect_timeout(Duration::from_secs(1))
         .with_io_timeout(Duration::from_secs(5)))
+}
+
+/// `AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN` (what EKS sets for IRSA): STS in the
+/// region (or `AWS_ENDPOINT_URL_STS`), session name `AWS_ROLE_SESSION_NAME` or `walsync`.
+fn web_identity_source() -> Result<Option<Refreshing>> {
+    let (Some(token_file), Some(role)) = (env("AWS_WEB_IDENTITY_TOKEN_FILE"), env("AWS_ROLE_ARN"))
+    else {
+        return Ok(None);
+    };
+    let region = env("AWS_REGION")
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|| "us-east-1".into());
+    let url = env("AWS_ENDPOINT_URL_STS")
+        .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+    let (target, path) = Target::parse(&url).ok_or_else(|| {
+        Error::usage(format!(
+            "invalid AWS_ENDPOINT_URL_STS '{url}': it must be http(s)://host[:port]"
+        ))
+    })?;
+    let client = Client::new(target)
+        .map_err(|e| Error::other(format!("STS endpoint {url}: {e}")))?
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_io_timeout(Duration::from_secs(30));
+    let session = env("AWS_ROLE_SESSION_NAME").unwrap_or_else(|| "walsync".into());
+    let enc = |v: &str| super::super::sigv4::encode(v, false);
+    Ok(Some(Refreshing::WebIdentity {
+        client,
+        query: format!(
+            "{path}/?Action=AssumeRoleWithWebIdentity&Version=2011-06-15&DurationSeconds=3600&RoleArn={}&RoleSessionName={}&WebIdentityToken=",
+            enc(&role),
+            enc(&session)
+        ),
+        token_file,
+    }))
 }
 
 fn container_source() -> Result<Option<Refreshing>> {
@@ -276,6 +320,29 @@ fn fetch(src: &Refreshing) -> Result<Current> {
             }
             call(client, "GET", &format!("{base}{role}"), &head)?
         }
+        Refreshing::WebIdentity {
+            client,
+            query,
+            token_file,
+        } => {
+            let token = std::fs::read_to_string(token_file)
+                .map_err(|e| Error::io("read", token_file, e))?;
+            let path = format!(
+                "{query}{}",
+                super::super::sigv4::encode(token.trim(), false)
+            );
+            let accept = [("Accept".to_string(), "application/xml".to_string())];
+            let xml = call(client, "GET", &path, &accept)?;
+            let tag = |t: &str| super::xml::xml_tag(&xml, t);
+            // The same fields as the JSON answers, from STS's XML.
+            format!(
+                "{{\"AccessKeyId\":\"{}\",\"SecretAccessKey\":\"{}\",\"Token\":\"{}\",\"Expiration\":\"{}\"}}",
+                tag("AccessKeyId").unwrap_or_default(),
+                tag("SecretAccessKey").unwrap_or_default(),
+                tag("SessionToken").unwrap_or_default(),
+                tag("Expiration").unwrap_or_default()
+            )
+        }
     };
     parse(&json)
 }
@@ -298,7 +365,9 @@ fn parse(json: &str) -> Result<Current> {
         creds: Creds {
             access,
             secret,
-            token: field("Token").or_else(|| field("SessionToken")),
+            token: field("Token")
+                .or_else(|| field("SessionToken"))
+                .filter(|t| !t.is_empty()),
         },
         expires,
         refresh_at,
