@@ -196,3 +196,116 @@ fn web_identity_credentials_from_sts() {
     assert!(served.load(Ordering::SeqCst) >= 2);
     assert_restores_equal(&replica, "app", &db, &t.join("out.db"));
 }
+
+/// An HTTP proxy on 127.0.0.1 that wants `Proxy-Authorization: Basic dTpw` (u:p) on the first
+/// request of each connection, then forwards the connection to the host its absolute URL
+/// names. Returns its port and the count of connections it forwarded.
+fn http_proxy() -> (u16, Arc<AtomicU64>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let forwarded = Arc::new(AtomicU64::new(0));
+    let n = forwarded.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let n = n.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push_str(&line);
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut s = s;
+                let url = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                let Some(hostport) = url
+                    .strip_prefix("http://")
+                    .and_then(|u| u.split('/').next())
+                else {
+                    let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+                    return;
+                };
+                if !head.contains("\r\nProxy-Authorization: Basic dTpw\r\n") {
+                    let _ = s.write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    return;
+                }
+                let mut up = std::net::TcpStream::connect(hostport).unwrap();
+                n.fetch_add(1, Ordering::SeqCst);
+                up.write_all(head.as_bytes()).unwrap();
+                up.write_all(r.buffer()).unwrap();
+                let mut down = up.try_clone().unwrap();
+                let mut from = s.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut up);
+                    let _ = up.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut down, &mut s);
+            });
+        }
+    });
+    (port, forwarded)
+}
+
+/// HTTP_PROXY (with Basic authentication) carries every request; NO_PROXY bypasses it; a
+/// proxy refusing the credentials is one line naming the proxy's answer.
+#[test]
+fn http_proxy_with_auth_and_no_proxy() {
+    ensure_s3();
+    let t = TestDir::new("proxy-env");
+    let replica = Replica::new(&t, Backend::S3);
+    let (port, forwarded) = http_proxy();
+    let db = t.join("app.db");
+    open_app(&db)
+        .execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('a');",
+        )
+        .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["watch", db.to_str().unwrap(), "-b", &replica.url()])
+        .args(["--sync-interval", "0"])
+        .env("HTTP_PROXY", format!("http://u:p@127.0.0.1:{port}"))
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy");
+    let d = Daemon::spawn(cmd, &t.join("log"));
+    let scratch = t.join("scratch.db");
+    for i in 0..3 {
+        open_app(&db)
+            .execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
+            .unwrap();
+        wait_shipped(&replica, "app", &db, &scratch);
+    }
+    d.stop();
+    assert!(
+        forwarded.load(Ordering::SeqCst) >= 1,
+        "nothing went through the proxy"
+    );
+    assert_restores_equal(&replica, "app", &db, &t.join("out.db"));
+
+    // NO_PROXY: straight to the server.
+    let before = forwarded.load(Ordering::SeqCst);
+    let o = Command::new(BIN)
+        .args(["list", "-b", &replica.url()])
+        .env("HTTP_PROXY", format!("http://u:p@127.0.0.1:{port}"))
+        .env("NO_PROXY", "localhost,127.0.0.1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(forwarded.load(Ordering::SeqCst), before);
+
+    // Wrong proxy password.
+    let o = Command::new(BIN)
+        .args(["list", "-b", &replica.url()])
+        .env("HTTP_PROXY", format!("http://u:wrong@127.0.0.1:{port}"))
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let first = stderr(&o).lines().next().unwrap_or("").to_string();
+    assert!(first.contains("HTTP 407"), "{first}");
+}

@@ -18,11 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod conn;
+mod proxy;
 mod response;
 
 #[cfg(feature = "tls")]
 use conn::tls_config;
 use conn::{Conn, Stream};
+use proxy::Proxy;
 use response::{framing_done, read_head, Framing, Head};
 pub use response::{BodyReader, Response};
 
@@ -113,6 +115,8 @@ pub struct Client {
     connects: AtomicU64,
     io_timeout: Duration,
     connect_timeout: Duration,
+    /// The HTTP(S)_PROXY this target is reached through, if any.
+    proxy: Option<Proxy>,
 }
 
 impl Client {
@@ -129,6 +133,7 @@ impl Client {
                 "this build has no TLS support (built without the `tls` feature)",
             ));
         }
+        let proxy = Proxy::for_target(&target)?;
         Ok(Client {
             target,
             #[cfg(feature = "tls")]
@@ -137,6 +142,7 @@ impl Client {
             connects: AtomicU64::new(0),
             io_timeout: IO_TIMEOUT,
             connect_timeout: CONNECT_TIMEOUT,
+            proxy,
         })
     }
 
@@ -169,9 +175,13 @@ impl Client {
     fn connect(&self) -> io::Result<Conn> {
         let t = &self.target;
         let host = t.host.trim_start_matches('[').trim_end_matches(']');
-        let mut last = io::Error::other(format!("{host} resolves to no address"));
+        let (via, via_port) = match &self.proxy {
+            Some(p) => (p.host.trim_start_matches('[').trim_end_matches(']'), p.port),
+            None => (host, t.port),
+        };
+        let mut last = io::Error::other(format!("{via} resolves to no address"));
         let mut tcp = None;
-        for addr in (host, t.port).to_socket_addrs()? {
+        for addr in (via, via_port).to_socket_addrs()? {
             match TcpStream::connect_timeout(&addr, self.connect_timeout) {
                 Ok(s) => {
                     tcp = Some(s);
@@ -180,10 +190,13 @@ impl Client {
                 Err(e) => last = e,
             }
         }
-        let tcp = tcp.ok_or(last)?;
+        let mut tcp = tcp.ok_or(last)?;
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(self.io_timeout))?;
         tcp.set_write_timeout(Some(self.io_timeout))?;
+        if let (Some(p), true) = (&self.proxy, t.https) {
+            p.tunnel(&mut tcp, t)?;
+        }
         self.connects.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "tls")]
         let stream = match &self.tls {
@@ -294,10 +307,19 @@ impl Client {
             ReqBody::Bytes(b) => b.len() as u64,
             ReqBody::Stream(_, n) => *n,
         };
-        let mut req = format!(
-            "{method} {path_query} HTTP/1.1\r\nHost: {}\r\n",
-            self.target.host_header()
-        );
+        let host = self.target.host_header();
+        let mut req = match &self.proxy {
+            // Through an HTTP proxy, a plain request names its whole URL.
+            Some(p) if !self.target.https => {
+                let mut r =
+                    format!("{method} http://{host}{path_query} HTTP/1.1\r\nHost: {host}\r\n");
+                if let Some(a) = &p.auth {
+                    r.push_str(&format!("Proxy-Authorization: {a}\r\n"));
+                }
+                r
+            }
+            _ => format!("{method} {path_query} HTTP/1.1\r\nHost: {host}\r\n"),
+        };
         for (k, v) in head {
             req.push_str(k);
             req.push_str(": ");

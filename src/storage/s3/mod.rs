@@ -508,7 +508,7 @@ impl Storage for S3Storage {
                 xml.push_str(&format!("<Object><Key>{}</Key></Object>", escape(k)));
             }
             xml.push_str("</Delete>");
-            let md5 = base64(&md5::compute(xml.as_bytes()).0);
+            let md5 = crate::digest::base64(&md5::compute(xml.as_bytes()).0);
             let headers = [("content-md5".to_string(), md5)];
             let q = [("delete", "")];
             let answer = match self.request_text(
@@ -576,25 +576,6 @@ impl Storage for S3Storage {
 /// Keys per multi-object DELETE (S3's limit).
 const DELETE_BATCH: usize = 1000;
 
-/// Standard base64 (Content-MD5).
-fn base64(b: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut o = String::new();
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                o.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                o.push('=');
-            }
-        }
-    }
-    o
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -608,11 +589,11 @@ mod tests {
             ("fooba", "Zm9vYmE="),
             ("foobar", "Zm9vYmFy"),
         ] {
-            assert_eq!(super::base64(i.as_bytes()), o);
+            assert_eq!(crate::digest::base64(i.as_bytes()), o);
         }
         // MD5("") = d41d8cd98f00b204e9800998ecf8427e.
         assert_eq!(
-            super::base64(&md5::compute(b"").0),
+            crate::digest::base64(&md5::compute(b"").0),
             "1B2M2Y8AsgTpgAmY7PhCfg=="
         );
     }
