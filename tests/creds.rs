@@ -308,4 +308,23 @@ fn http_proxy_with_auth_and_no_proxy() {
     assert_eq!(o.status.code(), Some(1));
     let first = stderr(&o).lines().next().unwrap_or("").to_string();
     assert!(first.contains("HTTP 407"), "{first}");
+
+    // No proxy listening: one line naming it.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let o = Command::new(BIN)
+        .args(["list", "-b", &replica.url()])
+        .env("HTTP_PROXY", format!("http://{closed}"))
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let first = stderr(&o).lines().next().unwrap_or("").to_string();
+    assert!(
+        first.contains(&format!("proxy {closed} (HTTP_PROXY): ")),
+        "{first}"
+    );
 }

@@ -152,6 +152,12 @@ impl Client {
         self
     }
 
+    /// Never through a proxy (the instance and container credential endpoints).
+    pub fn without_proxy(mut self) -> Client {
+        self.proxy = None;
+        self
+    }
+
     /// How long a connection may take to open (default 10 s).
     pub fn with_connect_timeout(mut self, t: Duration) -> Client {
         self.connect_timeout = t;
@@ -190,7 +196,17 @@ impl Client {
                 Err(e) => last = e,
             }
         }
-        let mut tcp = tcp.ok_or(last)?;
+        let mut tcp = match (tcp, &self.proxy) {
+            (Some(t), _) => t,
+            (None, Some(_)) => {
+                let var = if t.https { "HTTPS_PROXY" } else { "HTTP_PROXY" };
+                return Err(io::Error::new(
+                    last.kind(),
+                    format!("proxy {via}:{via_port} ({var}): {last}"),
+                ));
+            }
+            (None, None) => return Err(last),
+        };
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(self.io_timeout))?;
         tcp.set_write_timeout(Some(self.io_timeout))?;

@@ -191,6 +191,7 @@ fn metadata_client(url: &str) -> Result<Client> {
     })?;
     Ok(Client::new(target)
         .map_err(|e| Error::other(format!("credentials endpoint {url}: {e}")))?
+        .without_proxy()
         .with_connect_timeout(Duration::from_secs(1))
         .with_io_timeout(Duration::from_secs(5)))
 }
