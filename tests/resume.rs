@@ -137,3 +137,46 @@ fn resume_from_state(backend: Backend) {
 }
 
 crate::both!(resume_from_state_json, super::resume_from_state);
+
+/// Issue #16: restore shows its progress on a terminal (objects, bytes, rate, ETA; the line
+/// cleared at the end) and prints nothing of it otherwise.
+#[test]
+fn restore_progress_only_on_a_terminal() {
+    let t = TestDir::new("progress");
+    let replica = Replica::new(&t, Backend::Local);
+    let db = t.join("app.db");
+    open_app(&db)
+        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) INSERT INTO t(v) SELECT randomblob(1000) FROM n;")
+        .unwrap();
+    let o = walsync(&["snapshot", db.to_str().unwrap(), "-b", &replica.url()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = t.join("out.db");
+    let o = restore(&replica, "app", &out, None);
+    assert!(o.status.success());
+    assert_eq!(
+        stderr(&o),
+        "",
+        "no progress line when stderr is not a terminal"
+    );
+    // Under a pseudo-terminal (util-linux `script`).
+    let out2 = t.join("out2.db");
+    let cmd = format!(
+        "{BIN} restore app -o {} -b {}",
+        out2.display(),
+        replica.url()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .output()
+        .expect("script (util-linux) runs the restore under a terminal");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{text}");
+    assert!(
+        text.contains("\r\x1b[Krestoring app: ")
+            && text.contains(" objects, ")
+            && text.contains(" MB/s, ETA "),
+        "{text:?}"
+    );
+    assert!(text.contains("\r\x1b[Krestored app to "), "{text:?}");
+    assert_eq!(content_hash(&out2), content_hash(&db));
+}

@@ -14,13 +14,46 @@ pub fn restore(a: &Args) -> Result<()> {
     let (storage, prefix, _) = replica(a)?;
     let name = a.prefix.clone().unwrap_or_else(|| a.positional[0].clone());
     let out = a.output.as_deref().expect("validated: -o is required");
-    let r = walsync::restore::restore(
+    // On a terminal, one progress line redrawn at most 5 times a second; nothing otherwise.
+    let tty = unsafe { libc::isatty(2) } == 1;
+    let began = std::time::Instant::now();
+    let mut shown: Option<std::time::Instant> = None;
+    let mut show = |p: &walsync::restore::Progress| {
+        if !tty || shown.is_some_and(|t| t.elapsed().as_millis() < 200) {
+            return;
+        }
+        shown = Some(std::time::Instant::now());
+        let secs = began.elapsed().as_secs_f64().max(1e-3);
+        let rate = p.bytes as f64 / secs;
+        let eta = if rate > 0.0 {
+            format!(
+                "{:.0} s",
+                p.bytes_total.saturating_sub(p.bytes) as f64 / rate
+            )
+        } else {
+            "-".into()
+        };
+        eprint!(
+            "\r\x1b[Krestoring {name}: {}/{} objects, {:.1}/{:.1} MB, {:.1} MB/s, ETA {eta}",
+            p.objects,
+            p.objects_total,
+            p.bytes as f64 / 1e6,
+            p.bytes_total as f64 / 1e6,
+            rate / 1e6
+        );
+    };
+    let r = walsync::restore::restore_with(
         storage.as_ref(),
         &layout::join(&prefix, &name),
         out,
         a.point_in_time,
         a.force,
-    )?;
+        &mut show,
+    );
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    let r = r?;
     print_restored(&name, out, &r);
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! onto the output. Also `list` and `verify`, which read the same chain.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -238,6 +238,27 @@ pub fn restore(
     pit: Option<u64>,
     force: bool,
 ) -> Result<Restored> {
+    restore_with(storage, ns, out, pit, force, &mut |_| {})
+}
+
+/// How far a restore has come, for a progress line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    pub objects: usize,
+    pub objects_total: usize,
+    pub bytes: u64,
+    pub bytes_total: u64,
+}
+
+/// `restore`, calling `progress` as bytes arrive (at least once per object and per MiB).
+pub fn restore_with(
+    storage: &dyn Storage,
+    ns: &str,
+    out: &Path,
+    pit: Option<u64>,
+    force: bool,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Restored> {
     if out.exists() && !force {
         return Err(
             Error::other(format!("output {} already exists", out.display()))
@@ -254,7 +275,7 @@ pub fn restore(
     }
     let plan = plan(storage, ns, pit)?;
     let tmp = temp_path(out);
-    let res = restore_into(storage, &plan, &tmp);
+    let res = restore_into(storage, &plan, &tmp, progress);
     let restored = match res {
         Ok(r) => r,
         Err(e) => {
@@ -280,7 +301,17 @@ pub fn restore(
     Ok(restored)
 }
 
-fn restore_into(storage: &dyn Storage, plan: &Plan, tmp: &Path) -> Result<Restored> {
+fn restore_into(
+    storage: &dyn Storage,
+    plan: &Plan,
+    tmp: &Path,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Restored> {
+    let mut p = Progress {
+        objects_total: 1 + plan.segments.len(),
+        bytes_total: plan.snapshot.size + plan.segments.iter().map(|o| o.size).sum::<u64>(),
+        ..Progress::default()
+    };
     let keys: Vec<(String, u64)> = plan
         .segments
         .iter()
@@ -298,10 +329,19 @@ fn restore_into(storage: &dyn Storage, plan: &Plan, tmp: &Path) -> Result<Restor
         let mut r = HashingReader::new(body.reader);
         {
             let mut f = File::create(tmp).map_err(|e| Error::io("create", tmp, e))?;
-            io::copy(&mut r, &mut f)
-                .map_err(|e| Error::integrity(skey, format!("read failed: {e}")))?;
+            loop {
+                let n = io::copy(&mut (&mut r).take(1 << 20), &mut f)
+                    .map_err(|e| Error::integrity(skey, format!("read failed: {e}")))?;
+                if n == 0 {
+                    break;
+                }
+                p.bytes += n;
+                progress(&p);
+            }
             f.flush().map_err(|e| Error::io("write", tmp, e))?;
         }
+        p.objects = 1;
+        progress(&p);
         let bytes = r.bytes;
         let sha = r.hex();
         check_sha(skey, &want, &sha)?;
@@ -317,6 +357,9 @@ fn restore_into(storage: &dyn Storage, plan: &Plan, tmp: &Path) -> Result<Restor
                 .next()
                 .ok_or_else(|| Error::integrity(&seg.key, "was not fetched"))??;
             frames += apply_segment(body, &seg.key, &mut chain, &out)? as u64;
+            p.objects += 1;
+            p.bytes += seg.size;
+            progress(&p);
         }
         out.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
         Ok((bytes, frames))
