@@ -288,23 +288,16 @@ fn http_proxy_with_auth_and_no_proxy() {
 
     // NO_PROXY: straight to the server.
     let before = forwarded.load(Ordering::SeqCst);
-    let o = Command::new(BIN)
-        .args(["list", "-b", &replica.url()])
-        .env("HTTP_PROXY", format!("http://u:p@127.0.0.1:{port}"))
-        .env("NO_PROXY", "localhost,127.0.0.1")
-        .output()
-        .unwrap();
+    let o = list_via(
+        &replica,
+        &format!("http://u:p@127.0.0.1:{port}"),
+        "localhost,127.0.0.1",
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(forwarded.load(Ordering::SeqCst), before);
 
     // Wrong proxy password.
-    let o = Command::new(BIN)
-        .args(["list", "-b", &replica.url()])
-        .env("HTTP_PROXY", format!("http://u:wrong@127.0.0.1:{port}"))
-        .env_remove("NO_PROXY")
-        .env_remove("no_proxy")
-        .output()
-        .unwrap();
+    let o = list_via(&replica, &format!("http://u:wrong@127.0.0.1:{port}"), "");
     assert_eq!(o.status.code(), Some(1));
     let first = stderr(&o).lines().next().unwrap_or("").to_string();
     assert!(first.contains("HTTP 407"), "{first}");
@@ -314,17 +307,25 @@ fn http_proxy_with_auth_and_no_proxy() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let o = Command::new(BIN)
-        .args(["list", "-b", &replica.url()])
-        .env("HTTP_PROXY", format!("http://{closed}"))
-        .env_remove("NO_PROXY")
-        .env_remove("no_proxy")
-        .output()
-        .unwrap();
+    let o = list_via(&replica, &format!("http://{closed}"), "");
     assert_eq!(o.status.code(), Some(1));
     let first = stderr(&o).lines().next().unwrap_or("").to_string();
     assert!(
         first.contains(&format!("proxy {closed} (HTTP_PROXY): ")),
         "{first}"
     );
+}
+
+/// `walsync list` of the replica with HTTP_PROXY `proxy` and NO_PROXY `no_proxy` (none if empty).
+fn list_via(replica: &Replica, proxy: &str, no_proxy: &str) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["list", "-b", &replica.url()])
+        .env("HTTP_PROXY", proxy)
+        .env_remove("no_proxy");
+    if no_proxy.is_empty() {
+        cmd.env_remove("NO_PROXY");
+    } else {
+        cmd.env("NO_PROXY", no_proxy);
+    }
+    cmd.output().unwrap()
 }

@@ -1,0 +1,105 @@
+//! Unit tests of the module beside it.
+
+use super::*;
+use std::io::BufRead;
+
+#[test]
+fn targets() {
+    let (t, p) = Target::parse("https://s3.example.com").unwrap();
+    assert_eq!(
+        (t.https, t.host.as_str(), t.port, p.as_str()),
+        (true, "s3.example.com", 443, "")
+    );
+    assert_eq!(t.host_header(), "s3.example.com");
+    let (t, p) = Target::parse("http://127.0.0.1:3900/base/").unwrap();
+    assert_eq!(
+        (t.https, t.host.as_str(), t.port, p.as_str()),
+        (false, "127.0.0.1", 3900, "/base")
+    );
+    assert_eq!(t.host_header(), "127.0.0.1:3900");
+    let (t, _) = Target::parse("http://[::1]:9000").unwrap();
+    assert_eq!((t.host.as_str(), t.port), ("[::1]", 9000));
+    assert!(Target::parse("ftp://x").is_none());
+    assert!(Target::parse("http://:80").is_none());
+    assert!(Target::parse("http://h:port").is_none());
+}
+
+/// A server that reads a request's head, then whatever `then` does with the connection.
+fn server(then: fn(std::net::TcpStream)) -> Target {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap() > 2 {
+            line.clear();
+        }
+        then(s);
+    });
+    Target {
+        https: false,
+        host: "127.0.0.1".into(),
+        port,
+    }
+}
+
+/// PUT 64 MiB (far more than loopback's socket buffers hold) to `t`.
+fn put_big(c: &Client) -> io::Result<Response> {
+    let mut body = io::repeat(7).take(64 << 20);
+    c.send("PUT", "/b/k", &[], ReqBody::Stream(&mut body, 64 << 20))
+}
+
+#[test]
+fn early_answer_while_the_body_is_sent_is_read() {
+    // S3 answers some errors before reading the body, then stops reading.
+    let t = server(|mut s| {
+        s.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 12\r\n\r\nAccessDenied")
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let c = Client::new(t).unwrap();
+    let t0 = Instant::now();
+    let resp = put_big(&c).unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(resp.status, 403);
+    assert_eq!(resp.text(100).unwrap(), "AccessDenied");
+    assert!(
+        c.pool.lock().unwrap().is_empty(),
+        "an early answer's connection is not reused"
+    );
+}
+
+#[test]
+fn server_closing_mid_body_fails_fast() {
+    let t = server(|s| {
+        std::thread::sleep(Duration::from_millis(200));
+        drop(s);
+    });
+    let c = Client::new(t).unwrap();
+    let t0 = Instant::now();
+    let e = put_big(&c).err().expect("must fail");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "{:?}: {e}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn a_dead_connection_times_out_without_progress() {
+    // Neither an answer nor a reset: the server holds the connection and reads nothing.
+    let t = server(|_s| std::thread::sleep(Duration::from_secs(30)));
+    let c = Client::new(t)
+        .unwrap()
+        .with_io_timeout(Duration::from_secs(2));
+    let t0 = Instant::now();
+    let e = put_big(&c).err().expect("must fail");
+    assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+    assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    assert!(
+        e.to_string()
+            .starts_with("no progress sending the request for 2 s"),
+        "{e}"
+    );
+}
