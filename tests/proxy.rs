@@ -1,13 +1,13 @@
 //! A small fault-injecting TCP proxy on 127.0.0.1 in front of the real S3 server. It counts
 //! HTTP requests by method (and LIST separately), and injects storage faults: refused
 //! connections (the server "down", which also cuts the connections already open), connections
-//! reset in the middle of an upload, 500/503 answers, and slow answers. Bytes that pass go
+//! reset in the middle of an upload, downloads cut off mid-way, 500/503 answers, and slow answers. Bytes that pass go
 //! through untouched, so signatures stay valid.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -24,6 +24,9 @@ pub enum Fault {
     Status(u16),
     /// Hold each request this long before forwarding it.
     Slow(Duration),
+    /// Forward each object GET but cut its answer after 2 KiB (headers and the start of the
+    /// body): a download that breaks off mid-way.
+    CutDownloads,
     /// A dead connection: read nothing more and answer nothing (the client's writes and reads
     /// block) until the fault is cleared, then cut the connection.
     Stall,
@@ -76,8 +79,10 @@ impl Proxy {
                     }
                     let (c2s_in, s2c_out) = (client.try_clone().unwrap(), client);
                     let (s_out, s_in) = (server.try_clone().unwrap(), server);
-                    let back = thread::spawn(move || pump(s_in, s2c_out));
-                    forward_requests(c2s_in, s_out, &sh);
+                    let budget = Arc::new(AtomicI64::new(-1));
+                    let b = budget.clone();
+                    let back = thread::spawn(move || pump(s_in, s2c_out, &b));
+                    forward_requests(c2s_in, s_out, &sh, &budget);
                     let _ = back.join();
                 });
             }
@@ -121,14 +126,34 @@ impl Proxy {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream) {
-    let _ = std::io::copy(&mut from, &mut to);
+/// Server to client; `budget` (bytes, -1 for no limit) cuts both connections once spent.
+fn pump(mut from: TcpStream, mut to: TcpStream, budget: &AtomicI64) {
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let left = budget.load(Ordering::SeqCst);
+        if left >= 0 && n as i64 > left {
+            let _ = to.write_all(&buf[..left as usize]);
+            let _ = to.shutdown(Shutdown::Both);
+            let _ = from.shutdown(Shutdown::Both);
+            return;
+        }
+        if left >= 0 {
+            budget.fetch_sub(n as i64, Ordering::SeqCst);
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
     let _ = to.shutdown(Shutdown::Write);
 }
 
 /// Forward client bytes to the server, parsing each request's head to count it and to apply
 /// the current fault.
-fn forward_requests(from: TcpStream, mut to: TcpStream, sh: &Shared) {
+fn forward_requests(from: TcpStream, mut to: TcpStream, sh: &Shared, budget: &AtomicI64) {
     let mut answer = from.try_clone().unwrap();
     let mut r = BufReader::new(from);
     let cut = |to: &TcpStream, answer: &TcpStream| {
@@ -173,8 +198,11 @@ fn forward_requests(from: TcpStream, mut to: TcpStream, sh: &Shared) {
         if kind == "PUT" || kind == "POST" {
             sh.bytes_up.fetch_add(len, Ordering::SeqCst);
         }
-        *sh.counts.lock().unwrap().entry(kind).or_default() += 1;
+        *sh.counts.lock().unwrap().entry(kind.clone()).or_default() += 1;
         let fault = *sh.fault.lock().unwrap();
+        // Answers come one at a time on a connection: a cut armed for an earlier (small) answer
+        // must not cut this one.
+        budget.store(-1, Ordering::SeqCst);
         match fault {
             Fault::None => {}
             Fault::Down => {
@@ -211,6 +239,11 @@ fn forward_requests(from: TcpStream, mut to: TcpStream, sh: &Shared) {
                 }
                 continue;
             }
+            Fault::CutDownloads if kind == "GET" => {
+                sh.injected.fetch_add(1, Ordering::SeqCst);
+                budget.store(2048, Ordering::SeqCst);
+            }
+            Fault::CutDownloads => {}
             Fault::Slow(d) => {
                 sh.injected.fetch_add(1, Ordering::SeqCst);
                 thread::sleep(d);

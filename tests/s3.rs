@@ -615,3 +615,110 @@ fn s3_verifies_the_signed_payload() {
     .unwrap();
     assert_eq!(keys, vec![key], "the altered object must not exist");
 }
+
+/// A download cut off mid-way is the network's fault, not the replica's: restore and verify
+/// fetch the object again (one warning line per retry) and succeed exactly once the network
+/// heals; when it does not, the one-line error says the download broke off and that the
+/// stored object may be intact, never "SHA-256 mismatch" or "the replica is damaged".
+#[test]
+fn restore_and_verify_ride_out_broken_downloads() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let proxy = Proxy::start(upstream());
+    let ep = proxy.endpoint();
+    let t = TestDir::new("cutdl");
+    let replica = Replica::new(&t, Backend::S3);
+    let db = t.join("app.db");
+    let c = open_app(&db);
+    c.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+         WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 40)
+         INSERT INTO t(b) SELECT randomblob(3000) FROM c;",
+    )
+    .unwrap();
+    let d = Daemon::start(
+        &[&db],
+        &replica,
+        &["--sync-interval", "100ms"],
+        &t.join("log"),
+    );
+    for _ in 0..5 {
+        c.execute("INSERT INTO t(b) VALUES (randomblob(9000))", [])
+            .unwrap();
+        wait_shipped(&replica, "app", &db, &t.join("scratch.db"));
+    }
+    d.stop();
+    let out = t.join("out.db");
+    let url = replica.url();
+    let outs = out.to_str().unwrap().to_string();
+    let restore_args = [
+        "restore",
+        "app",
+        "-o",
+        &outs,
+        "-b",
+        &url,
+        "--endpoint",
+        &ep,
+        "-f",
+    ];
+    let verify_args = ["verify", "app", "-b", &url, "--endpoint", &ep];
+    // Run a command with downloads being cut until its first retry line, then heal.
+    let heals = |args: &[&str]| {
+        proxy.set_fault(Fault::CutDownloads);
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = String::new();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        for l in lines.by_ref() {
+            let l = l.unwrap();
+            err.push_str(&l);
+            err.push('\n');
+            if l.contains("the download broke off") && l.contains("again in") {
+                proxy.set_fault(Fault::None);
+                break;
+            }
+        }
+        for l in lines {
+            err.push_str(&l.unwrap());
+            err.push('\n');
+        }
+        let status = child.wait().unwrap();
+        proxy.set_fault(Fault::None);
+        assert!(status.success(), "{args:?}: {err}");
+        assert!(err.contains("the stored object may be intact"), "{err}");
+        assert!(
+            !err.contains("SHA-256") && !err.contains("damaged"),
+            "{err}"
+        );
+    };
+    heals(&restore_args);
+    assert_eq!(content_hash(&out), content_hash(&db));
+    std::fs::remove_file(&out).unwrap();
+    heals(&verify_args);
+    assert!(proxy.injected() >= 2);
+
+    // The network does not heal: one error line, exit 1, nothing written.
+    proxy.set_fault(Fault::CutDownloads);
+    let o = run_with_env(&restore_args, &[("RUST_LOG", "error")]);
+    proxy.set_fault(Fault::None);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let last = err.trim_end().lines().last().unwrap_or("").to_string();
+    assert!(
+        last.starts_with("walsync: error: s3://")
+            && last.contains("/app/")
+            && last.contains("the download broke off after ")
+            && last.ends_with("; the stored object may be intact"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("SHA-256") && !err.contains("damaged"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a failed restore left {}", out.display());
+}

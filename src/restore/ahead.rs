@@ -9,10 +9,11 @@
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 
+use super::read;
 use crate::error::{Error, Result};
 use crate::storage::{Body, Storage};
 
@@ -127,15 +128,21 @@ fn worker(
 }
 
 /// GET `key` whole, into memory or the temporary file `spill` (unlinked once open); an
-/// object larger than its listing said, with nowhere to spill, stays a stream.
+/// object larger than its listing said, with nowhere to spill, stays a stream. A body that
+/// breaks off is a transient error (`read::broke_off`), retried by the consumer.
 fn fetch(storage: &dyn Storage, key: &str, spill: Option<PathBuf>) -> Result<Body> {
     let mut body = storage.get(key)?;
-    let failed = |e: io::Error| Error::integrity(key, format!("read failed: {e}"));
+    let size = body.size;
+    let failed = |got: u64, e: io::Error| {
+        read::broke_off(&storage.describe(), key, got, size, &e.to_string())
+    };
     let reader: Box<dyn Read + Send> = match spill {
         None if body.size > MEM_MAX => return Ok(body),
         None => {
             let mut v = Vec::with_capacity(body.size as usize);
-            body.reader.read_to_end(&mut v).map_err(failed)?;
+            if let Err(e) = body.reader.read_to_end(&mut v) {
+                return Err(failed(v.len() as u64, e));
+            }
             Box::new(io::Cursor::new(v))
         }
         Some(path) => {
@@ -146,7 +153,19 @@ fn fetch(storage: &dyn Storage, key: &str, spill: Option<PathBuf>) -> Result<Bod
                 .open(&path)
                 .map_err(|e| Error::io("create", &path, e))?;
             let _ = fs::remove_file(&path);
-            io::copy(&mut body.reader, &mut f).map_err(failed)?;
+            let mut buf = vec![0u8; 64 << 10];
+            let mut got = 0u64;
+            loop {
+                let n = match body.reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(failed(got, e)),
+                };
+                f.write_all(&buf[..n])
+                    .map_err(|e| Error::io("write", &path, e))?;
+                got += n as u64;
+            }
             f.seek(SeekFrom::Start(0))
                 .map_err(|e| Error::io("seek", &path, e))?;
             Box::new(io::BufReader::with_capacity(64 << 10, f))

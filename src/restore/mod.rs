@@ -13,24 +13,29 @@ use log::info;
 use rusqlite::Connection;
 
 use crate::dbfile;
-use crate::digest::HashingReader;
 use crate::error::{Error, Result};
 use crate::layout::{self, Kind, Meta, Object, Position};
 use crate::storage::{Body, Storage};
 
 mod ahead;
+mod read;
+use crate::storage::retry::retrying;
 use crate::time;
 use crate::wal::segment::read_segment;
+use read::{with_body, Checked};
 
 /// Every object of one namespace, in replay order.
 pub fn objects(storage: &dyn Storage, ns: &str) -> Result<Vec<Object>> {
     let mut objs = Vec::new();
-    storage.list(&format!("{ns}/"), &mut |e| {
-        if let Some((n, o)) = layout::parse_key(&e.key, e.size) {
-            if n == ns {
-                objs.push(o);
+    retrying(&format!("listing {ns}"), || {
+        objs.clear();
+        storage.list(&format!("{ns}/"), &mut |e| {
+            if let Some((n, o)) = layout::parse_key(&e.key, e.size) {
+                if n == ns {
+                    objs.push(o);
+                }
             }
-        }
+        })
     })?;
     layout::sort(&mut objs);
     Ok(objs)
@@ -89,16 +94,6 @@ pub fn plan(storage: &dyn Storage, ns: &str, pit: Option<u64>) -> Result<Plan> {
 fn need<'a>(m: &'a Meta, key: &str, field: &str) -> Result<&'a String> {
     m.get(field)
         .ok_or_else(|| Error::integrity(key, format!("has no {field} metadata")))
-}
-
-fn check_sha(key: &str, want: &str, got: &str) -> Result<()> {
-    if want != got {
-        return Err(Error::integrity(
-            key,
-            format!("SHA-256 mismatch: stored {want}, computed {got}"),
-        ));
-    }
-    Ok(())
 }
 
 /// Walks a chain object by object, checking hashes, links and positions.
@@ -179,24 +174,40 @@ fn db_page_size(path: &Path) -> Result<u32> {
     dbfile::page_size(&f, path)
 }
 
-/// Verify and apply one fetched segment onto the database file `out`.
-fn apply_segment(body: Body, key: &str, chain: &mut ChainCheck, out: &File) -> Result<u32> {
+/// Verify and apply one fetched segment onto the database file `out` (at `path`). Repeatable:
+/// a segment cut off mid-way is applied again whole from a fresh GET.
+fn apply_segment(
+    body: Body,
+    backend: &str,
+    key: &str,
+    chain: &mut ChainCheck,
+    (out, path): (&File, &Path),
+) -> Result<u32> {
     let want = need(&body.meta, key, layout::SHA256)?.clone();
     let pos = chain.check_links(key, &body.meta)?;
     let ps = chain.page_size as u64;
-    let mut r = HashingReader::new(body.reader);
+    let mut r = Checked::new(body.reader, body.size);
+    // A failed write is the local disk's, reported as such, not as a bad segment.
+    let mut written = Ok(());
     let res = read_segment(&mut r, |fh, page| {
-        out.write_all_at(page, (fh.pgno as u64 - 1) * ps)?;
-        if fh.is_commit() {
-            out.set_len(fh.commit as u64 * ps)?;
+        let w = out
+            .write_all_at(page, (fh.pgno as u64 - 1) * ps)
+            .and_then(|()| match fh {
+                _ if fh.is_commit() => out.set_len(fh.commit as u64 * ps),
+                _ => Ok(()),
+            });
+        if let Err(e) = w {
+            written = Err(Error::io(
+                "write",
+                path,
+                io::Error::new(e.kind(), e.to_string()),
+            ));
+            return Err(e);
         }
         Ok(())
     });
-    // Drain what the parser did not read so the hash covers the whole object.
-    let drained = io::copy(&mut r, &mut io::sink());
-    let got = r.hex();
-    check_sha(key, &want, &got)?;
-    drained.map_err(|e| Error::integrity(key, format!("read failed: {e}")))?;
+    written?;
+    let got = r.finish(backend, key, &want)?;
     let (hdr, frames) =
         res.map_err(|why| Error::integrity(key, format!("invalid segment: {why}")))?;
     let (mh, _) = pos.wal.expect("checked by check_links");
@@ -324,39 +335,46 @@ fn restore_into(
     // The segments are fetched ahead while the snapshot downloads.
     let (bytes, frames) = ahead::with_ahead(storage, &keys, Some(dir), |next| {
         let skey = &plan.snapshot.key;
-        let body = storage.get(skey)?;
-        let want = need(&body.meta, skey, layout::SHA256)?.clone();
-        let mut r = HashingReader::new(body.reader);
-        {
+        let backend = storage.describe();
+        let (meta, bytes, sha) = with_body(storage, skey, storage.get(skey), |body| {
+            let want = need(&body.meta, skey, layout::SHA256)?.clone();
+            let mut r = Checked::new(body.reader, body.size);
             let mut f = File::create(tmp).map_err(|e| Error::io("create", tmp, e))?;
+            p.bytes = 0;
+            let mut buf = vec![0u8; 1 << 20];
             loop {
-                let n = io::copy(&mut (&mut r).take(1 << 20), &mut f)
-                    .map_err(|e| Error::integrity(skey, format!("read failed: {e}")))?;
-                if n == 0 {
-                    break;
-                }
-                p.bytes += n;
+                let n = match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break, // kept by `r`, reported by `finish`
+                };
+                f.write_all(&buf[..n])
+                    .map_err(|e| Error::io("write", tmp, e))?;
+                p.bytes += n as u64;
                 progress(&p);
             }
             f.flush().map_err(|e| Error::io("write", tmp, e))?;
-        }
+            let bytes = r.read_so_far();
+            let sha = r.finish(&backend, skey, &want)?;
+            Ok((body.meta, bytes, sha))
+        })?;
         p.objects = 1;
         progress(&p);
-        let bytes = r.bytes;
-        let sha = r.hex();
-        check_sha(skey, &want, &sha)?;
         let page_size = db_page_size(tmp)?;
-        let mut chain = ChainCheck::start(skey, &body.meta, &sha, page_size)?;
+        let mut chain = ChainCheck::start(skey, &meta, &sha, page_size)?;
         let out = OpenOptions::new()
             .write(true)
             .open(tmp)
             .map_err(|e| Error::io("open", tmp, e))?;
         let mut frames = 0u64;
         for seg in &plan.segments {
-            let body = next
+            let first = next
                 .next()
-                .ok_or_else(|| Error::integrity(&seg.key, "was not fetched"))??;
-            frames += apply_segment(body, &seg.key, &mut chain, &out)? as u64;
+                .ok_or_else(|| Error::integrity(&seg.key, "was not fetched"))?;
+            frames += with_body(storage, &seg.key, first, |body| {
+                apply_segment(body, &backend, &seg.key, &mut chain, (&out, tmp))
+            })? as u64;
             p.objects += 1;
             p.bytes += seg.size;
             progress(&p);
@@ -463,7 +481,9 @@ pub struct Verified {
 pub fn verify(storage: &dyn Storage, ns: &str) -> Result<Verified> {
     let objs = objects_of_backup(storage, ns)?;
     let keys: Vec<(String, u64)> = objs.iter().map(|o| (o.key.clone(), o.size)).collect();
-    let (snaps, segs) = ahead::with_ahead(storage, &keys, None, |next| verify_chain(&objs, next))?;
+    let (snaps, segs) = ahead::with_ahead(storage, &keys, None, |next| {
+        verify_chain(storage, &objs, next)
+    })?;
     Ok(Verified {
         objects: objs.len(),
         snapshots: snaps,
@@ -473,54 +493,54 @@ pub fn verify(storage: &dyn Storage, ns: &str) -> Result<Verified> {
 }
 
 /// `verify`'s walk over the fetched objects: (snapshots, segments) checked.
-fn verify_chain(objs: &[Object], next: &mut ahead::Ahead) -> Result<(usize, usize)> {
+fn verify_chain(
+    storage: &dyn Storage,
+    objs: &[Object],
+    next: &mut ahead::Ahead,
+) -> Result<(usize, usize)> {
+    let backend = storage.describe();
     let mut chain: Option<ChainCheck> = None;
     let (mut snaps, mut segs) = (0, 0);
     for o in objs {
-        let body = next
+        let first = next
             .next()
-            .ok_or_else(|| Error::integrity(&o.key, "was not fetched"))??;
-        let want = need(&body.meta, &o.key, layout::SHA256)?.clone();
-        match o.kind {
-            Kind::Snapshot => {
-                let mut r = HashingReader::new(body.reader);
-                let mut head = [0u8; 100];
-                let n = read_up_to(&mut r, &mut head)
-                    .map_err(|e| Error::integrity(&o.key, format!("read failed: {e}")))?;
-                io::copy(&mut r, &mut io::sink())
-                    .map_err(|e| Error::integrity(&o.key, format!("read failed: {e}")))?;
-                let got = r.hex();
-                check_sha(&o.key, &want, &got)?;
-                let Some(h) = dbfile::Header::parse(&head[..n]) else {
-                    return Err(Error::integrity(&o.key, "is not a SQLite database"));
-                };
-                let ps = h.page_size;
-                if let (Some(c), Some(prev)) = (&chain, body.meta.get(layout::PREV)) {
-                    if *prev != c.anchor {
-                        return Err(Error::integrity(
-                            &o.key,
-                            "does not follow the object before it (a gap in the chain)",
-                        ));
+            .ok_or_else(|| Error::integrity(&o.key, "was not fetched"))?;
+        with_body(storage, &o.key, first, |body| {
+            let want = need(&body.meta, &o.key, layout::SHA256)?.clone();
+            let mut r = Checked::new(body.reader, body.size);
+            match o.kind {
+                Kind::Snapshot => {
+                    let mut head = [0u8; 100];
+                    let n = read_up_to(&mut r, &mut head).unwrap_or(0);
+                    let got = r.finish(&backend, &o.key, &want)?;
+                    let Some(h) = dbfile::Header::parse(&head[..n]) else {
+                        return Err(Error::integrity(&o.key, "is not a SQLite database"));
+                    };
+                    if let (Some(c), Some(prev)) = (&chain, body.meta.get(layout::PREV)) {
+                        if *prev != c.anchor {
+                            return Err(Error::integrity(
+                                &o.key,
+                                "does not follow the object before it (a gap in the chain)",
+                            ));
+                        }
                     }
+                    chain = Some(ChainCheck::start(&o.key, &body.meta, &got, h.page_size)?);
+                    snaps += 1;
                 }
-                chain = Some(ChainCheck::start(&o.key, &body.meta, &got, ps)?);
-                snaps += 1;
+                Kind::Segment { .. } => {
+                    let Some(c) = chain.as_mut() else {
+                        return Err(Error::integrity(&o.key, "comes before any snapshot"));
+                    };
+                    let pos = c.check_links(&o.key, &body.meta)?;
+                    let res = read_segment(&mut r, |_, _| Ok(()));
+                    let got = r.finish(&backend, &o.key, &want)?;
+                    res.map_err(|why| Error::integrity(&o.key, format!("invalid segment: {why}")))?;
+                    c.advance(got, pos);
+                    segs += 1;
+                }
             }
-            Kind::Segment { .. } => {
-                let Some(c) = chain.as_mut() else {
-                    return Err(Error::integrity(&o.key, "comes before any snapshot"));
-                };
-                let pos = c.check_links(&o.key, &body.meta)?;
-                let mut r = HashingReader::new(body.reader);
-                let res = read_segment(&mut r, |_, _| Ok(()));
-                let _ = io::copy(&mut r, &mut io::sink());
-                let got = r.hex();
-                check_sha(&o.key, &want, &got)?;
-                res.map_err(|why| Error::integrity(&o.key, format!("invalid segment: {why}")))?;
-                c.advance(got, pos);
-                segs += 1;
-            }
-        }
+            Ok(())
+        })?;
     }
     Ok((snaps, segs))
 }

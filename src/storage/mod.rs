@@ -21,6 +21,7 @@ pub fn requests() -> [u64; 6] {
     std::array::from_fn(|i| REQUESTS[i].load(Ordering::Relaxed))
 }
 pub mod local;
+pub mod retry;
 pub mod s3;
 mod sigv4;
 

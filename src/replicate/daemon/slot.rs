@@ -16,6 +16,7 @@ use super::super::upload::Outbox;
 use super::pool::StepPlan;
 use super::DbSpec;
 use crate::error::{Error, Result};
+use crate::storage::retry::backoff;
 
 /// How long changes are batched while a database is hurried (its WAL near the checkpoint
 /// threshold, or just free to restart): a few commits per step, not one.
@@ -480,17 +481,6 @@ fn log_failure(path: &Path, e: &Error, attempt: u32, wait: Duration, last: &mut 
         path.display()
     );
     *last = Some(Instant::now());
-}
-
-/// Exponential backoff with jitter: 0.5 s, 1 s, 2 s ... capped at 10 s, +-20 %.
-fn backoff(failures: u32, salt: u64) -> Duration {
-    let base = (250u64 << failures.min(6)).min(10_000);
-    // Cheap jitter without a RNG crate: mix the clock's nanoseconds with the database index.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as u64);
-    let r = (nanos ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)) % 401; // 0..=400
-    Duration::from_millis(base * (800 + r) / 1000)
 }
 
 pub(super) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {

@@ -293,17 +293,7 @@ fn next_due_and_step_reports() {
 }
 
 #[test]
-fn backoff_grows_with_jitter_and_caps() {
-    for failures in 1..20 {
-        let base = (250u64 << failures.min(6)).min(10_000);
-        for salt in 0..5 {
-            let d = backoff(failures, salt).as_millis() as u64;
-            assert!(
-                d >= base * 8 / 10 && d <= base * 12 / 10,
-                "{failures}: {d} ms"
-            );
-        }
-    }
+fn refusals_back_off_slower_than_outages() {
     let denied = Error::other("x");
     assert!(!denied.is_transient());
     assert_eq!(failure_backoff(&denied, 1, 0), Duration::from_secs(2));
