@@ -5,6 +5,7 @@
 //! `replicate` the shipping state machine and daemon, `restore` the way back.
 
 pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod dbfile;
 pub mod digest;

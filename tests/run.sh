@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need (idempotently),
 # then runs formatting, lints, the no-async-runtime check, the FreeBSD compile check of the
-# kqueue watcher (when the target can be installed), and every test.
+# kqueue watcher (when the target can be installed), every test, the Python bindings' suite
+# and the packaging checks.
 #   tests/run.sh            # as in the README; .ci/run calls exactly this
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,9 +48,10 @@ cargo fmt --all -- --check
 
 log "cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+cargo clippy -p walsync-python --locked -- -D warnings
 
-log "no async runtime in the binary"
-if cargo tree -e normal --prefix none --locked | grep -qE '^(tokio|async-std|smol|futures-executor) '; then
+log "no async runtime in the binary or the Python extension"
+if cargo tree -e normal --prefix none --locked -p walsync -p walsync-python | grep -qE '^(tokio|async-std|smol|futures-executor) '; then
   cargo tree -e normal -i tokio >&2 || true
   log "FAIL: the dependency tree contains an async runtime"
   exit 1
@@ -65,6 +67,11 @@ fi
 
 log "cargo test"
 cargo test --locked -- --test-threads 2
+
+# The Python bindings (issue #19): the wheel built with maturin, installed into a fresh
+# virtualenv, and its pytest suite against a local directory and the S3 server.
+log "tests/python/run.sh"
+tests/python/run.sh
 
 # Packages (issue #6): .deb built, linted, installed, used and purged; .rpm built and listed;
 # systemd unit verified; Dockerfile linted; static musl build; binary size.

@@ -1,13 +1,17 @@
 //! The commands: each takes the parsed arguments, does its work, prints its result on
-//! stdout and returns the error the binary turns into one line and an exit code.
+//! stdout and returns the error `main` turns into one line (plus at most one `hint:` line) and
+//! an exit code.
 
 mod replicas;
 mod restore;
 mod status;
 mod watch;
 
-use walsync::cli::{self, defs, Args, Cmd};
-use walsync::error::Result;
+use std::ffi::OsString;
+
+use crate::cli::{self, defs, Args, Cmd};
+use crate::error::{Error, Result};
+use crate::time;
 
 pub fn run(a: Args) -> Result<()> {
     match a.cmd {
@@ -28,4 +32,75 @@ pub fn run(a: Args) -> Result<()> {
         Cmd::Status => status::status(&a)?,
     }
     Ok(())
+}
+
+/// The whole command line: `args` without the program name; returns the exit code. The
+/// `walsync` binary is this function.
+pub fn main(args: impl IntoIterator<Item = OsString>) -> u8 {
+    main_classified(args).0
+}
+
+/// `main`, also returning the class of the error (`Error::class`) it printed, if any: the
+/// Python bindings' `python -m walsync` raises the matching exception from it.
+pub fn main_classified(args: impl IntoIterator<Item = OsString>) -> (u8, Option<&'static str>) {
+    // SIGUSR1 is how `walsync snapshot` asks the daemon owning a database for a snapshot. Any
+    // other walsync (a one-shot run holding the database, or a daemon not yet listening)
+    // must not die of it: ignore it until the daemon installs its handler.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGUSR1, libc::SIG_IGN) };
+    // glibc gives each thread that allocates its own malloc arena (up to 8 per core), each
+    // keeping freed memory of its own: with a pool of upload workers that is megabytes of RSS
+    // for nothing. Two arenas serve a few threads doing short allocations.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+    let args = match cli::parse(args) {
+        Ok(a) => a,
+        Err(e) => return (fail(&e), Some(e.class())),
+    };
+    // rust-s3 (used for credentials only) must not add warnings of its own to walsync's.
+    let level = if args.cmd == Cmd::Watch {
+        "info,s3=error"
+    } else {
+        "warn,s3=error"
+    };
+    // try_init: in a process that already has a logger (an embedding), keep that one.
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format(|buf, r| {
+            use std::io::Write;
+            writeln!(
+                buf,
+                "{} {:<5} {}",
+                time::iso(time::now_ms()),
+                r.level(),
+                r.args()
+            )
+        })
+        .try_init();
+    let res = run(args);
+    // For operators and the memory tests: what this run needed at most.
+    if let Some(kb) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+    {
+        log::debug!("peak RSS {kb} KB");
+    }
+    match res {
+        Ok(()) => (0, None),
+        Err(e) => (fail(&e), Some(e.class())),
+    }
+}
+
+fn fail(e: &Error) -> u8 {
+    eprintln!("walsync: error: {e}");
+    if let Some(h) = e.hint() {
+        eprintln!("hint: {h}");
+    }
+    e.exit_code() as u8
 }

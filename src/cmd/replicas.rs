@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use walsync::cli::Args;
-use walsync::error::Result;
-use walsync::layout;
-use walsync::prune;
-use walsync::replicate::status::json_str;
-use walsync::restore;
-use walsync::time;
+use crate::cli::Args;
+use crate::error::Result;
+use crate::layout;
+use crate::prune;
+use crate::replicate::status::json_str;
+use crate::restore;
+use crate::time;
 
 use super::watch::replica;
 

@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use walsync::cli::Args;
-use walsync::error::{Error, Result};
-use walsync::layout;
-use walsync::time;
+use crate::cli::Args;
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::time;
 
 use super::watch::replica;
 
@@ -18,7 +18,7 @@ pub fn restore(a: &Args) -> Result<()> {
     let tty = unsafe { libc::isatty(2) } == 1;
     let began = std::time::Instant::now();
     let mut shown: Option<std::time::Instant> = None;
-    let mut show = |p: &walsync::restore::Progress| {
+    let mut show = |p: &crate::restore::Progress| {
         if !tty || shown.is_some_and(|t| t.elapsed().as_millis() < 200) {
             return;
         }
@@ -42,7 +42,7 @@ pub fn restore(a: &Args) -> Result<()> {
             rate / 1e6
         );
     };
-    let r = walsync::restore::restore_with(
+    let r = crate::restore::restore_with(
         storage.as_ref(),
         &layout::join(&prefix, &name),
         out,
@@ -70,7 +70,7 @@ pub fn restore_all(a: &Args) -> Result<()> {
     // each dir entry's prefix (databases deleted since are restored too).
     let mut names: Vec<String> = cfg.databases.iter().map(|d| d.ns.clone()).collect();
     for d in &cfg.dirs {
-        for s in walsync::restore::list(storage.as_ref(), &d.prefix)? {
+        for s in crate::restore::list(storage.as_ref(), &d.prefix)? {
             names.push(s.ns);
         }
     }
@@ -82,7 +82,7 @@ pub fn restore_all(a: &Args) -> Result<()> {
         .thread_name(|i| format!("walsync-restore/{i}"))
         .build()
         .map_err(|e| Error::other(format!("start restore threads: {e}")))?;
-    let results: Vec<(String, PathBuf, Result<walsync::restore::Restored>)> = pool.install(|| {
+    let results: Vec<(String, PathBuf, Result<crate::restore::Restored>)> = pool.install(|| {
             use rayon::prelude::*;
             names
                 .par_iter()
@@ -107,7 +107,7 @@ pub fn restore_all(a: &Args) -> Result<()> {
                                 .map_err(|e| Error::io("create directory", p, e))
                         })
                         .and_then(|_| {
-                            walsync::restore::restore(
+                            crate::restore::restore(
                                 storage.as_ref(),
                                 ns,
                                 &out,
@@ -138,7 +138,7 @@ pub fn restore_all(a: &Args) -> Result<()> {
     Ok(())
 }
 
-fn print_restored(what: &str, out: &Path, r: &walsync::restore::Restored) {
+fn print_restored(what: &str, out: &Path, r: &crate::restore::Restored) {
     println!(
         "restored {what} to {}: {} + {} segment(s), {} frame(s); state as of {}",
         out.display(),

@@ -3,13 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use walsync::cli::Args;
-use walsync::config::{self, DEFAULT_MAX_FAILING, DEFAULT_MAX_LAG};
-use walsync::error::{Error, Result};
-use walsync::replicate::catalog;
-use walsync::replicate::db::{process_is_walsync, spool_of};
-use walsync::replicate::status::{self, DbStatus};
-use walsync::time;
+use crate::cli::Args;
+use crate::config::{self, DEFAULT_MAX_FAILING, DEFAULT_MAX_LAG};
+use crate::error::{Error, Result};
+use crate::replicate::catalog;
+use crate::replicate::db::{process_is_walsync, spool_of};
+use crate::replicate::status::{self, DbStatus};
+use crate::time;
 
 /// One database's line: how bad (for the order and the exit code) and what to show.
 struct Row {

@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use walsync::cli::Args;
-use walsync::config::{self, Config};
-use walsync::error::{Error, Result};
-use walsync::layout;
-use walsync::replicate::catalog;
-use walsync::replicate::daemon::{self, Catalog, DaemonConfig, DbSpec};
-use walsync::replicate::db::{DbOptions, Shipper};
-use walsync::replicate::request;
-use walsync::storage::{self, Storage};
+use crate::cli::Args;
+use crate::config::{self, Config};
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::replicate::catalog;
+use crate::replicate::daemon::{self, Catalog, DaemonConfig, DbSpec};
+use crate::replicate::db::{DbOptions, Shipper};
+use crate::replicate::request;
+use crate::storage::{self, Storage};
 
 fn open_storage(
     bucket: &str,
