@@ -329,3 +329,142 @@ fn list_via(replica: &Replica, proxy: &str, no_proxy: &str) -> std::process::Out
     }
     cmd.output().unwrap()
 }
+
+/// The shared files as the AWS CLI reads them: `AWS_PROFILE` names a profile of
+/// `~/.aws/config` whose `credential_process` prints keys valid for 4 s and whose `region`
+/// is the one used (AWS_REGION unset). The keys are fetched again before they expire while the
+/// daemon ships; the restore is exact. A failing process and an unknown profile are one line
+/// each, naming the profile.
+#[test]
+fn shared_config_profile_with_credential_process() {
+    ensure_s3();
+    let t = TestDir::new("profile");
+    let replica = Replica::new(&t, Backend::S3);
+    let home = t.join("home");
+    std::fs::create_dir_all(home.join(".aws")).unwrap();
+    let counter = t.join("runs");
+    let script = home.join("get-keys");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = --profile ] && [ \"$2\" = tenant ] || exit 9\necho run >> {}\n\
+             exp=$(date -u -d \"@$(( $(date +%s) + 4 ))\" +%Y-%m-%dT%H:%M:%SZ)\n\
+             printf '{{\"Version\": 1, \"AccessKeyId\": \"%s\", \"SecretAccessKey\": \"%s\", \"Expiration\": \"%s\"}}' \"$K\" \"$S\" \"$exp\"\n",
+            counter.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x", script.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let region = std::env::var("AWS_REGION").unwrap();
+    std::fs::write(
+        home.join(".aws/config"),
+        format!(
+            "[default]\nregion = nowhere-1\n\n[profile tenant]\nregion = {region}\ncredential_process = {} --profile tenant\n\n\
+             [profile broken]\ncredential_process = sh -c 'echo the SSO session has expired, run aws sso login >&2; exit 3'\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    let with_profile = |cmd: &mut Command, profile: &str| {
+        cmd.env("K", std::env::var("AWS_ACCESS_KEY_ID").unwrap())
+            .env("S", std::env::var("AWS_SECRET_ACCESS_KEY").unwrap())
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+            .env("HOME", &home)
+            .env("AWS_PROFILE", profile);
+    };
+    let db = t.join("app.db");
+    open_app(&db)
+        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["watch", db.to_str().unwrap(), "-b", &replica.url()])
+        .args(["--sync-interval", "0"]);
+    with_profile(&mut cmd, "tenant");
+    let d = Daemon::spawn(cmd, &t.join("log"));
+    d.wait_log(
+        "S3 credentials from the credential_process of profile 'tenant', valid until ",
+        Duration::from_secs(10),
+    );
+    let scratch = t.join("scratch.db");
+    let mut i = 0;
+    while !d
+        .log_text()
+        .contains("S3 credentials refreshed from the credential_process")
+    {
+        assert!(i < 200, "keys never fetched again: {}", d.log_text());
+        open_app(&db)
+            .execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
+            .unwrap();
+        wait_shipped(&replica, "app", &db, &scratch);
+        std::thread::sleep(Duration::from_millis(200)); // the application's own pace
+        i += 1;
+    }
+    open_app(&db)
+        .execute("INSERT INTO t(v) VALUES ('after the refresh')", [])
+        .unwrap();
+    wait_shipped(&replica, "app", &db, &scratch);
+    let log = d.log_text();
+    d.stop();
+    let runs = std::fs::read_to_string(&counter).unwrap().lines().count();
+    assert!(runs >= 2, "{runs} run(s)\n{log}");
+    assert!(
+        !log.contains("denied") && !log.contains("retrying"),
+        "{log}"
+    );
+    assert_restores_equal(&replica, "app", &db, &t.join("out.db"));
+
+    let one_line = |profile: &str| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["list", "-b", &replica.url()]);
+        with_profile(&mut cmd, profile);
+        let o = cmd.output().unwrap();
+        (
+            o.status.code(),
+            stderr(&o).lines().next().unwrap_or("").to_string(),
+        )
+    };
+    assert_eq!(
+        one_line("broken"),
+        (Some(1), "walsync: error: credential_process of profile 'broken' (sh -c 'echo the SSO session has expired, run aws sso login >&2; exit 3') failed (exit status: 3): the SSO session has expired, run aws sso login".to_string())
+    );
+    // Static keys from the credentials file, the region from the config file: the server
+    // answers that it is elsewhere, so that region was the one signed with.
+    std::fs::write(
+        home.join(".aws/credentials"),
+        format!(
+            "[elsewhere]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            std::env::var("AWS_ACCESS_KEY_ID").unwrap(),
+            std::env::var("AWS_SECRET_ACCESS_KEY").unwrap()
+        ),
+    )
+    .unwrap();
+    let mut conf = std::fs::read_to_string(home.join(".aws/config")).unwrap();
+    conf.push_str("\n[profile elsewhere]\nregion = eu-west-1\n");
+    std::fs::write(home.join(".aws/config"), conf).unwrap();
+    let (code, line) = one_line("elsewhere");
+    assert_eq!(code, Some(1), "{line}");
+    assert!(
+        line.contains(&format!("is in region {region} ("))
+            && line.ends_with(&format!("set AWS_REGION={region} (or region in [storage])")),
+        "{line}"
+    );
+    assert_eq!(
+        one_line("nobody"),
+        (
+            Some(2),
+            format!(
+                "walsync: error: config environment: AWS_PROFILE: no profile 'nobody' in {} or {}",
+                home.join(".aws/credentials").display(),
+                home.join(".aws/config").display()
+            )
+        )
+    );
+}

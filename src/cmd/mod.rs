@@ -60,11 +60,10 @@ pub fn main_classified(args: impl IntoIterator<Item = OsString>) -> (u8, Option<
         Ok(a) => a,
         Err(e) => return (fail(&e), Some(e.class())),
     };
-    // rust-s3 (used for credentials only) must not add warnings of its own to walsync's.
     let level = if args.cmd == Cmd::Watch {
-        "info,s3=error"
+        "info"
     } else {
-        "warn,s3=error"
+        "warn"
     };
     // try_init: in a process that already has a logger (an embedding), keep that one.
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))

@@ -1,7 +1,7 @@
 //! A small blocking HTTP/1.1 client with keep-alive, for the S3 backend.
 //!
-//! rust-s3's sync transport (attohttpc) opens a TCP connection, over HTTPS a full TLS
-//! handshake, and a watchdog thread for every request. Here every request borrows an idle
+//! A per-request transport (rust-s3's sync one, attohttpc) opens a TCP connection, over HTTPS
+//! a full TLS handshake, and a watchdog thread for every request. Here every request borrows an idle
 //! connection from a small pool and gives it back once its response body has been read to the
 //! end, so a worker shipping segments one after another keeps one connection for all of them.
 //!

@@ -1,23 +1,22 @@
 //! Where the S3 keys come from, in the AWS SDKs' order: `AWS_ACCESS_KEY_ID` and
-//! `AWS_SECRET_ACCESS_KEY` (with `AWS_SESSION_TOKEN`), the profile of `~/.aws/credentials`
-//! (`AWS_PROFILE`), web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`, the EKS IRSA
+//! `AWS_SECRET_ACCESS_KEY` (with `AWS_SESSION_TOKEN`), the profile (`AWS_PROFILE`) of the shared
+//! files (`profile.rs`: static keys, or a `credential_process` whose keys may expire), web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`, the EKS IRSA
 //! path: STS AssumeRoleWithWebIdentity), the container endpoint of ECS, EKS Pod Identity and Fargate
 //! (`AWS_CONTAINER_CREDENTIALS_FULL_URI` or `_RELATIVE_URI`, with
 //! `AWS_CONTAINER_AUTHORIZATION_TOKEN` or `_TOKEN_FILE`), then, when S3 itself is AWS (no
 //! endpoint given), the EC2 instance metadata service (IMDSv2: a session token, the role, its
-//! keys; `AWS_EC2_METADATA_DISABLED=true` skips it). Keys from the last three expire: they are
+//! keys; `AWS_EC2_METADATA_DISABLED=true` skips it). Keys from the last four expire: they are
 //! fetched again when half their remaining life has passed (at most 5 minutes before they
 //! expire), and after S3 refuses them, so temporary credentials never expire into endless 403s.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use log::{info, warn};
-use s3::creds::Credentials;
-
 use super::super::http::{Client, ReqBody, Target};
+use super::profile::Profile;
 use crate::error::{Error, Result};
 use crate::time;
+use log::{info, warn};
 
 /// Keys signing requests.
 #[derive(Debug, Clone)]
@@ -44,6 +43,8 @@ enum Refreshing {
         query: String,
         token_file: String,
     },
+    /// A profile's `credential_process`: a command printing the keys as JSON.
+    Process { command: String, profile: String },
 }
 
 /// The container endpoint's authorization: none, a token, or a file holding one (read at
@@ -64,7 +65,7 @@ struct Current {
 
 pub struct Provider {
     source: Option<Refreshing>,
-    what: &'static str,
+    what: String,
     cur: Mutex<Current>,
 }
 
@@ -74,7 +75,7 @@ fn env(name: &str) -> Option<String> {
 
 impl Provider {
     /// The first source of the chain that has keys. `aws`: S3 is AWS itself (no endpoint).
-    pub fn discover(bucket: &str, aws: bool) -> Result<Provider> {
+    pub fn discover(bucket: &str, aws: bool, profile: &Profile) -> Result<Provider> {
         let fixed = match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
             (Some(k), Some(s)) => Some((
                 Creds {
@@ -82,18 +83,16 @@ impl Provider {
                     secret: s,
                     token: env("AWS_SESSION_TOKEN"),
                 },
-                "the environment",
+                "the environment".to_string(),
             )),
-            _ => Credentials::from_profile(env("AWS_PROFILE").as_deref())
-                .ok()
-                .and_then(|c| {
-                    Some(Creds {
-                        access: c.access_key?,
-                        secret: c.secret_key?,
-                        token: c.session_token.or(c.security_token),
-                    })
-                })
-                .map(|c| (c, "~/.aws/credentials")),
+            _ => profile.keys.clone().map(|(access, secret, token)| {
+                let c = Creds {
+                    access,
+                    secret,
+                    token,
+                };
+                (c, profile.keys_from.clone())
+            }),
         };
         if let Some((creds, what)) = fixed {
             return Ok(Provider {
@@ -106,15 +105,22 @@ impl Provider {
                 }),
             });
         }
-        let (source, what) = if let Some(src) = web_identity_source()? {
-            (src, "web identity (STS AssumeRoleWithWebIdentity)")
+        let (source, what) = if let Some(command) = profile.process.clone() {
+            let profile = profile.name.clone();
+            let what = format!("the credential_process of {}", profile_shown(&profile));
+            (Refreshing::Process { command, profile }, what)
+        } else if let Some(src) = web_identity_source()? {
+            (src, "web identity (STS AssumeRoleWithWebIdentity)".into())
         } else if let Some(src) = container_source()? {
-            (src, "the container credentials endpoint")
+            (src, "the container credentials endpoint".into())
         } else if aws && env("AWS_EC2_METADATA_DISABLED").is_none_or(|v| v != "true") {
             let url = env("AWS_EC2_METADATA_SERVICE_ENDPOINT")
                 .unwrap_or_else(|| "http://169.254.169.254".into());
             let client = metadata_client(&url)?;
-            (Refreshing::Imds { client }, "the EC2 instance metadata")
+            (
+                Refreshing::Imds { client },
+                "the EC2 instance metadata".into(),
+            )
         } else {
             return Err(no_creds(bucket, ""));
         };
@@ -167,12 +173,20 @@ impl Provider {
     }
 }
 
+fn profile_shown(name: &str) -> String {
+    if name == "default" {
+        "the default profile".into()
+    } else {
+        format!("profile '{name}'")
+    }
+}
+
 fn no_creds(bucket: &str, why: &str) -> Error {
     Error::Config {
         file: "environment".into(),
         key: String::new(),
         msg: format!(
-            "no S3 credentials for bucket {bucket}{why}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            "no S3 credentials for bucket {bucket}{why}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE to a profile with keys or a credential_process"
         ),
     }
 }
@@ -284,8 +298,30 @@ fn call(client: &Client, method: &str, path: &str, head: &[(String, String)]) ->
     Ok(text)
 }
 
+/// Run a `credential_process` (through `sh -c`, as the AWS CLI runs it on Unix): its stdout.
+fn run_process(command: &str, profile: &str) -> Result<String> {
+    let fail = |why: String| {
+        Error::other(format!(
+            "credential_process of {} ({command}) {why}",
+            profile_shown(profile)
+        ))
+    };
+    let out = std::process::Command::new("sh")
+        .args(["-c", command])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| fail(format!("could not start: {e}")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.trim().lines().last().unwrap_or("").to_string();
+        return Err(fail(format!("failed ({}): {last}", out.status)));
+    }
+    String::from_utf8(out.stdout).map_err(|_| fail("printed something that is not UTF-8".into()))
+}
+
 fn fetch(src: &Refreshing) -> Result<Current> {
     let json = match src {
+        Refreshing::Process { command, profile } => run_process(command, profile)?,
         Refreshing::Container { client, path, auth } => {
             let token = match auth {
                 Auth::None => None,

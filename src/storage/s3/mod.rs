@@ -1,6 +1,6 @@
 //! The S3 backend. Requests are signed here (SigV4, `sigv4`) and sent over walsync's own
-//! keep-alive HTTP/1.1 client (`http`: a small pool of connections, TLS through rustls);
-//! rust-s3 is used only for credentials and region names. Object bytes stream in both
+//! keep-alive HTTP/1.1 client (`http`: a small pool of connections, TLS through rustls); keys
+//! come from `creds` (the AWS chain) and `profile` (the shared files). Object bytes stream in both
 //! directions, so memory stays at one small buffer whatever the object size: a PUT streams
 //! from the spool file, each multipart part is a byte range of it, and a GET hands its body to
 //! the caller as a reader, metadata first.
@@ -14,10 +14,10 @@ use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use log::{debug, info};
-use s3::Region;
 
 mod creds;
 mod errors;
+pub mod profile;
 mod xml;
 
 use errors::classify;
@@ -64,6 +64,17 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// The shape of an AWS region name (us-east-1, eu-central-2, us-gov-west-1, ap-southeast-5):
+/// checked by form, not against a list, so regions newer than walsync work.
+fn valid_region(r: &str) -> bool {
+    r.len() <= 32
+        && r.starts_with(|c: char| c.is_ascii_lowercase())
+        && r.ends_with(|c: char| c.is_ascii_digit())
+        && r.contains('-')
+        && r.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 impl S3Storage {
     pub fn open(bucket: &str, opts: &S3Options) -> Result<Self> {
         let cfg = |msg: String| Error::Config {
@@ -71,18 +82,29 @@ impl S3Storage {
             key: String::new(),
             msg,
         };
+        let profile = profile::load()?;
         let region = opts
             .region
             .clone()
             .or_else(|| env("AWS_REGION"))
             .or_else(|| env("AWS_DEFAULT_REGION"))
+            .or_else(|| profile.region.clone())
             .unwrap_or_else(|| "us-east-1".into());
+        let endpoint_given = opts.endpoint.is_some()
+            || env("AWS_ENDPOINT_URL_S3").is_some()
+            || env("AWS_ENDPOINT_URL").is_some();
+        // "auto" (R2, Tigris, Fly) means: whatever the endpoint is; AWS itself has no such region.
+        let region = if region == "auto" && !endpoint_given {
+            "us-east-1".to_string()
+        } else {
+            region
+        };
         let endpoint = opts
             .endpoint
             .clone()
             .or_else(|| env("AWS_ENDPOINT_URL_S3"))
             .or_else(|| env("AWS_ENDPOINT_URL"));
-        let creds = creds::Provider::discover(bucket, endpoint.is_none())?;
+        let creds = creds::Provider::discover(bucket, endpoint.is_none(), &profile)?;
         let (target, base, shown) = match &endpoint {
             Some(e) => {
                 let (t, path) = Target::parse(e).ok_or_else(|| {
@@ -95,9 +117,10 @@ impl S3Storage {
                 (t, base, e.trim_end_matches('/').to_string())
             }
             None => {
-                if !matches!(region.parse::<Region>(), Ok(r) if !matches!(r, Region::Custom { .. }))
-                {
-                    return Err(cfg(format!("unknown AWS region '{region}'")));
+                if !valid_region(&region) {
+                    return Err(cfg(format!(
+                        "invalid AWS region '{region}' (a name such as us-east-1 or eu-central-2)"
+                    )));
                 }
                 let aws = format!("s3.{region}.amazonaws.com");
                 // Virtual-hosted style, except for names with dots, which the certificate's
@@ -578,6 +601,30 @@ const DELETE_BATCH: usize = 1000;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn region_names_are_checked_by_form() {
+        for ok in [
+            "us-east-1",
+            "eu-central-2",
+            "us-gov-west-1",
+            "ap-southeast-5",
+            "mx-central-1",
+        ] {
+            assert!(super::valid_region(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "US-EAST-1",
+            "us_east_1",
+            "useast",
+            "us-east-",
+            "https://s3.x",
+            "1-us",
+        ] {
+            assert!(!super::valid_region(bad), "{bad}");
+        }
+    }
+
     #[test]
     fn base64_of_rfc4648_vectors() {
         for (i, o) in [

@@ -331,7 +331,7 @@ class Watcher:
     def __init__(self, args: Sequence[str], env: dict, timeout: float):
         env = dict(env)
         # The "watching N database(s)" line tells that it has started; Python logging filters.
-        env["RUST_LOG"] = "info,s3=error"
+        env["RUST_LOG"] = "info"
         env["WALSYNC_STOP_ON_EOF"] = "1"
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "walsync"] + list(args),
