@@ -27,6 +27,8 @@ pub enum Fault {
     /// Forward each object GET but cut its answer after 2 KiB (headers and the start of the
     /// body): a download that breaks off mid-way.
     CutDownloads,
+    /// Answer each object GET with this status (other requests pass).
+    GetStatus(u16),
     /// A dead connection: read nothing more and answer nothing (the client's writes and reads
     /// block) until the fault is cleared, then cut the connection.
     Stall,
@@ -199,12 +201,16 @@ fn forward_requests(from: TcpStream, mut to: TcpStream, sh: &Shared, budget: &At
             sh.bytes_up.fetch_add(len, Ordering::SeqCst);
         }
         *sh.counts.lock().unwrap().entry(kind.clone()).or_default() += 1;
-        let fault = *sh.fault.lock().unwrap();
+        let fault = match *sh.fault.lock().unwrap() {
+            Fault::GetStatus(code) if kind == "GET" => Fault::Status(code),
+            Fault::GetStatus(_) => Fault::None,
+            f => f,
+        };
         // Answers come one at a time on a connection: a cut armed for an earlier (small) answer
         // must not cut this one.
         budget.store(-1, Ordering::SeqCst);
         match fault {
-            Fault::None => {}
+            Fault::None | Fault::GetStatus(_) => {}
             Fault::Down => {
                 sh.injected.fetch_add(1, Ordering::SeqCst);
                 cut(&to, &answer);

@@ -616,9 +616,9 @@ fn s3_verifies_the_signed_payload() {
     assert_eq!(keys, vec![key], "the altered object must not exist");
 }
 
-/// A download cut off mid-way is the network's fault, not the replica's: restore and verify
-/// fetch the object again (one warning line per retry) and succeed exactly once the network
-/// heals; when it does not, the one-line error says the download broke off and that the
+/// A download cut off mid-way (or a 503 SlowDown) is the network's fault, not the replica's:
+/// restore and verify fetch the object again (one warning line per retry) and succeed exactly
+/// once the network heals; when it does not, the one-line error says the download broke off and that the
 /// stored object may be intact, never "SHA-256 mismatch" or "the replica is damaged".
 #[test]
 fn restore_and_verify_ride_out_broken_downloads() {
@@ -663,9 +663,9 @@ fn restore_and_verify_ride_out_broken_downloads() {
         "-f",
     ];
     let verify_args = ["verify", "app", "-b", &url, "--endpoint", &ep];
-    // Run a command with downloads being cut until its first retry line, then heal.
-    let heals = |args: &[&str]| {
-        proxy.set_fault(Fault::CutDownloads);
+    // Run a command under `fault` until its first retry line (holding `needle`), then heal.
+    let heals = |args: &[&str], fault: Fault, needle: &str| {
+        proxy.set_fault(fault);
         let mut child = Command::new(BIN)
             .args(args)
             .env("RUST_LOG", "warn")
@@ -678,7 +678,7 @@ fn restore_and_verify_ride_out_broken_downloads() {
             let l = l.unwrap();
             err.push_str(&l);
             err.push('\n');
-            if l.contains("the download broke off") && l.contains("again in") {
+            if l.contains(needle) && l.contains("again in") {
                 proxy.set_fault(Fault::None);
                 break;
             }
@@ -689,18 +689,31 @@ fn restore_and_verify_ride_out_broken_downloads() {
         }
         let status = child.wait().unwrap();
         proxy.set_fault(Fault::None);
-        assert!(status.success(), "{args:?}: {err}");
-        assert!(err.contains("the stored object may be intact"), "{err}");
+        assert!(status.success(), "{args:?} {fault:?}: {err}");
+        assert!(err.contains(needle), "{err}");
         assert!(
             !err.contains("SHA-256") && !err.contains("damaged"),
             "{err}"
         );
+        // One line per retry, and one retry per object that failed while the fault was on.
+        assert!(
+            err.lines()
+                .all(|l| l.contains("(attempt 1 of 5; fetching ")),
+            "{err}"
+        );
     };
-    heals(&restore_args);
-    assert_eq!(content_hash(&out), content_hash(&db));
-    std::fs::remove_file(&out).unwrap();
-    heals(&verify_args);
-    assert!(proxy.injected() >= 2);
+    let cut = "the download broke off after ";
+    let slow_down = "HTTP 503";
+    for (fault, needle) in [
+        (Fault::CutDownloads, cut),
+        (Fault::GetStatus(503), slow_down),
+    ] {
+        heals(&restore_args, fault, needle);
+        assert_eq!(content_hash(&out), content_hash(&db));
+        std::fs::remove_file(&out).unwrap();
+        heals(&verify_args, fault, needle);
+    }
+    assert!(proxy.injected() >= 4);
 
     // The network does not heal: one error line, exit 1, nothing written.
     proxy.set_fault(Fault::CutDownloads);

@@ -441,29 +441,32 @@ pub fn list(storage: &dyn Storage, prefix: &str) -> Result<Vec<Summary>> {
     } else {
         format!("{}/", prefix.trim_matches('/'))
     };
-    storage.list(&p, &mut |e| {
-        let Some((ns, o)) = layout::parse_key(&e.key, e.size) else {
-            return;
-        };
-        let s = by_ns.entry(ns.clone()).or_insert(Summary {
-            ns,
-            snapshots: vec![],
-            segments: 0,
-            generations: (u32::MAX, 0),
-            bytes: 0,
-            latest: 0,
-        });
-        s.bytes += o.size;
-        match o.kind {
-            Kind::Snapshot => s.snapshots.push((o.ts, o.size)),
-            Kind::Segment { gen } => {
-                s.segments += 1;
-                s.generations = (s.generations.0.min(gen), s.generations.1.max(gen));
+    retrying("listing the replica", || {
+        by_ns.clear();
+        storage.list(&p, &mut |e| {
+            let Some((ns, o)) = layout::parse_key(&e.key, e.size) else {
+                return;
+            };
+            let s = by_ns.entry(ns.clone()).or_insert(Summary {
+                ns,
+                snapshots: vec![],
+                segments: 0,
+                generations: (u32::MAX, 0),
+                bytes: 0,
+                latest: 0,
+            });
+            s.bytes += o.size;
+            match o.kind {
+                Kind::Snapshot => s.snapshots.push((o.ts, o.size)),
+                Kind::Segment { gen } => {
+                    s.segments += 1;
+                    s.generations = (s.generations.0.min(gen), s.generations.1.max(gen));
+                }
             }
-        }
-        if !s.snapshots.is_empty() {
-            s.latest = s.latest.max(o.ts);
-        }
+            if !s.snapshots.is_empty() {
+                s.latest = s.latest.max(o.ts);
+            }
+        })
     })?;
     Ok(by_ns.into_values().collect())
 }
