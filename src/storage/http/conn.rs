@@ -143,12 +143,77 @@ impl Conn {
     }
 }
 
+/// The CA bundle files of Debian/Ubuntu/Alpine, RHEL/Fedora, openSUSE, Alpine/macOS/OpenBSD and
+/// FreeBSD, in that order.
+#[cfg(feature = "tls")]
+const SYSTEM_BUNDLES: [&str; 5] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+    "/usr/local/share/certs/ca-root-nss.crt",
+];
+
+/// The certificates of the first bundle file found and of every file in the `SSL_CERT_DIR`
+/// directories (`:`-separated), and how many could not be read: a system store may hold
+/// what rustls cannot use, which is skipped, not fatal.
+#[cfg(feature = "tls")]
+pub(super) fn system_roots(
+    bundles: &[&str],
+    cert_dir: Option<std::ffi::OsString>,
+) -> (Vec<rustls::pki_types::CertificateDer<'static>>, usize) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut files: Vec<std::path::PathBuf> = bundles
+        .iter()
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_file())
+        .take(1)
+        .collect();
+    for d in cert_dir.iter().flat_map(std::env::split_paths) {
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            let mut more: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+            more.sort();
+            files.extend(more.into_iter().filter(|p| p.is_file()));
+        }
+    }
+    let (mut certs, mut skipped) = (Vec::new(), 0);
+    for path in &files {
+        match CertificateDer::pem_file_iter(path) {
+            Ok(it) => {
+                let before = certs.len();
+                for c in it {
+                    match c {
+                        Ok(c) => certs.push(c),
+                        Err(_) => skipped += 1,
+                    }
+                }
+                if certs.len() == before {
+                    skipped += 1;
+                }
+            }
+            Err(_) => skipped += 1,
+        }
+    }
+    (certs, skipped)
+}
+
 #[cfg(feature = "tls")]
 pub(super) fn tls_config() -> io::Result<Arc<rustls::ClientConfig>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    // The system's store, where an administrator installs a company CA
+    // (update-ca-certificates, update-ca-trust).
+    let (system, skipped) = system_roots(&SYSTEM_BUNDLES, std::env::var_os("SSL_CERT_DIR"));
+    for c in system {
+        // Each was parsed once already; a duplicate of a built-in root is harmless.
+        let _ = roots.add(c);
+    }
+    if skipped > 0 {
+        log::debug!("{skipped} certificate(s) of the system store skipped (unreadable by rustls)");
+    }
     // A private CA (a self-hosted MinIO or Garage behind TLS): AWS_CA_BUNDLE, as the AWS
     // tools read it, or SSL_CERT_FILE.
     for var in ["AWS_CA_BUNDLE", "SSL_CERT_FILE"] {

@@ -103,3 +103,44 @@ fn a_dead_connection_times_out_without_progress() {
         "{e}"
     );
 }
+
+/// A self-signed CA certificate (P-256), as a company CA in the system store would be.
+#[cfg(feature = "tls")]
+const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBjDCCATGgAwIBAgIUT/FA5OTOZbzHODP6Fx1BePgWrGUwCgYIKoZIzj0EAwIw
+GjEYMBYGA1UEAwwPd2Fsc3luYyB0ZXN0IENBMCAXDTI2MTIwNDAxNTEzOFoYDzIx
+MjYxMTEwMDE1MTM4WjAaMRgwFgYDVQQDDA93YWxzeW5jIHRlc3QgQ0EwWTATBgcq
+hkjOPQIBBggqhkjOPQMBBwNCAATaxLZRV8rT35XhKnivktdwjAdkhMFkZnWxr37/
+XGKwEcePqEAZ8+iGkIpt8Wp5arJ6EUpBgt1wHT9aFH0tfONZo1MwUTAdBgNVHQ4E
+FgQUx0O6846ykLV2bcqWbCvcevy2R1EwHwYDVR0jBBgwFoAUx0O6846ykLV2bcqW
+bCvcevy2R1EwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNJADBGAiEA0/mU
+a/MB61otAH+8Mt28+H5yAb0+gUGseB1ngbcSzvECIQCNszs8OYLLF82unV4okoJD
+xwLwifNAwzsLt2e6xZGgsA==
+-----END CERTIFICATE-----
+";
+
+#[cfg(feature = "tls")]
+#[test]
+fn system_store_bundle_then_cert_dirs() {
+    let dir = std::env::temp_dir().join(format!("walsync-certs-{}", std::process::id()));
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let bundle = dir.join("bundle.crt");
+    std::fs::write(&bundle, format!("{TEST_CA}{TEST_CA}")).unwrap();
+    std::fs::write(a.join("company.pem"), TEST_CA).unwrap();
+    std::fs::write(b.join("README"), "not a certificate").unwrap();
+    let missing = dir.join("absent.crt");
+    let bundles = [
+        missing.to_str().unwrap(),
+        bundle.to_str().unwrap(),
+        bundle.to_str().unwrap(),
+    ];
+    let dirs = std::env::join_paths([&a, &b, &dir.join("nowhere")]).unwrap();
+    // The first bundle found (two certificates, once), then each file of the directories.
+    let (certs, skipped) = conn::system_roots(&bundles, Some(dirs));
+    assert_eq!((certs.len(), skipped), (3, 1));
+    let (none, skipped) = conn::system_roots(&[missing.to_str().unwrap()], None);
+    assert_eq!((none.len(), skipped), (0, 0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
