@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::thread::sleep;
 use std::time::Duration;
 
 use crate::harness::*;
@@ -497,63 +496,167 @@ fn bad_configs_and_permissions() {
     assert!(tree(&open).is_empty());
 }
 
-/// Issue #5: a second walsync shipping another database into the same namespace is refused
-/// (a one-shot snapshot exits 1 naming the other source; a daemon logs it and retries later),
-/// and the replica is not touched by it.
-#[test]
-fn second_source_on_the_same_namespace_is_refused() {
+/// Issue #5, issue #17: a second walsync shipping another database into the same namespace
+/// (another host, or another container of a rolling deploy: its own copy of the path) is
+/// refused, and the replica is not touched by it. Where the storage enforces conditional
+/// writes (the local replica here) the namespace's lease refuses it, naming the holder; once
+/// the holder stops, its released lease is taken at once and the newcomer's database is what
+/// restores. Where it does not (Garage), the log says leases are unavailable and the
+/// namespace-source check refuses it (a one-shot snapshot exits 1 naming the other source; a
+/// daemon logs it and retries later).
+fn second_source_on_the_same_namespace_is_refused(backend: Backend) {
     let t = TestDir::new("samens");
+    fs::create_dir_all(t.join("a")).unwrap();
+    fs::create_dir_all(t.join("b")).unwrap();
+    let (a, b) = (t.join("a/app.db"), t.join("b/app.db"));
+    let replica = Replica::new(&t, backend);
+    let mut ca = open_app(&a);
+    workload::schema(&ca);
+    let mut cb = open_app(&b);
+    workload::schema(&cb);
+    let d = Daemon::start(&[&a], &replica, &["--sync-interval", "0"], &t.join("log-a"));
+    d.wait_log("uploaded", Duration::from_secs(10));
+    let mut rng = Rng(9);
+    workload::step(&mut ca, &mut rng, false);
+    wait_shipped(&replica, "app", &a, &t.join("scratch.db"));
+    let objects = |r: &Replica| {
+        let (st, prefix) = r.storage();
+        let mut v = Vec::new();
+        st.list(&prefix, &mut |e| v.push((e.key, e.size))).unwrap();
+        v.retain(|(k, _)| k.contains("/snapshots/") || k.contains("/wal/"));
+        v
+    };
+    let before = objects(&replica);
+    let a_canon = a.canonicalize().unwrap();
+    let o = walsync(&["snapshot", b.to_str().unwrap(), "-b", &replica.url()]);
+    let first = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{first}");
+    let line = first.lines().next().unwrap_or("");
+    let hint = first.lines().nth(1).unwrap_or("");
+    let refused = if backend == Backend::Local {
+        assert!(
+            line.starts_with("walsync: error: namespace app is leased by walsync on ")
+                && line.contains(&format!(
+                    " (pid {}, database {}), renewed ",
+                    d.child.id(),
+                    a_canon.display()
+                ))
+                && line.ends_with(" s ago"),
+            "{first}"
+        );
+        assert!(
+            hint.starts_with("hint: one walsync per database: stop the other one (its lease is released at exit), or wait ")
+                && hint.ends_with(" s for the lease to expire"),
+            "{first}"
+        );
+        "namespace app is leased by walsync on "
+    } else {
+        assert!(
+            line.starts_with("walsync: error: namespace ")
+                && line.contains("app is being replicated from ")
+                && line.contains(&format!(":{} (newest object ", a_canon.display())),
+            "{first}"
+        );
+        assert_eq!(
+            hint,
+            "hint: give this database another name or prefix, or stop the other walsync"
+        );
+        assert!(
+            d.log_text().contains("leases are unavailable on s3://"),
+            "{}",
+            d.log_text()
+        );
+        "app is being replicated from "
+    };
+    let d2 = Daemon::start(&[&b], &replica, &["--sync-interval", "0"], &t.join("log-b"));
+    d2.wait_log(refused, Duration::from_secs(10));
+    d2.stop();
+    // Only the first daemon's objects were added meanwhile.
+    assert_eq!(objects(&replica), before);
+    drop(ca);
+    d.stop();
+    let out = t.join("restored.db");
+    restore_ok(&replica, "app", &out, None);
+    assert_eq!(content_hash(&out), content_hash(&a));
+    if backend == Backend::Local {
+        // The holder stopped and released its lease: the newcomer takes it at once.
+        workload::step(&mut cb, &mut rng, false);
+        let d3 = Daemon::start(&[&b], &replica, &["--sync-interval", "0"], &t.join("log-c"));
+        d3.wait_log("taking the lease of ", Duration::from_secs(10));
+        assert!(
+            d3.log_text().contains(" over (released)"),
+            "{}",
+            d3.log_text()
+        );
+        wait_shipped(&replica, "app", &b, &t.join("scratch.db"));
+        // Killed: its lease stays, but a walsync of the same host and database finds it gone
+        // (the owner file proves it) and takes the lease over at once.
+        d3.kill9();
+        workload::step(&mut cb, &mut rng, false);
+        let d4 = Daemon::start(&[&b], &replica, &["--sync-interval", "0"], &t.join("log-d"));
+        d4.wait_log("taking the lease of ", Duration::from_secs(10));
+        assert!(
+            d4.log_text().contains(" over (its walsync is gone)"),
+            "{}",
+            d4.log_text()
+        );
+        wait_shipped(&replica, "app", &b, &t.join("scratch.db"));
+        d4.stop();
+        assert_restores_equal(&replica, "app", &b, &out);
+    }
+}
+
+/// Issue #17: a holder cut off for longer than the lease period (here stopped with SIGSTOP,
+/// period 2 s) finds its lease taken when it comes back: it stops shipping that database,
+/// saying so, and the replica restores to the new holder's database.
+#[test]
+fn a_holder_cut_off_past_its_lease_stops_shipping() {
+    let t = TestDir::new("lostlease");
     fs::create_dir_all(t.join("a")).unwrap();
     fs::create_dir_all(t.join("b")).unwrap();
     let (a, b) = (t.join("a/app.db"), t.join("b/app.db"));
     let replica = Replica::new(&t, Backend::Local);
     let mut ca = open_app(&a);
     workload::schema(&ca);
-    let cb = open_app(&b);
+    let mut cb = open_app(&b);
     workload::schema(&cb);
-    let d = Daemon::start(&[&a], &replica, &["--sync-interval", "0"], &t.join("log-a"));
-    d.wait_log("uploaded", Duration::from_secs(10));
-    let mut rng = Rng(9);
+    let short = |db: &Path, log: &str| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["watch", db.to_str().unwrap(), "-b", &replica.url()])
+            .args(["--sync-interval", "0"])
+            .env("WALSYNC_LEASE_SECONDS", "2");
+        Daemon::spawn(cmd, &t.join(log))
+    };
+    let da = short(&a, "log-a");
+    let mut rng = Rng(3);
     workload::step(&mut ca, &mut rng, false);
-    sleep(Duration::from_millis(300));
-    let rdir = replica.dir.clone().unwrap();
-    let before = tree(&rdir);
-    let o = walsync(&["snapshot", b.to_str().unwrap(), "-b", &replica.url()]);
-    let first = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "{first}");
+    wait_shipped(&replica, "app", &a, &t.join("scratch.db"));
+    da.signal("STOP");
+    let lease = replica.dir.clone().unwrap().join("app/lease.json");
+    let held = fs::read_to_string(&lease).unwrap();
+    // B takes the lease once A's has expired (B retries its refused upload with backoff).
+    workload::step(&mut cb, &mut rng, false);
+    let db_ = short(&b, "log-b");
+    db_.wait_log(" over (expired)", Duration::from_secs(30));
+    wait_shipped(&replica, "app", &b, &t.join("scratch.db"));
+    assert_ne!(fs::read_to_string(&lease).unwrap(), held);
+    da.signal("CONT");
+    workload::step(&mut ca, &mut rng, false);
+    da.wait_log("lost the lease to walsync on ", Duration::from_secs(30));
     assert!(
-        first.starts_with("walsync: error: namespace app is being replicated from ")
-            && first.lines().next().unwrap().contains(&format!(
-                ":{} (newest object ",
-                a.canonicalize().unwrap().display()
-            )),
-        "{first}"
+        da.log_text().contains("it stops shipping this database"),
+        "{}",
+        da.log_text()
     );
-    assert!(
-        first
-            .contains("hint: give this database another name or prefix, or stop the other walsync"),
-        "{first}"
-    );
-    let d2 = Daemon::start(&[&b], &replica, &["--sync-interval", "0"], &t.join("log-b"));
-    d2.wait_log(
-        "namespace app is being replicated from ",
-        Duration::from_secs(10),
-    );
-    d2.stop();
-    // Only the first daemon's objects were added meanwhile.
-    let after = tree(&rdir);
-    for (k, v) in &before {
-        assert!(
-            after.iter().any(|(k2, v2)| k2 == k && v2 == v),
-            "{k} changed"
-        );
-    }
-    drop(ca);
-    d.stop();
-    let out = t.join("restored.db");
-    restore_ok(&replica, "app", &out, None);
-    assert_eq!(content_hash(&out), content_hash(&a));
+    db_.stop();
+    da.stop();
+    let out = t.join("out.db");
+    assert_restores_equal(&replica, "app", &b, &out);
 }
+crate::both!(
+    second_source_on_the_same_namespace_is_refused,
+    super::second_source_on_the_same_namespace_is_refused
+);
 
 /// Issue #5: a corrupt WAL (a flipped byte in its last frame). Decision: walsync ships what
 /// SQLite itself sees, the commits before the damaged frame, like SQLite's own recovery; the

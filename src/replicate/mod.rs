@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod continuity;
 pub mod daemon;
 pub mod db;
+pub mod lease;
 pub mod pagemap;
 pub mod request;
 pub mod status;

@@ -18,6 +18,7 @@ use log::{debug, warn};
 use sha2::{Digest, Sha256};
 
 use super::capture::Appendable;
+use super::lease::Lease;
 use super::status::json_str;
 use crate::digest;
 use crate::error::{Error, Result};
@@ -79,6 +80,9 @@ pub struct Outbox {
     uploading: Mutex<()>,
     /// Retention, applied after each snapshot upload (see `prune`).
     retention: Mutex<Option<Duration>>,
+    /// The namespace's lease (`lease.rs`): taken before the chain is loaded, kept before
+    /// each upload.
+    lease: Mutex<Lease>,
 }
 
 impl Outbox {
@@ -89,6 +93,7 @@ impl Outbox {
         retention: Option<Duration>,
     ) -> Outbox {
         Outbox {
+            lease: Mutex::new(Lease::new(&ns, &path)),
             path,
             ns,
             storage,
@@ -96,6 +101,19 @@ impl Outbox {
             uploading: Mutex::new(()),
             retention: Mutex::new(retention),
         }
+    }
+
+    /// Let the lease go (at exit), so the next holder takes it at once.
+    pub fn release_lease(&self) {
+        let mut l = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        l.release(self.storage.as_ref());
+    }
+
+    /// Take (or renew) the namespace's lease: before the chain is loaded, and before each
+    /// upload. A lease held by another walsync, or lost to one, is the error.
+    pub fn keep_lease(&self) -> Result<()> {
+        let mut l = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        l.keep(self.storage.as_ref())
     }
 
     /// A new retention (SIGHUP), from the next snapshot upload on.
@@ -185,6 +203,10 @@ impl Outbox {
                 i.in_flight = true;
                 p
             };
+            if let Err(e) = self.keep_lease() {
+                self.lock().in_flight = false;
+                return Err(e);
+            }
             let put = File::open(&p.file)
                 .map_err(|e| Error::io("open spool file", &p.file, e))
                 .and_then(|mut f| self.storage.put(&p.key, &mut f, p.len, &p.meta));

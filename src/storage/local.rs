@@ -226,10 +226,67 @@ impl Storage for LocalStorage {
         })
     }
 
+    /// Under an exclusive `flock` of a lock file beside the object (released by the kernel if
+    /// the process dies): read the current ETag (the object's SHA-256), check the condition,
+    /// write. Every process sharing the directory (NFS included, where flock works) agrees.
+    fn put_if(
+        &self,
+        key: &str,
+        body: &[u8],
+        meta: &Meta,
+        if_match: Option<&str>,
+    ) -> Result<Option<String>> {
+        use std::os::fd::AsRawFd;
+        let path = self.path(key)?;
+        let dir = path.parent().expect("object paths have a parent");
+        fs::create_dir_all(dir).map_err(|e| self.io_err(key, e))?;
+        let name = path.file_name().expect("a name").to_string_lossy();
+        let lock_path = dir.join(format!(".{name}{TMP_MARK}lock"));
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| self.io_err(key, e))?;
+        // SAFETY: flock on a descriptor we own; it is released when `lock` is closed.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(self.io_err(key, io::Error::last_os_error()));
+        }
+        let current = match self.read_meta(key, &path) {
+            Ok(m) if path.exists() => Some(m.get("sha256").cloned().unwrap_or_default()),
+            Ok(_) => None,
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        let ok = match (if_match, &current) {
+            (None, None) => true,
+            (Some(want), Some(have)) => want == have,
+            _ => false,
+        };
+        if !ok {
+            return Ok(None);
+        }
+        let tag = meta.get("sha256").cloned().unwrap_or_else(|| {
+            crate::digest::hex(<sha2::Sha256 as sha2::Digest>::new_with_prefix(body))
+        });
+        let mut m = meta.clone();
+        m.insert("sha256".into(), tag.clone());
+        self.put(key, &mut &body[..], body.len() as u64, &m)?;
+        drop(lock);
+        Ok(Some(tag))
+    }
+
     fn delete(&self, key: &str) -> Result<()> {
         super::count_request("delete");
         let path = self.path(key)?;
-        for p in [path.clone(), meta_path(&path)] {
+        // The lock file of a conditional write (`put_if`) goes with its object.
+        let lock = path.with_file_name(format!(
+            ".{}{TMP_MARK}lock",
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        ));
+        for p in [path.clone(), meta_path(&path), lock] {
             match fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}

@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageKind};
 use crate::layout::Meta;
 
 /// A listed object: its key and size.
@@ -84,6 +84,48 @@ pub trait Storage: Send + Sync {
             done(k);
         }
         Ok(())
+    }
+
+    /// Write the small object `body` only if a condition holds (leases): with `if_match`
+    /// None only when `key` is absent (`If-None-Match: *`), with Some(etag) only when its
+    /// ETag is still `etag` (`If-Match`). Ok(Some(new ETag)) when written, Ok(None) when the
+    /// condition failed. A backend without conditional writes fails `Permanent`; one that
+    /// ignores the conditions is found out by `replicate::lease::probe`.
+    fn put_if(
+        &self,
+        key: &str,
+        body: &[u8],
+        meta: &Meta,
+        if_match: Option<&str>,
+    ) -> Result<Option<String>> {
+        let _ = (body, meta, if_match);
+        Err(Error::Storage {
+            backend: self.describe(),
+            key: key.into(),
+            kind: StorageKind::Permanent,
+            msg: "conditional writes are not supported".into(),
+        })
+    }
+
+    /// A small object (at most `limit` bytes): its bytes, metadata and ETag.
+    fn get_tagged(&self, key: &str, limit: u64) -> Result<(Vec<u8>, Meta, String)> {
+        let mut b = self.get(key)?;
+        let mut v = Vec::new();
+        (&mut b.reader)
+            .take(limit)
+            .read_to_end(&mut v)
+            .map_err(|e| Error::Storage {
+                backend: self.describe(),
+                key: key.into(),
+                kind: StorageKind::Transient,
+                msg: format!("reading: {e}"),
+            })?;
+        let tag = b
+            .meta
+            .get(crate::layout::SHA256)
+            .cloned()
+            .unwrap_or_default();
+        Ok((v, b.meta, tag))
     }
 
     /// Let go of idle resources (pooled connections); called when the daemon goes quiet.

@@ -32,6 +32,9 @@ impl Shipper {
         if self.loaded {
             return Ok(());
         }
+        // The lease first (`lease.rs`): the chain read next is then the one this walsync
+        // continues, no other holder shipping after it.
+        self.outbox.keep_lease()?;
         let hint = self.state_hint()?;
         let found = match &hint {
             Some(h) => self.newest_after(Some(h))?,
@@ -60,7 +63,14 @@ impl Shipper {
             self.last_ts = o.ts;
             // Another database, elsewhere, is shipping into this namespace right now: two
             // chains in one namespace would make both unrestorable. Refuse (and retry later).
-            if let Some(other) = meta.get(layout::SOURCE).filter(|s| **s != self.source) {
+            // Where the storage enforces leases the lease decides instead (`lease.rs`): a
+            // released one is taken at once, as in a rolling deploy, not 2 minutes later.
+            let leased =
+                crate::replicate::lease::enforced(self.storage.as_ref(), &self.ns).unwrap_or(false);
+            if let Some(other) = meta
+                .get(layout::SOURCE)
+                .filter(|s| **s != self.source && !leased)
+            {
                 let age = time::now_ms().saturating_sub(o.ts);
                 if age < NAMESPACE_BUSY_MS {
                     return Err(Error::other(format!(

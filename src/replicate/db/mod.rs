@@ -467,6 +467,7 @@ impl Drop for Shipper {
     fn drop(&mut self) {
         self.release();
         if self.claimed {
+            self.outbox.release_lease();
             let owner = self.spool.join("owner");
             let mine = fs::read_to_string(&owner)
                 .ok()

@@ -17,6 +17,7 @@ use log::{debug, info};
 
 mod creds;
 mod errors;
+mod multipart;
 pub mod profile;
 mod xml;
 
@@ -197,6 +198,20 @@ impl S3Storage {
         body: ReqBody,
         body_sha256: Option<&str>,
     ) -> Result<Response> {
+        let resp = self.send_signed(method, key, query, headers, body, body_sha256)?;
+        self.expect_2xx(key, resp)
+    }
+
+    /// Sign and send; the answer whatever its status.
+    fn send_signed(
+        &self,
+        method: &str,
+        key: &str,
+        query: &[(&str, &str)],
+        headers: &[(String, String)],
+        body: ReqBody,
+        body_sha256: Option<&str>,
+    ) -> Result<Response> {
         super::count_request(match method {
             "GET" if query.iter().any(|(k, _)| *k == "list-type") => "list",
             m => match m {
@@ -242,17 +257,13 @@ impl S3Storage {
         } else {
             format!("{path}?{qs}")
         };
-        let resp = self
-            .client
-            .send(method, &target, &head, body)
-            .map_err(|e| {
-                self.err(
-                    key,
-                    StorageKind::Transient,
-                    format!("cannot reach {}: {e}", self.endpoint),
-                )
-            })?;
-        self.expect_2xx(key, resp)
+        self.client.send(method, &target, &head, body).map_err(|e| {
+            self.err(
+                key,
+                StorageKind::Transient,
+                format!("cannot reach {}: {e}", self.endpoint),
+            )
+        })
     }
 
     /// `request`, then its answer's body as text (at most `limit` bytes), read to the end so
@@ -353,83 +364,6 @@ impl S3Storage {
         let resp = self.request_signed("PUT", key, &[], headers, body, sha256)?;
         self.body_text(key, resp, ERROR_BODY_LIMIT).map(|_| ())
     }
-
-    fn put_multipart(
-        &self,
-        key: &str,
-        src: &mut dyn Read,
-        len: u64,
-        headers: &[(String, String)],
-    ) -> Result<()> {
-        let q = [("uploads", "")];
-        let xml = self.request_text("POST", key, &q, headers, ReqBody::Empty, XML_LIMIT)?;
-        let upload_id = xml_tag(&xml, "UploadId").ok_or_else(|| {
-            self.err(
-                key,
-                StorageKind::Transient,
-                "multipart initiation answered without an UploadId".into(),
-            )
-        })?;
-        let res = (|| -> Result<()> {
-            let part_size = PART_SIZE.max(len.div_ceil(MAX_PARTS));
-            let mut done = String::from("<CompleteMultipartUpload>");
-            let mut sent = 0u64;
-            let mut n = 0u32;
-            while sent < len {
-                n += 1;
-                let part_len = part_size.min(len - sent);
-                let num = n.to_string();
-                let resp = self.request(
-                    "PUT",
-                    key,
-                    &[("partNumber", &num), ("uploadId", &upload_id)],
-                    &[],
-                    ReqBody::Stream(src, part_len),
-                )?;
-                let etag = resp.header("etag").unwrap_or("").to_string();
-                self.body_text(key, resp, ERROR_BODY_LIMIT)?;
-                if etag.is_empty() {
-                    return Err(self.err(
-                        key,
-                        StorageKind::Transient,
-                        format!("part {n} answered without an ETag"),
-                    ));
-                }
-                done.push_str(&format!(
-                    "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag></Part>",
-                    escape(&etag)
-                ));
-                sent += part_len;
-            }
-            done.push_str("</CompleteMultipartUpload>");
-            // S3 may report a failed completion with a 200 status and an <Error> body.
-            let xml = self.request_text(
-                "POST",
-                key,
-                &[("uploadId", &upload_id)],
-                &[("content-type".into(), "application/xml".into())],
-                ReqBody::Bytes(done.as_bytes()),
-                XML_LIMIT,
-            )?;
-            if xml.contains("<Error>") {
-                return Err(self.status_err(key, 500, &xml));
-            }
-            Ok(())
-        })();
-        if res.is_err() {
-            // Best effort: an unfinished multipart upload is invisible to readers anyway.
-            if let Ok(r) = self.request(
-                "DELETE",
-                key,
-                &[("uploadId", &upload_id)],
-                &[],
-                ReqBody::Empty,
-            ) {
-                let _ = r.text(ERROR_BODY_LIMIT);
-            }
-        }
-        res
-    }
 }
 
 impl Storage for S3Storage {
@@ -464,6 +398,55 @@ impl Storage for S3Storage {
             size,
             reader: Box::new(resp.body),
         })
+    }
+
+    fn put_if(
+        &self,
+        key: &str,
+        body: &[u8],
+        meta: &Meta,
+        if_match: Option<&str>,
+    ) -> Result<Option<String>> {
+        let mut headers = self.meta_headers(key, meta)?;
+        match if_match {
+            None => headers.push(("if-none-match".into(), "*".into())),
+            Some(tag) => headers.push(("if-match".into(), format!("\"{tag}\""))),
+        }
+        let resp = self.send_signed("PUT", key, &[], &headers, ReqBody::Bytes(body), None)?;
+        match resp.status {
+            // 409 ConditionalRequestConflict: another conditional write raced this one.
+            412 | 409 => {
+                let _ = resp.text(ERROR_BODY_LIMIT);
+                Ok(None)
+            }
+            501 => Err(self.err(
+                key,
+                StorageKind::Permanent,
+                "conditional writes are not supported (HTTP 501)".into(),
+            )),
+            _ => {
+                let resp = self.expect_2xx(key, resp)?;
+                let tag = resp
+                    .header("etag")
+                    .unwrap_or("")
+                    .trim_matches('"')
+                    .to_string();
+                self.body_text(key, resp, ERROR_BODY_LIMIT)?;
+                Ok(Some(tag))
+            }
+        }
+    }
+
+    fn get_tagged(&self, key: &str, limit: u64) -> Result<(Vec<u8>, Meta, String)> {
+        let resp = self.request("GET", key, &[], &[], ReqBody::Empty)?;
+        let meta = Self::meta_of(&resp);
+        let tag = resp
+            .header("etag")
+            .unwrap_or("")
+            .trim_matches('"')
+            .to_string();
+        let text = self.body_text(key, resp, limit)?;
+        Ok((text.into_bytes(), meta, tag))
     }
 
     fn head(&self, key: &str) -> Result<Meta> {
@@ -600,48 +583,4 @@ impl Storage for S3Storage {
 const DELETE_BATCH: usize = 1000;
 
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn region_names_are_checked_by_form() {
-        for ok in [
-            "us-east-1",
-            "eu-central-2",
-            "us-gov-west-1",
-            "ap-southeast-5",
-            "mx-central-1",
-        ] {
-            assert!(super::valid_region(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "US-EAST-1",
-            "us_east_1",
-            "useast",
-            "us-east-",
-            "https://s3.x",
-            "1-us",
-        ] {
-            assert!(!super::valid_region(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn base64_of_rfc4648_vectors() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(crate::digest::base64(i.as_bytes()), o);
-        }
-        // MD5("") = d41d8cd98f00b204e9800998ecf8427e.
-        assert_eq!(
-            crate::digest::base64(&md5::compute(b"").0),
-            "1B2M2Y8AsgTpgAmY7PhCfg=="
-        );
-    }
-}
+mod tests;

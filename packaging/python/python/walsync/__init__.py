@@ -342,18 +342,20 @@ class Watcher:
             text=True,
         )
         self._ready = threading.Event()
+        self._started = False
         self._errors: List[str] = []
         self._reader = threading.Thread(target=self._read, name="walsync-log", daemon=True)
         self._reader.start()
         self._ready.wait(timeout)
-        if self._proc.poll() is not None or not self._ready.is_set():
-            if self._proc.poll() is None:
+        if not self._started:
+            # It failed (its stderr ended first) or is too slow: either way, no watcher.
+            if self._proc.poll() is None and not self._ready.is_set():
                 self._proc.kill()
-            self._proc.wait()
+            code = self._proc.wait()
             self._reader.join()
-            raise _cli_error("\n".join(self._errors)) if self._errors else WalsyncError(
-                f"the watcher did not start within {timeout} s"
-            )
+            if self._errors:
+                raise _cli_error("\n".join(self._errors + [f"exit status {code}"]))
+            raise WalsyncError(f"the watcher did not start within {timeout} s")
 
     def _read(self) -> None:
         assert self._proc.stderr is not None
@@ -368,6 +370,7 @@ class Watcher:
             msg = parts[2]
             _log.log(_LEVELS[parts[1]], "%s", msg)
             if not self._ready.is_set() and msg.startswith("watching "):
+                self._started = True
                 self._ready.set()
         self._ready.set()
 
