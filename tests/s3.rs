@@ -249,6 +249,16 @@ fn s3_errors_are_one_line_and_name_bucket_and_endpoint() {
             "{args:?}:\n got {err}\nwant {want}..."
         );
         assert!(err.lines().count() <= 2, "{err}");
+        if want.contains("access denied") {
+            // S3's own reason, and which keys were refused.
+            let line = err.lines().next().unwrap_or("");
+            assert!(
+                line.ends_with(
+                    "; check the keys and the bucket's policy (keys from the environment)"
+                ),
+                "{err}"
+            );
+        }
     }
 }
 

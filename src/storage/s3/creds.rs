@@ -161,6 +161,11 @@ impl Provider {
         cur.creds.clone()
     }
 
+    /// Where the keys come from, for messages ("the environment", "~/.aws/credentials [x]").
+    pub fn source(&self) -> &str {
+        &self.what
+    }
+
     /// S3 refused the keys: fetch again before the next request (refreshing sources only).
     pub fn refused(&self) {
         if self.source.is_some() {

@@ -39,10 +39,14 @@ pub(super) fn classify(
         (403, _) | (401, _) => (
             StorageKind::Permanent,
             format!(
-                "access denied to bucket {} at {} ({}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                "access denied to bucket {} at {} ({}); check the keys and the bucket's policy",
                 bucket,
                 endpoint,
-                if code.is_empty() { status.to_string() } else { code.clone() }
+                match (code.is_empty(), message.is_empty()) {
+                    (true, _) => status.to_string(),
+                    (false, true) => code.clone(),
+                    (false, false) => format!("{code}: {message}"),
+                }
             ),
         ),
         (413, _) => (
@@ -101,5 +105,14 @@ mod tests {
             "e",
         );
         assert_eq!(m, "HTTP 400 InvalidDigest: bad digest");
+        // A refusal keeps S3's own reason: a bucket policy is not a wrong key.
+        let (k, m) = classify(
+            403,
+            "<Error><Code>AccessDenied</Code><Message>User: arn:aws:iam::1:user/x is not authorized to perform: s3:PutObject with an explicit deny in a resource-based policy</Message></Error>",
+            "b",
+            "e",
+        );
+        assert_eq!(k, StorageKind::Permanent);
+        assert_eq!(m, "access denied to bucket b at e (AccessDenied: User: arn:aws:iam::1:user/x is not authorized to perform: s3:PutObject with an explicit deny in a resource-based policy); check the keys and the bucket's policy");
     }
 }

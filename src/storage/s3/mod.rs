@@ -168,7 +168,11 @@ impl S3Storage {
 
     /// Classify an HTTP status.
     fn status_err(&self, key: &str, status: u16, body: &str) -> Error {
-        let (kind, msg) = classify(status, body, &self.bucket, &self.endpoint);
+        let (kind, mut msg) = classify(status, body, &self.bucket, &self.endpoint);
+        if matches!(status, 401 | 403) {
+            // Which keys were refused: the first thing to check.
+            msg.push_str(&format!(" (keys from {})", self.creds.source()));
+        }
         self.err(key, kind, msg)
     }
 
