@@ -12,7 +12,7 @@
 //! daemon holds no socket.
 
 use std::io::{self, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -119,6 +119,43 @@ pub struct Client {
     proxy: Option<Proxy>,
 }
 
+/// The system resolver, as `to_socket_addrs` calls it.
+fn lookup(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    Ok((host, port).to_socket_addrs()?.collect())
+}
+
+/// Resolve `host` within `timeout`: the system resolver has no timeout of its own to give (a
+/// dead DNS server holds `getaddrinfo` for the resolver's retries, tens of seconds), so the
+/// lookup runs on a small thread and a late answer is abandoned. Address literals need none.
+fn resolve(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    lookup: fn(&str, u16) -> io::Result<Vec<SocketAddr>>,
+) -> io::Result<Vec<SocketAddr>> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let name = host.to_string();
+    std::thread::Builder::new()
+        .name("walsync-dns".into())
+        .stack_size(256 << 10)
+        .spawn(move || {
+            let _ = tx.send(lookup(&name, port));
+        })?;
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "looking up {host} took longer than {} s (DNS)",
+                timeout.as_secs_f64()
+            ),
+        )),
+    }
+}
+
 impl Client {
     pub fn new(target: Target) -> io::Result<Client> {
         #[cfg(feature = "tls")]
@@ -187,7 +224,7 @@ impl Client {
         };
         let mut last = io::Error::other(format!("{via} resolves to no address"));
         let mut tcp = None;
-        for addr in (via, via_port).to_socket_addrs()? {
+        for addr in resolve(via, via_port, self.connect_timeout, lookup)? {
             match TcpStream::connect_timeout(&addr, self.connect_timeout) {
                 Ok(s) => {
                     tcp = Some(s);

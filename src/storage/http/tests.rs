@@ -144,3 +144,24 @@ fn system_store_bundle_then_cert_dirs() {
     assert_eq!((none.len(), skipped), (0, 0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn name_lookups_have_a_deadline() {
+    let literal = resolve("127.0.0.1", 9, Duration::from_millis(1), lookup).unwrap();
+    assert_eq!(literal, vec!["127.0.0.1:9".parse().unwrap()]);
+    let local = resolve("localhost", 9, Duration::from_secs(30), lookup).unwrap();
+    assert!(
+        local.iter().all(|a| a.port() == 9 && a.ip().is_loopback()),
+        "{local:?}"
+    );
+    fn dead_dns(_: &str, _: u16) -> io::Result<Vec<SocketAddr>> {
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(vec![])
+    }
+    let e = resolve("s3.example.com", 443, Duration::from_millis(20), dead_dns).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    assert_eq!(
+        e.to_string(),
+        "looking up s3.example.com took longer than 0.02 s (DNS)"
+    );
+}
