@@ -321,6 +321,7 @@ impl Client {
                         log::debug!("{method} {path_query}: answered {status} before the whole body was sent");
                     }
                     let body = BodyReader {
+                        pace: response::Pace::new(),
                         conn: Some(conn),
                         framing,
                         keep,

@@ -3,22 +3,72 @@
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::conn::{Conn, Stream};
 use super::MAX_IDLE;
 
 const MAX_HEAD: usize = 64 * 1024;
 
+/// A server trickling its answer (each read within the read timeout, yet a byte a minute)
+/// must not hold a worker forever: a head must be complete within `HEAD_DEADLINE`, and a body
+/// that brings less than `MIN_BYTES_PER_WINDOW` in a `SPEED_WINDOW` is given up (a transient
+/// error: the request is retried), as curl's --speed-limit does.
+const HEAD_DEADLINE: Duration = Duration::from_secs(120);
+pub(super) const SPEED_WINDOW: Duration = Duration::from_secs(60);
+pub(super) const MIN_BYTES_PER_WINDOW: u64 = 16 * 1024;
+
+/// A body's pace: bytes, and time spent waiting for them inside reads (a slow reader of the
+/// body, such as a restore writing to a slow disk, is not the server's slowness).
+#[derive(Debug)]
+pub(super) struct Pace {
+    waited: Duration,
+    bytes: u64,
+}
+
+impl Pace {
+    pub(super) fn new() -> Pace {
+        Pace {
+            waited: Duration::ZERO,
+            bytes: 0,
+        }
+    }
+
+    /// Count `n` bytes that took `took` to come; an error when a window's worth of waiting
+    /// brought too few.
+    pub(super) fn add(
+        &mut self,
+        n: usize,
+        took: Duration,
+        window: Duration,
+        min: u64,
+    ) -> io::Result<()> {
+        self.bytes += n as u64;
+        self.waited += took;
+        if self.waited >= window {
+            if self.bytes < min {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the answer came at {} bytes in {} s, too slow: given up",
+                        self.bytes,
+                        self.waited.as_secs()
+                    ),
+                ));
+            }
+            *self = Pace::new();
+        }
+        Ok(())
+    }
+}
+
 pub(super) fn read_head(r: &mut BufReader<Stream>) -> io::Result<(u16, Vec<(String, String)>)> {
     let mut total = 0;
     let mut line = Vec::new();
+    let began = Instant::now();
     let mut next_line = |line: &mut Vec<u8>| -> io::Result<()> {
         line.clear();
-        let n = r
-            .by_ref()
-            .take((MAX_HEAD - total) as u64 + 1)
-            .read_until(b'\n', line)?;
+        let n = read_line_by(r, line, MAX_HEAD - total + 1, began + HEAD_DEADLINE)?;
         total += n;
         if n == 0 {
             return Err(io::Error::new(
@@ -59,6 +109,42 @@ pub(super) fn read_head(r: &mut BufReader<Stream>) -> io::Result<(u16, Vec<(Stri
         }
         if let Some((k, v)) = l.split_once(':') {
             headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+}
+
+/// One line (up to `limit` bytes) as `read_until` reads it, but given up at `deadline`
+/// between two reads of the connection.
+pub(super) fn read_line_by(
+    r: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    limit: usize,
+    deadline: Instant,
+) -> io::Result<usize> {
+    let start = line.len();
+    loop {
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no complete answer head within {} s",
+                    HEAD_DEADLINE.as_secs()
+                ),
+            ));
+        }
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(line.len() - start);
+        }
+        let room = limit.saturating_sub(line.len() - start);
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) if i < room => (i + 1, true),
+            _ => (buf.len().min(room), room <= buf.len()),
+        };
+        line.extend_from_slice(&buf[..take]);
+        r.consume(take);
+        if done {
+            return Ok(line.len() - start);
         }
     }
 }
@@ -110,6 +196,7 @@ impl Response {
 /// A response body. Reading it to the end returns its connection to the pool; dropping it
 /// earlier closes the connection.
 pub struct BodyReader {
+    pub(super) pace: Pace,
     pub(super) conn: Option<Conn>,
     pub(super) framing: Framing,
     pub(super) keep: bool,
@@ -143,6 +230,7 @@ impl Read for BodyReader {
         if r.buffer().is_empty() {
             r.get_ref().quickack();
         }
+        let began = Instant::now();
         let n = match &mut self.framing {
             Framing::Length(0) => 0,
             Framing::Length(left) => {
@@ -197,6 +285,15 @@ impl Read for BodyReader {
                 }
             }
         };
+        if n > 0 {
+            if let Err(e) = self
+                .pace
+                .add(n, began.elapsed(), SPEED_WINDOW, MIN_BYTES_PER_WINDOW)
+            {
+                self.conn = None; // mid-body: the connection cannot be reused
+                return Err(e);
+            }
+        }
         if n == 0 || framing_done(&self.framing) {
             if matches!(self.framing, Framing::Close) {
                 self.conn = None;

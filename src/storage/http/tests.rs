@@ -165,3 +165,30 @@ fn name_lookups_have_a_deadline() {
         "looking up s3.example.com took longer than 0.02 s (DNS)"
     );
 }
+
+#[test]
+fn a_trickling_answer_is_given_up() {
+    use response::Pace;
+    let w = Duration::from_secs(60);
+    let mut p = Pace::new();
+    // 1 byte a minute: within every read timeout, yet given up after a window of waiting.
+    let e = p.add(1, Duration::from_secs(61), w, 16 << 10).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    assert_eq!(
+        e.to_string(),
+        "the answer came at 1 bytes in 61 s, too slow: given up"
+    );
+    // A slow but steady download keeps going, window after window.
+    let mut p = Pace::new();
+    for _ in 0..1000 {
+        p.add(4096, Duration::from_millis(200), w, 16 << 10)
+            .unwrap();
+    }
+    // A head trickled byte by byte is cut at the deadline.
+    let mut slow = io::BufReader::with_capacity(1, &b"HTTP/1.1 200 OK\r\n"[..]);
+    let mut line = Vec::new();
+    let e = response::read_line_by(&mut slow, &mut line, 1024, Instant::now()).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    let n = response::read_line_by(&mut slow, &mut line, 1024, Instant::now() + w).unwrap();
+    assert_eq!((n, &line[..]), (17, &b"HTTP/1.1 200 OK\r\n"[..]));
+}
