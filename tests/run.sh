@@ -41,7 +41,11 @@ export WALSYNC_TEST_PYTHON="$PYENV/bin/python"
 # on 127.0.0.1:3900; it is stopped when this script ends.
 log "S3 server: tests/s3/garage.sh install"
 tests/s3/garage.sh install
-trap 'tests/s3/garage.sh stop 3900 || true' EXIT
+# A second, independent S3 implementation that enforces conditional writes (the leases):
+# moto's server, pip-installed into ~/.cache/walsync (tests/moto.rs starts it on 3950).
+log "S3 server: tests/s3/moto.sh install"
+tests/s3/moto.sh install
+trap 'tests/s3/garage.sh stop 3900 || true; tests/s3/moto.sh stop 3950 || true' EXIT
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
