@@ -643,7 +643,11 @@ fn restore_and_verify_ride_out_broken_downloads() {
     c.execute_batch(
         "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
          WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 40)
-         INSERT INTO t(b) SELECT randomblob(3000) FROM c;",
+         INSERT INTO t(b) SELECT randomblob(3000) FROM c;
+         -- 72 MB: the snapshot is fetched as parallel byte ranges (restore/parts.rs).
+         CREATE TABLE big(b BLOB);
+         WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 72)
+         INSERT INTO big(b) SELECT randomblob(1000000) FROM c;",
     )
     .unwrap();
     let d = Daemon::start(
@@ -711,6 +715,7 @@ fn restore_and_verify_ride_out_broken_downloads() {
                 .all(|l| l.contains("(attempt 1 of 5; fetching ")),
             "{err}"
         );
+        err
     };
     let cut = "the download broke off after ";
     let slow_down = "HTTP 503";
@@ -718,7 +723,9 @@ fn restore_and_verify_ride_out_broken_downloads() {
         (Fault::CutDownloads, cut),
         (Fault::GetStatus(503), slow_down),
     ] {
-        heals(&restore_args, fault, needle);
+        let err = heals(&restore_args, fault, needle);
+        // The large snapshot came as parallel byte ranges, each fetched again.
+        assert!(err.contains(" (bytes 0+16777216) again in "), "{err}");
         assert_eq!(content_hash(&out), content_hash(&db));
         std::fs::remove_file(&out).unwrap();
         heals(&verify_args, fault, needle);

@@ -18,6 +18,7 @@ use crate::layout::{self, Kind, Meta, Object, Position};
 use crate::storage::{Body, Storage};
 
 mod ahead;
+mod parts;
 mod read;
 use crate::storage::retry::retrying;
 use crate::time;
@@ -312,6 +313,41 @@ pub fn restore_with(
     Ok(restored)
 }
 
+/// The snapshot as one stream (small ones, or a server without ranges), hashed as it comes,
+/// fetched again whole if the transfer breaks off: (metadata, bytes, SHA-256).
+fn download(
+    storage: &dyn Storage,
+    skey: &str,
+    tmp: &Path,
+    p: &mut Progress,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(Meta, u64, String)> {
+    let backend = storage.describe();
+    with_body(storage, skey, storage.get(skey), |body| {
+        let want = need(&body.meta, skey, layout::SHA256)?.clone();
+        let mut r = Checked::new(body.reader, body.size);
+        let mut f = File::create(tmp).map_err(|e| Error::io("create", tmp, e))?;
+        p.bytes = 0;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break, // kept by `r`, reported by `finish`
+            };
+            f.write_all(&buf[..n])
+                .map_err(|e| Error::io("write", tmp, e))?;
+            p.bytes += n as u64;
+            progress(p);
+        }
+        f.flush().map_err(|e| Error::io("write", tmp, e))?;
+        let bytes = r.read_so_far();
+        let sha = r.finish(&backend, skey, &want)?;
+        Ok((body.meta, bytes, sha))
+    })
+}
+
 fn restore_into(
     storage: &dyn Storage,
     plan: &Plan,
@@ -336,29 +372,23 @@ fn restore_into(
     let (bytes, frames) = ahead::with_ahead(storage, &keys, Some(dir), |next| {
         let skey = &plan.snapshot.key;
         let backend = storage.describe();
-        let (meta, bytes, sha) = with_body(storage, skey, storage.get(skey), |body| {
-            let want = need(&body.meta, skey, layout::SHA256)?.clone();
-            let mut r = Checked::new(body.reader, body.size);
-            let mut f = File::create(tmp).map_err(|e| Error::io("create", tmp, e))?;
-            p.bytes = 0;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = match r.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => break, // kept by `r`, reported by `finish`
-                };
-                f.write_all(&buf[..n])
-                    .map_err(|e| Error::io("write", tmp, e))?;
-                p.bytes += n as u64;
+        let size = plan.snapshot.size;
+        let ranged = if size >= parts::MIN_SIZE {
+            let f = File::create(tmp).map_err(|e| Error::io("create", tmp, e))?;
+            parts::fetch(storage, skey, size, (&f, tmp), &mut |n| {
+                p.bytes = n;
                 progress(&p);
+            })?
+        } else {
+            None
+        };
+        let (meta, bytes, sha) = match ranged {
+            Some((meta, sha)) => {
+                read::check_sha(skey, need(&meta, skey, layout::SHA256)?, &sha)?;
+                (meta, size, sha)
             }
-            f.flush().map_err(|e| Error::io("write", tmp, e))?;
-            let bytes = r.read_so_far();
-            let sha = r.finish(&backend, skey, &want)?;
-            Ok((body.meta, bytes, sha))
-        })?;
+            None => download(storage, skey, tmp, &mut p, progress)?,
+        };
         p.objects = 1;
         progress(&p);
         let page_size = db_page_size(tmp)?;

@@ -71,7 +71,7 @@ pub fn broke_off(backend: &str, key: &str, got: u64, size: u64, why: &str) -> Er
     }
 }
 
-fn check_sha(key: &str, want: &str, got: &str) -> Result<()> {
+pub(super) fn check_sha(key: &str, want: &str, got: &str) -> Result<()> {
     if want != got {
         return Err(Error::integrity(
             key,

@@ -25,7 +25,7 @@ pub mod retry;
 pub mod s3;
 mod sigv4;
 
-use std::io::Read;
+use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -57,6 +57,27 @@ pub trait Storage: Send + Sync {
 
     /// Open an object for reading. A missing key returns `StorageKind::NotFound`.
     fn get(&self, key: &str) -> Result<Body>;
+
+    /// Bytes `start .. start + len` of an object, with its metadata (`Body::size` is what
+    /// comes: `len` unless the object is shorter). The default reads the whole object and
+    /// skips; backends that can seek or ask for a range do.
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Body> {
+        let mut b = self.get(key)?;
+        let skipped = io::copy(&mut (&mut b.reader).take(start), &mut io::sink()).map_err(|e| {
+            Error::Storage {
+                backend: self.describe(),
+                key: key.into(),
+                kind: StorageKind::Transient,
+                msg: format!("reading: {e}"),
+            }
+        })?;
+        let size = b.size.saturating_sub(skipped).min(len);
+        Ok(Body {
+            meta: b.meta,
+            size,
+            reader: Box::new(b.reader.take(len)),
+        })
+    }
 
     /// An object's metadata without its bytes. A missing key returns `NotFound`.
     fn head(&self, key: &str) -> Result<Meta>;

@@ -404,6 +404,44 @@ impl Storage for S3Storage {
         })
     }
 
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Body> {
+        if len == 0 {
+            let meta = self.head(key)?;
+            return Ok(Body {
+                meta,
+                size: 0,
+                reader: Box::new(std::io::empty()),
+            });
+        }
+        let range = [(
+            "range".to_string(),
+            format!("bytes={start}-{}", start + len - 1),
+        )];
+        let resp = self.request("GET", key, &[], &range, ReqBody::Empty)?;
+        if resp.status != 206 {
+            // The server ignored the range (200: the whole object): say so; the caller
+            // falls back to one stream.
+            return Err(self.err(
+                key,
+                StorageKind::Permanent,
+                format!(
+                    "{} ignored a Range request (HTTP {})",
+                    self.endpoint, resp.status
+                ),
+            ));
+        }
+        let meta = Self::meta_of(&resp);
+        let size = resp
+            .header("content-length")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        Ok(Body {
+            meta,
+            size,
+            reader: Box::new(resp.body),
+        })
+    }
+
     fn put_if(
         &self,
         key: &str,

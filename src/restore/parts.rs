@@ -1,0 +1,142 @@
+//! A large snapshot is downloaded as byte ranges in parallel (`THREADS` GETs in flight, one
+//! `PART` each), written at their offsets into the output, then hashed in order from the file
+//! (the page cache): one stream of a few hundred MB is what bounded a restore, while the
+//! segments after it were already fetched ahead. Memory stays at one 256 KiB buffer per thread. A
+//! range whose transfer breaks off is fetched again (`retrying`); a server that ignores
+//! `Range` gets one stream, as for a small snapshot.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::read::broke_off;
+use crate::digest::HashingReader;
+use crate::error::{Error, Result};
+use crate::layout::Meta;
+use crate::storage::retry::retrying;
+use crate::storage::Storage;
+
+/// Snapshots from this size on are fetched in ranges.
+pub const MIN_SIZE: u64 = 64 << 20;
+const PART: u64 = 16 << 20;
+const THREADS: usize = 6;
+
+/// Fetch `key` (`size` bytes) into `out` at `path` by ranges; `report(bytes so far)` is
+/// called on this thread after each part it finishes.
+/// Returns the object's metadata and the SHA-256 (hex) of what was written, or None when the
+/// server does not serve ranges (the caller then streams it whole).
+pub fn fetch(
+    storage: &dyn Storage,
+    key: &str,
+    size: u64,
+    (out, path): (&File, &Path),
+    report: &mut dyn FnMut(u64),
+) -> Result<Option<(Meta, String)>> {
+    let head = format!("fetching {key} (bytes 0+{})", PART.min(size));
+    let first = retrying(&head, || storage.get_range(key, 0, PART.min(size)));
+    let first = match first {
+        Ok(b) if b.size == PART.min(size) => b,
+        Ok(_) => return Ok(None),
+        Err(e) if !e.is_transient() && !e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    out.set_len(size).map_err(|e| Error::io("write", path, e))?;
+    let meta = first.meta.clone();
+    let parts = size.div_ceil(PART);
+    let next = AtomicU64::new(1);
+    let total = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    let backend = storage.describe();
+    let write_part = |i: u64, body: Option<crate::storage::Body>| -> Result<()> {
+        let (start, len) = (i * PART, PART.min(size - i * PART));
+        let mut body = Some(body);
+        retrying(&format!("fetching {key} (bytes {start}+{len})"), || {
+            let b = match body.take().flatten() {
+                Some(b) => b,
+                None => storage.get_range(key, start, len)?,
+            };
+            copy_at(b.reader, (out, path), start, len, &backend, key)
+        })?;
+        total.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    };
+    let fail = |e: Error| {
+        stop.store(true, Ordering::Relaxed);
+        failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
+    };
+    // The next part to fetch, None when all are taken or one failed.
+    let take = || {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        (!stop.load(Ordering::Relaxed) && i < parts).then_some(i)
+    };
+    std::thread::scope(|s| {
+        let work = || {
+            while let Some(i) = take() {
+                if let Err(e) = write_part(i, None) {
+                    fail(e);
+                }
+            }
+        };
+        for _ in 1..THREADS.min(parts as usize) {
+            // Fewer threads if one cannot start: the others fetch its parts.
+            let _ = std::thread::Builder::new()
+                .name("walsync-range".into())
+                .stack_size(256 << 10)
+                .spawn_scoped(s, work);
+        }
+        let mut i = Some(0);
+        let mut body = Some(first);
+        while let Some(part) = i {
+            match write_part(part, body.take()) {
+                Ok(()) => report(total.load(Ordering::Relaxed)),
+                Err(e) => fail(e),
+            }
+            i = take();
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    // The hash, in order, of what is now in the file.
+    let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut r = HashingReader::new(io::BufReader::with_capacity(1 << 20, f));
+    io::copy(&mut r, &mut io::sink()).map_err(|e| Error::io("read", path, e))?;
+    Ok(Some((meta, r.hex())))
+}
+
+/// Copy exactly `len` bytes of `src` to `out` at `at`; a short or broken body is a transient
+/// error (fetched again), a failed write the disk's.
+fn copy_at(
+    mut src: Box<dyn Read + Send>,
+    (out, path): (&File, &Path),
+    at: u64,
+    len: u64,
+    backend: &str,
+    key: &str,
+) -> Result<()> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut got = 0u64;
+    while got < len {
+        let want = buf.len().min((len - got) as usize);
+        let n = match src.read(&mut buf[..want]) {
+            Ok(0) => {
+                let why = "the answer ended early";
+                return Err(broke_off(backend, key, at + got, at + len, why));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(broke_off(backend, key, at + got, at + len, &e.to_string())),
+        };
+        out.write_all_at(&buf[..n], at + got)
+            .map_err(|e| Error::io("write", path, e))?;
+        got += n as u64;
+    }
+    Ok(())
+}
