@@ -368,6 +368,9 @@ fn restore_into(
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // Where the time goes, for the log: snapshot, segments, fsync, integrity check.
+    let began = std::time::Instant::now();
+    let mut phases = [0f64; 3];
     // The segments are fetched ahead while the snapshot downloads.
     let (bytes, frames) = ahead::with_ahead(storage, &keys, Some(dir), |next| {
         let skey = &plan.snapshot.key;
@@ -391,6 +394,7 @@ fn restore_into(
         };
         p.objects = 1;
         progress(&p);
+        phases[0] = began.elapsed().as_secs_f64();
         let page_size = db_page_size(tmp)?;
         let mut chain = ChainCheck::start(skey, &meta, &sha, page_size)?;
         let out = OpenOptions::new()
@@ -409,17 +413,24 @@ fn restore_into(
             p.bytes += seg.size;
             progress(&p);
         }
+        phases[1] = began.elapsed().as_secs_f64();
         out.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
+        phases[2] = began.elapsed().as_secs_f64();
         Ok((bytes, frames))
     })?;
     let skey = &plan.snapshot.key;
     let restored_to = plan.segments.last().map_or(plan.snapshot.ts, |s| s.ts);
     integrity_check(tmp)?;
+    let total = began.elapsed().as_secs_f64();
     info!(
-        "restored {} + {} segments ({frames} frames), state as of {}",
+        "restored {} + {} segments ({frames} frames), state as of {}, in {total:.2} s (snapshot {:.2} s, segments {:.2} s, fsync {:.2} s, integrity check {:.2} s)",
         skey,
         plan.segments.len(),
-        time::iso(restored_to)
+        time::iso(restored_to),
+        phases[0],
+        phases[1] - phases[0],
+        phases[2] - phases[1],
+        total - phases[2]
     );
     Ok(Restored {
         snapshot: skey.clone(),
