@@ -29,6 +29,8 @@ pub enum Fault {
     CutDownloads,
     /// Answer each object GET with this status (other requests pass).
     GetStatus(u16),
+    /// `Stall` for object GETs only.
+    StallGets,
     /// A dead connection: read nothing more and answer nothing (the client's writes and reads
     /// block) until the fault is cleared, then cut the connection.
     Stall,
@@ -203,14 +205,15 @@ fn forward_requests(from: TcpStream, mut to: TcpStream, sh: &Shared, budget: &At
         *sh.counts.lock().unwrap().entry(kind.clone()).or_default() += 1;
         let fault = match *sh.fault.lock().unwrap() {
             Fault::GetStatus(code) if kind == "GET" => Fault::Status(code),
-            Fault::GetStatus(_) => Fault::None,
+            Fault::StallGets if kind == "GET" => Fault::Stall,
+            Fault::GetStatus(_) | Fault::StallGets => Fault::None,
             f => f,
         };
         // Answers come one at a time on a connection: a cut armed for an earlier (small) answer
         // must not cut this one.
         budget.store(-1, Ordering::SeqCst);
         match fault {
-            Fault::None | Fault::GetStatus(_) => {}
+            Fault::None | Fault::GetStatus(_) | Fault::StallGets => {}
             Fault::Down => {
                 sh.injected.fetch_add(1, Ordering::SeqCst);
                 cut(&to, &answer);
@@ -256,7 +259,7 @@ fn forward_requests(from: TcpStream, mut to: TcpStream, sh: &Shared, budget: &At
             }
             Fault::Stall => {
                 sh.injected.fetch_add(1, Ordering::SeqCst);
-                while *sh.fault.lock().unwrap() == Fault::Stall {
+                while matches!(*sh.fault.lock().unwrap(), Fault::Stall | Fault::StallGets) {
                     thread::sleep(Duration::from_millis(50));
                 }
                 cut(&to, &answer);

@@ -626,7 +626,8 @@ fn s3_verifies_the_signed_payload() {
     assert_eq!(keys, vec![key], "the altered object must not exist");
 }
 
-/// A download cut off mid-way (or a 503 SlowDown) is the network's fault, not the replica's:
+/// A download cut off mid-way (or a 503 SlowDown, or a stalled answer) is the network's fault,
+/// not the replica's:
 /// restore and verify fetch the object again (one warning line per retry) and succeed exactly
 /// once the network heals; when it does not, the one-line error says the download broke off and that the
 /// stored object may be intact, never "SHA-256 mismatch" or "the replica is damaged".
@@ -731,6 +732,31 @@ fn restore_and_verify_ride_out_broken_downloads() {
         heals(&verify_args, fault, needle);
     }
     assert!(proxy.injected() >= 4);
+
+    // A stalled answer (the server reads the request and says nothing): once the stall ends
+    // with a cut connection, the GET is made again and the restore completes.
+    let injected = proxy.injected();
+    proxy.set_fault(Fault::StallGets);
+    let child = Command::new(BIN)
+        .args(restore_args)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("a request stalled", Duration::from_secs(30), || {
+        proxy.injected() > injected
+    });
+    proxy.set_fault(Fault::None);
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains(" again in "), "{err}");
+    assert!(
+        !err.contains("SHA-256") && !err.contains("damaged"),
+        "{err}"
+    );
+    assert_eq!(content_hash(&out), content_hash(&db));
+    std::fs::remove_file(&out).unwrap();
 
     // The network does not heal: one error line, exit 1, nothing written.
     proxy.set_fault(Fault::CutDownloads);
