@@ -20,10 +20,12 @@ use crate::storage::{Body, Storage};
 mod ahead;
 mod parts;
 mod read;
+mod verify;
 use crate::storage::retry::retrying;
 use crate::time;
 use crate::wal::segment::read_segment;
 use read::{with_body, Checked};
+pub use verify::{verify, Verified};
 
 /// Every object of one namespace, in replay order.
 pub fn objects(storage: &dyn Storage, ns: &str) -> Result<Vec<Object>> {
@@ -313,6 +315,30 @@ pub fn restore_with(
     Ok(restored)
 }
 
+/// The snapshot into `tmp`, checked against its SHA-256: by parallel ranges when large
+/// (`parts`), else (or when the server has no ranges) as one stream: (metadata, bytes, hash).
+fn fetch_snapshot(
+    storage: &dyn Storage,
+    snap: &Object,
+    tmp: &Path,
+    p: &mut Progress,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(Meta, u64, String)> {
+    let (skey, size) = (&snap.key, snap.size);
+    if size >= parts::MIN_SIZE {
+        let f = File::create(tmp).map_err(|e| Error::io("create", tmp, e))?;
+        let report = &mut |n| {
+            p.bytes = n;
+            progress(p);
+        };
+        if let Some((meta, sha)) = parts::fetch(storage, skey, size, (&f, tmp), report)? {
+            read::check_sha(skey, need(&meta, skey, layout::SHA256)?, &sha)?;
+            return Ok((meta, size, sha));
+        }
+    }
+    download(storage, skey, tmp, p, progress)
+}
+
 /// The snapshot as one stream (small ones, or a server without ranges), hashed as it comes,
 /// fetched again whole if the transfer breaks off: (metadata, bytes, SHA-256).
 fn download(
@@ -375,23 +401,7 @@ fn restore_into(
     let (bytes, frames) = ahead::with_ahead(storage, &keys, Some(dir), |next| {
         let skey = &plan.snapshot.key;
         let backend = storage.describe();
-        let size = plan.snapshot.size;
-        let ranged = if size >= parts::MIN_SIZE {
-            let f = File::create(tmp).map_err(|e| Error::io("create", tmp, e))?;
-            parts::fetch(storage, skey, size, (&f, tmp), &mut |n| {
-                p.bytes = n;
-                progress(&p);
-            })?
-        } else {
-            None
-        };
-        let (meta, bytes, sha) = match ranged {
-            Some((meta, sha)) => {
-                read::check_sha(skey, need(&meta, skey, layout::SHA256)?, &sha)?;
-                (meta, size, sha)
-            }
-            None => download(storage, skey, tmp, &mut p, progress)?,
-        };
+        let (meta, bytes, sha) = fetch_snapshot(storage, &plan.snapshot, tmp, &mut p, progress)?;
         p.objects = 1;
         progress(&p);
         phases[0] = began.elapsed().as_secs_f64();
@@ -510,94 +520,6 @@ pub fn list(storage: &dyn Storage, prefix: &str) -> Result<Vec<Summary>> {
         })
     })?;
     Ok(by_ns.into_values().collect())
-}
-
-/// Result of `verify`.
-pub struct Verified {
-    pub objects: usize,
-    pub snapshots: usize,
-    pub segments: usize,
-    pub latest: u64,
-}
-
-/// Check every object's SHA-256 and format, and that the chain has no gap: each snapshot either
-/// starts a chain or continues the current one, each segment follows the object before it.
-pub fn verify(storage: &dyn Storage, ns: &str) -> Result<Verified> {
-    let objs = objects_of_backup(storage, ns)?;
-    let keys: Vec<(String, u64)> = objs.iter().map(|o| (o.key.clone(), o.size)).collect();
-    let (snaps, segs) = ahead::with_ahead(storage, &keys, None, |next| {
-        verify_chain(storage, &objs, next)
-    })?;
-    Ok(Verified {
-        objects: objs.len(),
-        snapshots: snaps,
-        segments: segs,
-        latest: objs.last().map_or(0, |o| o.ts),
-    })
-}
-
-/// `verify`'s walk over the fetched objects: (snapshots, segments) checked.
-fn verify_chain(
-    storage: &dyn Storage,
-    objs: &[Object],
-    next: &mut ahead::Ahead,
-) -> Result<(usize, usize)> {
-    let backend = storage.describe();
-    let mut chain: Option<ChainCheck> = None;
-    let (mut snaps, mut segs) = (0, 0);
-    for o in objs {
-        let first = next
-            .next()
-            .ok_or_else(|| Error::integrity(&o.key, "was not fetched"))?;
-        with_body(storage, &o.key, first, |body| {
-            let want = need(&body.meta, &o.key, layout::SHA256)?.clone();
-            let mut r = Checked::new(body.reader, body.size);
-            match o.kind {
-                Kind::Snapshot => {
-                    let mut head = [0u8; 100];
-                    let n = read_up_to(&mut r, &mut head).unwrap_or(0);
-                    let got = r.finish(&backend, &o.key, &want)?;
-                    let Some(h) = dbfile::Header::parse(&head[..n]) else {
-                        return Err(Error::integrity(&o.key, "is not a SQLite database"));
-                    };
-                    if let (Some(c), Some(prev)) = (&chain, body.meta.get(layout::PREV)) {
-                        if *prev != c.anchor {
-                            return Err(Error::integrity(
-                                &o.key,
-                                "does not follow the object before it (a gap in the chain)",
-                            ));
-                        }
-                    }
-                    chain = Some(ChainCheck::start(&o.key, &body.meta, &got, h.page_size)?);
-                    snaps += 1;
-                }
-                Kind::Segment { .. } => {
-                    let Some(c) = chain.as_mut() else {
-                        return Err(Error::integrity(&o.key, "comes before any snapshot"));
-                    };
-                    let pos = c.check_links(&o.key, &body.meta)?;
-                    let res = read_segment(&mut r, |_, _| Ok(()));
-                    let got = r.finish(&backend, &o.key, &want)?;
-                    res.map_err(|why| Error::integrity(&o.key, format!("invalid segment: {why}")))?;
-                    c.advance(got, pos);
-                    segs += 1;
-                }
-            }
-            Ok(())
-        })?;
-    }
-    Ok((snaps, segs))
-}
-
-fn read_up_to(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]
