@@ -302,38 +302,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config> {
             .to_string();
         cx.err_at(off, "", msg)
     })?;
-    let bucket = cx.expand(&raw.storage.bucket, "bucket")?;
-    // A bare bucket name means S3; anything with a scheme is parsed as given.
-    let url = crate::storage::parse_url(&bucket)
-        .or_else(|e| {
-            if bucket.contains("://") {
-                Err(e)
-            } else {
-                crate::storage::parse_url(&format!("s3://{bucket}"))
-            }
-        })
-        .map_err(|e| cx.err_at(raw.storage.bucket.span().start, "bucket", e.to_string()))?;
-    let bucket_prefix = match &url {
-        crate::storage::Url::S3 { prefix, .. } => prefix.clone(),
-        crate::storage::Url::Local { .. } => String::new(),
-    };
-    let bucket = match &url {
-        crate::storage::Url::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
-        crate::storage::Url::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
-        crate::storage::Url::Local { dir } => dir.display().to_string(),
-    };
-    let endpoint = raw
-        .storage
-        .endpoint
-        .as_ref()
-        .map(|e| cx.expand(e, "endpoint"))
-        .transpose()?;
-    let region = raw
-        .storage
-        .region
-        .as_ref()
-        .map(|e| cx.expand(e, "region"))
-        .transpose()?;
+    let (bucket, bucket_prefix, endpoint, region) = storage(&cx, &raw.storage)?;
     let def_sync = cx.duration(
         &raw.defaults.sync_interval,
         "sync_interval",
@@ -345,109 +314,19 @@ pub fn parse(file: &Path, text: &str) -> Result<Config> {
         Duration::from_secs(3600),
     )?;
     let def_keep = cx.retention(&raw.defaults.retention, Some(crate::cli::DEFAULT_RETENTION))?;
+    let def = Defaults {
+        sync: def_sync,
+        snap: def_snap,
+        keep: def_keep,
+    };
     let base = file.parent().unwrap_or(Path::new("."));
-    let mut databases = Vec::new();
-    let mut dirs = Vec::new();
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out = Entries::default();
     for (i, d) in raw.databases.iter().enumerate() {
-        let at = d.path.as_ref().or(d.dir.as_ref()).map_or_else(
-            || text.find("[[databases]]").unwrap_or(0),
-            |s| s.span().start,
-        );
-        let sync = cx.duration(&d.sync_interval, "sync_interval", def_sync)?;
-        let snap = cx.duration(&d.snapshot_interval, "snapshot_interval", def_snap)?;
-        let keep = cx.retention(&d.retention, def_keep)?;
-        let prefix = d
-            .prefix
-            .as_ref()
-            .map(|p| cx.expand(p, "prefix"))
-            .transpose()?;
-        if let Some(p) = &prefix {
-            if p.trim_matches('/').is_empty() || p.split('/').any(|c| c == "." || c == "..") {
-                return Err(cx.err_at(
-                    d.prefix.as_ref().expect("set").span().start,
-                    "prefix",
-                    format!("invalid prefix '{p}'"),
-                ));
-            }
-        }
-        let key_at = d.prefix.as_ref().map_or(at, |p| p.span().start);
-        match (&d.path, &d.dir) {
-            (Some(p), None) => {
-                if d.pattern.is_some() {
-                    return Err(cx.err_at(at, "pattern", "pattern goes with dir, not path"));
-                }
-                let path = base.join(cx.expand(p, "path")?);
-                if !path.is_file() {
-                    return Err(cx.err_at(
-                        p.span().start,
-                        "path",
-                        format!("database {} does not exist", path.display()),
-                    ));
-                }
-                let path = std::fs::canonicalize(&path)
-                    .map_err(|e| Error::io("open database", &path, e))?;
-                let prefix = prefix.unwrap_or_else(|| layout::stem(&path));
-                let ns = layout::join(&bucket_prefix, &prefix);
-                if let Some(j) = seen.insert(ns.clone(), i) {
-                    return Err(cx.err_at(
-                        key_at,
-                        "prefix",
-                        format!("prefix '{prefix}' is used by database entry {} too", j + 1),
-                    ));
-                }
-                databases.push(DbEntry {
-                    path,
-                    ns,
-                    prefix,
-                    sync_interval: sync,
-                    snapshot_interval: snap,
-                    retention: keep,
-                });
-            }
-            (None, Some(dir)) => {
-                let dirpath = base.join(cx.expand(dir, "dir")?);
-                if !dirpath.is_dir() {
-                    return Err(cx.err_at(
-                        dir.span().start,
-                        "dir",
-                        format!("directory {} does not exist", dirpath.display()),
-                    ));
-                }
-                let pattern = d
-                    .pattern
-                    .as_ref()
-                    .map(|p| cx.expand(p, "pattern"))
-                    .transpose()?
-                    .unwrap_or_else(|| "*.db".into());
-                let Some(prefix) = prefix else {
-                    return Err(cx.err_at(at, "prefix", "a dir entry needs a prefix"));
-                };
-                let ns = layout::join(&bucket_prefix, &prefix);
-                if let Some(j) = seen.insert(ns.clone(), i) {
-                    return Err(cx.err_at(
-                        key_at,
-                        "prefix",
-                        format!("prefix '{prefix}' is used by database entry {} too", j + 1),
-                    ));
-                }
-                let dirpath = std::fs::canonicalize(&dirpath)
-                    .map_err(|e| Error::io("open directory", &dirpath, e))?;
-                dirs.push(DirEntry {
-                    dir: dirpath,
-                    pattern,
-                    prefix: ns,
-                    sync_interval: sync,
-                    snapshot_interval: snap,
-                    retention: keep,
-                });
-            }
-            (Some(_), Some(_)) => {
-                return Err(cx.err_at(at, "", "a database entry has either path or dir, not both"))
-            }
-            (None, None) => return Err(cx.err_at(at, "", "a database entry needs path or dir")),
-        }
+        entry(&cx, (i, d), &def, (base, &bucket_prefix), &mut out)?;
     }
+    let Entries {
+        databases, dirs, ..
+    } = out;
     if databases.is_empty() && dirs.is_empty() {
         return Err(Error::Config {
             file: file.display().to_string(),
@@ -455,7 +334,183 @@ pub fn parse(file: &Path, text: &str) -> Result<Config> {
             msg: "no [[databases]] entries".into(),
         });
     }
-    let metrics = match &raw.metrics {
+    let metrics = metrics(&cx, &raw.metrics)?;
+    let alerts = alerts(&cx, &raw.alerts)?;
+    Ok(Config {
+        file: file.to_path_buf(),
+        bucket,
+        endpoint,
+        region,
+        databases,
+        dirs,
+        metrics,
+        alerts,
+    })
+}
+
+/// `[storage]`: the replica URL as given (a bare bucket name means S3), the key prefix inside
+/// it, the endpoint and the region.
+fn storage(cx: &Ctx, raw: &RawStorage) -> Result<(String, String, Option<String>, Option<String>)> {
+    let bucket = cx.expand(&raw.bucket, "bucket")?;
+    // A bare bucket name means S3; anything with a scheme is parsed as given.
+    let url = crate::storage::parse_url(&bucket)
+        .or_else(|e| {
+            if bucket.contains("://") {
+                Err(e)
+            } else {
+                crate::storage::parse_url(&format!("s3://{bucket}"))
+            }
+        })
+        .map_err(|e| cx.err_at(raw.bucket.span().start, "bucket", e.to_string()))?;
+    let bucket_prefix = match &url {
+        crate::storage::Url::S3 { prefix, .. } => prefix.clone(),
+        crate::storage::Url::Local { .. } => String::new(),
+    };
+    let bucket = match &url {
+        crate::storage::Url::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
+        crate::storage::Url::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+        crate::storage::Url::Local { dir } => dir.display().to_string(),
+    };
+    let endpoint = raw
+        .endpoint
+        .as_ref()
+        .map(|e| cx.expand(e, "endpoint"))
+        .transpose()?;
+    let region = raw
+        .region
+        .as_ref()
+        .map(|e| cx.expand(e, "region"))
+        .transpose()?;
+    Ok((bucket, bucket_prefix, endpoint, region))
+}
+
+/// The defaults of `[defaults]`, for each `[[databases]]` entry to override.
+struct Defaults {
+    sync: Duration,
+    snap: Duration,
+    keep: Option<Duration>,
+}
+
+/// What the `[[databases]]` entries add up to, and which entry took each namespace.
+#[derive(Default)]
+struct Entries {
+    databases: Vec<DbEntry>,
+    dirs: Vec<DirEntry>,
+    seen: BTreeMap<String, usize>,
+}
+
+/// Entry `i` of `[[databases]]`: a `path` or a `dir`, relative to the config file's folder.
+fn entry(
+    cx: &Ctx,
+    (i, d): (usize, &RawDb),
+    def: &Defaults,
+    (base, bucket_prefix): (&Path, &str),
+    out: &mut Entries,
+) -> Result<()> {
+    let text = cx.text;
+    let at = d.path.as_ref().or(d.dir.as_ref()).map_or_else(
+        || text.find("[[databases]]").unwrap_or(0),
+        |s| s.span().start,
+    );
+    let sync = cx.duration(&d.sync_interval, "sync_interval", def.sync)?;
+    let snap = cx.duration(&d.snapshot_interval, "snapshot_interval", def.snap)?;
+    let keep = cx.retention(&d.retention, def.keep)?;
+    let prefix = d
+        .prefix
+        .as_ref()
+        .map(|p| cx.expand(p, "prefix"))
+        .transpose()?;
+    if let Some(p) = &prefix {
+        if p.trim_matches('/').is_empty() || p.split('/').any(|c| c == "." || c == "..") {
+            return Err(cx.err_at(
+                d.prefix.as_ref().expect("set").span().start,
+                "prefix",
+                format!("invalid prefix '{p}'"),
+            ));
+        }
+    }
+    let key_at = d.prefix.as_ref().map_or(at, |p| p.span().start);
+    match (&d.path, &d.dir) {
+        (Some(p), None) => {
+            if d.pattern.is_some() {
+                return Err(cx.err_at(at, "pattern", "pattern goes with dir, not path"));
+            }
+            let path = base.join(cx.expand(p, "path")?);
+            if !path.is_file() {
+                return Err(cx.err_at(
+                    p.span().start,
+                    "path",
+                    format!("database {} does not exist", path.display()),
+                ));
+            }
+            let path =
+                std::fs::canonicalize(&path).map_err(|e| Error::io("open database", &path, e))?;
+            let prefix = prefix.unwrap_or_else(|| layout::stem(&path));
+            let ns = layout::join(bucket_prefix, &prefix);
+            if let Some(j) = out.seen.insert(ns.clone(), i) {
+                return Err(cx.err_at(
+                    key_at,
+                    "prefix",
+                    format!("prefix '{prefix}' is used by database entry {} too", j + 1),
+                ));
+            }
+            out.databases.push(DbEntry {
+                path,
+                ns,
+                prefix,
+                sync_interval: sync,
+                snapshot_interval: snap,
+                retention: keep,
+            });
+        }
+        (None, Some(dir)) => {
+            let dirpath = base.join(cx.expand(dir, "dir")?);
+            if !dirpath.is_dir() {
+                return Err(cx.err_at(
+                    dir.span().start,
+                    "dir",
+                    format!("directory {} does not exist", dirpath.display()),
+                ));
+            }
+            let pattern = d
+                .pattern
+                .as_ref()
+                .map(|p| cx.expand(p, "pattern"))
+                .transpose()?
+                .unwrap_or_else(|| "*.db".into());
+            let Some(prefix) = prefix else {
+                return Err(cx.err_at(at, "prefix", "a dir entry needs a prefix"));
+            };
+            let ns = layout::join(bucket_prefix, &prefix);
+            if let Some(j) = out.seen.insert(ns.clone(), i) {
+                return Err(cx.err_at(
+                    key_at,
+                    "prefix",
+                    format!("prefix '{prefix}' is used by database entry {} too", j + 1),
+                ));
+            }
+            let dirpath = std::fs::canonicalize(&dirpath)
+                .map_err(|e| Error::io("open directory", &dirpath, e))?;
+            out.dirs.push(DirEntry {
+                dir: dirpath,
+                pattern,
+                prefix: ns,
+                sync_interval: sync,
+                snapshot_interval: snap,
+                retention: keep,
+            });
+        }
+        (Some(_), Some(_)) => {
+            return Err(cx.err_at(at, "", "a database entry has either path or dir, not both"))
+        }
+        (None, None) => return Err(cx.err_at(at, "", "a database entry needs path or dir")),
+    }
+    Ok(())
+}
+
+/// `[metrics]`: the listen address and the health thresholds.
+fn metrics(cx: &Ctx, raw: &Option<RawMetrics>) -> Result<Option<Metrics>> {
+    Ok(match raw {
         None => None,
         Some(m) => {
             let addr = cx.expand(&m.addr, "addr")?;
@@ -475,8 +530,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Config> {
                 max_failing: cx.duration(&m.max_failing, "max_failing", DEFAULT_MAX_FAILING)?,
             })
         }
-    };
-    let alerts = match &raw.alerts {
+    })
+}
+
+/// `[alerts]`: the failure command and the heartbeat.
+fn alerts(cx: &Ctx, raw: &Option<RawAlerts>) -> Result<Option<Alerts>> {
+    Ok(match raw {
         None => None,
         Some(a) => {
             let opt =
@@ -502,16 +561,6 @@ pub fn parse(file: &Path, text: &str) -> Result<Config> {
                 )?,
             })
         }
-    };
-    Ok(Config {
-        file: file.to_path_buf(),
-        bucket,
-        endpoint,
-        region,
-        databases,
-        dirs,
-        metrics,
-        alerts,
     })
 }
 
