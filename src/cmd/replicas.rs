@@ -10,11 +10,11 @@ use crate::replicate::status::json_str;
 use crate::restore;
 use crate::time;
 
-use super::watch::replica;
+use super::watch::replica_to_read;
 
 /// The databases in the replica and their restorable window.
 pub fn list(a: &Args) -> Result<()> {
-    let (storage, prefix, _) = replica(a)?;
+    let (storage, prefix, _) = replica_to_read(a)?;
     let all = restore::list(storage.as_ref(), &prefix)?;
     if all.is_empty() && !a.json {
         println!("no databases in {}", storage.describe());
@@ -71,7 +71,7 @@ fn json_time(ms: u64) -> String {
 
 /// Delete what the retention window no longer needs.
 pub fn prune(a: &Args) -> Result<()> {
-    let (storage, prefix, cfg) = replica(a)?;
+    let (storage, prefix, cfg) = replica_to_read(a)?;
     let targets: Vec<(String, String, Option<Duration>)> = match &cfg {
         Some(c) => c
             .all_databases()?
@@ -110,7 +110,7 @@ pub fn prune(a: &Args) -> Result<()> {
 
 /// Check one database's chain end to end.
 pub fn verify(a: &Args) -> Result<()> {
-    let (storage, prefix, _) = replica(a)?;
+    let (storage, prefix, _) = replica_to_read(a)?;
     let name = &a.positional[0];
     let v = match restore::verify(storage.as_ref(), &layout::join(&prefix, name)) {
         Ok(v) => v,

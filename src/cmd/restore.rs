@@ -7,11 +7,11 @@ use crate::error::{Error, Result};
 use crate::layout;
 use crate::time;
 
-use super::watch::replica;
+use super::watch::replica_to_read;
 
 /// One database, to the latest state or a point in time.
 pub fn restore(a: &Args) -> Result<()> {
-    let (storage, prefix, _) = replica(a)?;
+    let (storage, prefix, _) = replica_to_read(a)?;
     let name = a.prefix.clone().unwrap_or_else(|| a.positional[0].clone());
     let out = a.output.as_deref().expect("validated: -o is required");
     // On a terminal, one progress line redrawn at most 5 times a second; nothing otherwise.
@@ -60,7 +60,7 @@ pub fn restore(a: &Args) -> Result<()> {
 
 /// Every database of the config, four at a time.
 pub fn restore_all(a: &Args) -> Result<()> {
-    let (storage, prefix, cfg) = replica(a)?;
+    let (storage, prefix, cfg) = replica_to_read(a)?;
     let cfg = cfg.expect("validated: --config is required");
     let dir = a
         .output_dir

@@ -47,6 +47,30 @@ pub fn replica(a: &Args) -> Result<(Arc<dyn Storage>, String, Option<Config>)> {
     }
 }
 
+/// `replica`, for the commands that only read the replica (restore, restore-all, list,
+/// verify, prune): a storage that answers the bucket check with 5xx or 429 is waited out like
+/// any later read (`storage::retry`: one warning line per retry); one that cannot be reached,
+/// or refuses, still fails at once with its one line.
+pub fn replica_to_read(a: &Args) -> Result<(Arc<dyn Storage>, String, Option<Config>)> {
+    use crate::storage::retry::{backoff, READ_ATTEMPTS};
+    // An answer of the server (not a connection that failed): classify's "HTTP <status> ...".
+    let answered = |e: &Error| matches!(e, Error::Storage { msg, .. } if msg.starts_with("HTTP "));
+    let mut failures = 0;
+    loop {
+        match replica(a) {
+            Err(e) if e.is_transient() && answered(&e) && failures + 1 < READ_ATTEMPTS => {
+                failures += 1;
+                let wait = backoff(failures, 0);
+                log::warn!(
+                    "{e} (attempt {failures} of {READ_ATTEMPTS}; checking the bucket again in {wait:.1?})"
+                );
+                std::thread::sleep(wait);
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Shippers for the databases named on the command line (names made unique as SPEC section 1
 /// says) or listed in the config file, and the catalog that keeps that list current.
 fn shippers(
