@@ -209,7 +209,7 @@ impl Outbox {
             }
             let put = File::open(&p.file)
                 .map_err(|e| Error::io("open spool file", &p.file, e))
-                .and_then(|mut f| self.storage.put(&p.key, &mut f, p.len, &p.meta));
+                .and_then(|f| self.storage.put_file(&p.key, &f, p.len, &p.meta));
             if let Err(e) = put {
                 self.lock().in_flight = false;
                 return Err(e);

@@ -55,6 +55,13 @@ pub trait Storage: Send + Sync {
     /// `list` sees either nothing or the whole object with its metadata. Overwrites.
     fn put(&self, key: &str, src: &mut dyn Read, len: u64, meta: &Meta) -> Result<()>;
 
+    /// `put` from a file (the spool), read from its start. Backends that can read it twice
+    /// do better than a stream: S3 signs each multipart part's own SHA-256.
+    fn put_file(&self, key: &str, file: &std::fs::File, len: u64, meta: &Meta) -> Result<()> {
+        let mut f = file;
+        self.put(key, &mut f, len, meta)
+    }
+
     /// Open an object for reading. A missing key returns `StorageKind::NotFound`.
     fn get(&self, key: &str) -> Result<Body>;
 

@@ -375,10 +375,19 @@ impl Storage for S3Storage {
         self.describe.clone()
     }
 
+    fn put_file(&self, key: &str, file: &std::fs::File, len: u64, meta: &Meta) -> Result<()> {
+        if len > PART_SIZE {
+            let headers = self.meta_headers(key, meta)?;
+            return self.put_multipart(key, multipart::Source::File(file), len, &headers);
+        }
+        let mut f = file;
+        self.put(key, &mut f, len, meta)
+    }
+
     fn put(&self, key: &str, src: &mut dyn Read, len: u64, meta: &Meta) -> Result<()> {
         let headers = self.meta_headers(key, meta)?;
         if len > PART_SIZE {
-            self.put_multipart(key, src, len, &headers)
+            self.put_multipart(key, multipart::Source::Stream(src), len, &headers)
         } else {
             // The object's own SHA-256, signed as the payload hash: S3 verifies the upload.
             let sha = meta

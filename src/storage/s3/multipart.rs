@@ -1,19 +1,70 @@
-//! Multipart uploads: objects larger than one part are sent as a streamed multipart upload
-//! (each part a byte range of the spool file, its SHA-256 signed), completed only when every
-//! part is in, aborted on failure, so no reader ever sees a partial object.
+//! Multipart uploads: objects larger than one part are sent as a streamed multipart upload,
+//! completed only when every part is in, aborted on failure, so no reader ever sees a partial
+//! object. From a file (the spool, `put_file`) each part is a byte range read twice: once for
+//! its SHA-256, signed as the part's payload hash so the server verifies every byte it
+//! receives, once to send it. From a stream, parts go `UNSIGNED-PAYLOAD`.
 
-use std::io::Read;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+
+use sha2::{Digest, Sha256};
 
 use super::xml::{escape, xml_tag};
 use super::{S3Storage, ERROR_BODY_LIMIT, MAX_PARTS, PART_SIZE, XML_LIMIT};
-use crate::error::{Result, StorageKind};
+use crate::digest;
+use crate::error::{Error, Result, StorageKind};
 use crate::storage::http::ReqBody;
+
+/// Where the parts come from.
+pub(super) enum Source<'a> {
+    Stream(&'a mut dyn Read),
+    File(&'a File),
+}
+
+/// Bytes `pos .. end` of a file, read with `pread` (the file's offset is not used).
+struct Range<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for Range<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min((self.end - self.pos) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// SHA-256 (hex) of bytes `start .. start + len` of `file`.
+fn range_sha256(file: &File, start: u64, len: u64) -> io::Result<String> {
+    let mut r = Range {
+        file,
+        pos: start,
+        end: start + len,
+    };
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(digest::hex(h))
+}
 
 impl S3Storage {
     pub(super) fn put_multipart(
         &self,
         key: &str,
-        src: &mut dyn Read,
+        mut src: Source,
         len: u64,
         headers: &[(String, String)],
     ) -> Result<()> {
@@ -35,13 +86,26 @@ impl S3Storage {
                 n += 1;
                 let part_len = part_size.min(len - sent);
                 let num = n.to_string();
-                let resp = self.request(
-                    "PUT",
-                    key,
-                    &[("partNumber", &num), ("uploadId", &upload_id)],
-                    &[],
-                    ReqBody::Stream(src, part_len),
-                )?;
+                let q = [
+                    ("partNumber", num.as_str()),
+                    ("uploadId", upload_id.as_str()),
+                ];
+                let resp = match &mut src {
+                    Source::Stream(r) => {
+                        self.request("PUT", key, &q, &[], ReqBody::Stream(&mut **r, part_len))?
+                    }
+                    Source::File(f) => {
+                        let sha = range_sha256(f, sent, part_len)
+                            .map_err(|e| Error::io("read spool file", key, e))?;
+                        let mut part = Range {
+                            file: f,
+                            pos: sent,
+                            end: sent + part_len,
+                        };
+                        let body = ReqBody::Stream(&mut part, part_len);
+                        self.request_signed("PUT", key, &q, &[], body, Some(&sha))?
+                    }
+                };
                 let etag = resp.header("etag").unwrap_or("").to_string();
                 self.body_text(key, resp, ERROR_BODY_LIMIT)?;
                 if etag.is_empty() {
@@ -85,5 +149,33 @@ impl S3Storage {
             }
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_part_is_hashed_and_read_from_its_own_range() {
+        let path = std::env::temp_dir().join(format!("walsync-part-{}", std::process::id()));
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        File::create(&path).unwrap().write_all(&bytes).unwrap();
+        let f = File::open(&path).unwrap();
+        let (start, len) = (12_345u64, 54_321u64);
+        let want = digest::hex(Sha256::new_with_prefix(
+            &bytes[start as usize..(start + len) as usize],
+        ));
+        assert_eq!(range_sha256(&f, start, len).unwrap(), want);
+        let mut part = Range {
+            file: &f,
+            pos: start,
+            end: start + len,
+        };
+        let mut got = Vec::new();
+        part.read_to_end(&mut got).unwrap();
+        assert_eq!(got, &bytes[start as usize..(start + len) as usize]);
+        std::fs::remove_file(&path).unwrap();
     }
 }
