@@ -127,6 +127,7 @@ fn replication_point_in_time_and_leases_on_moto() {
     wait_restorable(&url, &a, &out);
     let first = content_hash(&a);
     let at = walsync::time::iso(walsync::time::now_ms());
+    // The next commit's segment gets a later timestamp than `at` (ms resolution).
     std::thread::sleep(Duration::from_millis(5));
     for _ in 0..20 {
         workload::step(&mut ca, &mut rng, false);
