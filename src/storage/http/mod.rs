@@ -126,7 +126,9 @@ fn lookup(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
 
 /// Resolve `host` within `timeout`: the system resolver has no timeout of its own to give (a
 /// dead DNS server holds `getaddrinfo` for the resolver's retries, tens of seconds), so the
-/// lookup runs on a small thread and a late answer is abandoned. Address literals need none.
+/// lookup runs on a thread of its own and a late answer is abandoned (1 MiB of stack, most of it
+/// never touched: glibc's DNS code may put a 64 KiB answer buffer on it). Address literals
+/// need none.
 fn resolve(
     host: &str,
     port: u16,
@@ -140,7 +142,7 @@ fn resolve(
     let name = host.to_string();
     std::thread::Builder::new()
         .name("walsync-dns".into())
-        .stack_size(256 << 10)
+        .stack_size(1 << 20)
         .spawn(move || {
             let _ = tx.send(lookup(&name, port));
         })?;
