@@ -45,7 +45,11 @@ tests/s3/garage.sh install
 # moto's server, pip-installed into ~/.cache/walsync (tests/moto.rs starts it on 3950).
 log "S3 server: tests/s3/moto.sh install"
 tests/s3/moto.sh install
-trap 'tests/s3/garage.sh stop 3900 || true; tests/s3/moto.sh stop 3950 || true' EXIT
+# A third, s3s-fs (checks signatures, enforces conditional writes): built once from crates.io
+# into ~/.cache/walsync (~2.5 min the first time; tests/servers.rs starts it on 3960).
+log "S3 server: tests/s3/s3s-fs.sh install"
+tests/s3/s3s-fs.sh install
+trap 'tests/s3/garage.sh stop 3900 || true; tests/s3/moto.sh stop 3950 || true; tests/s3/s3s-fs.sh stop 3960 || true' EXIT
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

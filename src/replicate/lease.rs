@@ -242,10 +242,10 @@ impl Lease {
                     self.ns,
                     h.host,
                     h.pid,
-                    if ours_gone {
-                        "its walsync is gone"
-                    } else if h.expires == h.renewed {
+                    if h.expires == h.renewed {
                         "released"
+                    } else if ours_gone {
+                        "its walsync is gone"
                     } else {
                         "expired"
                     }
