@@ -399,6 +399,20 @@ struct Entries {
     seen: BTreeMap<String, usize>,
 }
 
+impl Entries {
+    /// Namespace `ns` for entry `i`: two entries never share one.
+    fn claim(&mut self, cx: &Ctx, ns: &str, i: usize, at: usize, prefix: &str) -> Result<()> {
+        match self.seen.insert(ns.to_string(), i) {
+            Some(j) => Err(cx.err_at(
+                at,
+                "prefix",
+                format!("prefix '{prefix}' is used by database entry {} too", j + 1),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Entry `i` of `[[databases]]`: a `path` or a `dir`, relative to the config file's folder.
 fn entry(
     cx: &Ctx,
@@ -447,13 +461,7 @@ fn entry(
                 std::fs::canonicalize(&path).map_err(|e| Error::io("open database", &path, e))?;
             let prefix = prefix.unwrap_or_else(|| layout::stem(&path));
             let ns = layout::join(bucket_prefix, &prefix);
-            if let Some(j) = out.seen.insert(ns.clone(), i) {
-                return Err(cx.err_at(
-                    key_at,
-                    "prefix",
-                    format!("prefix '{prefix}' is used by database entry {} too", j + 1),
-                ));
-            }
+            out.claim(cx, &ns, i, key_at, &prefix)?;
             out.databases.push(DbEntry {
                 path,
                 ns,
@@ -482,13 +490,7 @@ fn entry(
                 return Err(cx.err_at(at, "prefix", "a dir entry needs a prefix"));
             };
             let ns = layout::join(bucket_prefix, &prefix);
-            if let Some(j) = out.seen.insert(ns.clone(), i) {
-                return Err(cx.err_at(
-                    key_at,
-                    "prefix",
-                    format!("prefix '{prefix}' is used by database entry {} too", j + 1),
-                ));
-            }
+            out.claim(cx, &ns, i, key_at, &prefix)?;
             let dirpath = std::fs::canonicalize(&dirpath)
                 .map_err(|e| Error::io("open directory", &dirpath, e))?;
             out.dirs.push(DirEntry {

@@ -18,13 +18,11 @@ CACHE="${WALSYNC_CACHE:-${HOME:-/root}/.cache/walsync}"
 ROOT="$CACHE/garage-$VERSION"
 BIN="$ROOT/bin/garage"
 RUN="${TMPDIR:-/tmp}/walsync-garage-$PORT"
+NAME="garage.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 BUCKET="${S3_BUCKET:-walsync-test}"
 REGION="${AWS_REGION:-us-east-1}"
 
-say() { printf '[garage.sh] %s\n' "$*" >&2; }
-die() { say "ERROR: $*"; exit 1; }
-hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 install() {
   if [ -x "$BIN" ] && "$BIN" --version 2>/dev/null | grep -q "$VERSION"; then
@@ -46,23 +44,9 @@ install() {
   say "built garage in $((SECONDS - t0))s"
 }
 
-stop() {
-  if [ -f "$RUN/pid" ]; then
-    local pid
-    pid=$(cat "$RUN/pid")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -rf "$RUN"
-}
-
 start() {
   install
-  if [ -f "$RUN/pid" ] && kill -0 "$(cat "$RUN/pid")" 2>/dev/null; then
-    cat "$RUN/env"
-    return 0
-  fi
+  running && return 0
   stop
   listening "$PORT" && die "port $PORT is in use"
   mkdir -p "$RUN/meta" "$RUN/data"

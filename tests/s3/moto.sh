@@ -17,11 +17,10 @@ VERSION="5.2.5"
 CACHE="${WALSYNC_CACHE:-${HOME:-/root}/.cache/walsync}"
 VENV="$CACHE/moto-$VERSION"
 RUN="${TMPDIR:-/tmp}/walsync-moto-$PORT"
+NAME="moto.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 BUCKET="walsync-moto"
 
-say() { printf '[moto.sh] %s\n' "$*" >&2; }
-die() { say "ERROR: $*"; exit 1; }
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 install() {
   if "$VENV/bin/python" -c 'import moto.server' 2>/dev/null; then
@@ -38,23 +37,9 @@ install() {
   "$VENV/bin/pip" install -q "moto[server]==$VERSION" >&2
 }
 
-stop() {
-  if [ -f "$RUN/pid" ]; then
-    local pid
-    pid=$(cat "$RUN/pid")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -rf "$RUN"
-}
-
 start() {
   install
-  if [ -f "$RUN/pid" ] && kill -0 "$(cat "$RUN/pid")" 2>/dev/null; then
-    cat "$RUN/env"
-    return 0
-  fi
+  running && return 0
   stop
   listening "$PORT" && die "port $PORT is in use"
   mkdir -p "$RUN"

@@ -17,12 +17,10 @@ CACHE="${WALSYNC_CACHE:-${HOME:-/root}/.cache/walsync}"
 ROOT="$CACHE/s3s-fs-$VERSION"
 BIN="$ROOT/bin/s3s-fs"
 RUN="${TMPDIR:-/tmp}/walsync-s3s-fs-$PORT"
+NAME="s3s-fs.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 BUCKET="walsync-s3s"
 
-say() { printf '[s3s-fs.sh] %s\n' "$*" >&2; }
-die() { say "ERROR: $*"; exit 1; }
-hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 install() {
   [ -x "$BIN" ] && return 0
@@ -37,23 +35,9 @@ install() {
   rm -rf "$CACHE/build-s3s-fs"
 }
 
-stop() {
-  if [ -f "$RUN/pid" ]; then
-    local pid
-    pid=$(cat "$RUN/pid")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -rf "$RUN"
-}
-
 start() {
   install
-  if [ -f "$RUN/pid" ] && kill -0 "$(cat "$RUN/pid")" 2>/dev/null; then
-    cat "$RUN/env"
-    return 0
-  fi
+  running && return 0
   stop
   listening "$PORT" && die "port $PORT is in use"
   mkdir -p "$RUN/root/$BUCKET"
