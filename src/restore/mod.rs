@@ -29,16 +29,15 @@ pub use verify::{verify, Verified};
 
 /// Every object of one namespace, in replay order.
 pub fn objects(storage: &dyn Storage, ns: &str) -> Result<Vec<Object>> {
+    // No retry here: the daemon's retention calls this from an upload job, whose scheduler
+    // has its own backoff; the read commands retry in `objects_of_backup`.
     let mut objs = Vec::new();
-    retrying(&format!("listing {ns}"), || {
-        objs.clear();
-        storage.list(&format!("{ns}/"), &mut |e| {
-            if let Some((n, o)) = layout::parse_key(&e.key, e.size) {
-                if n == ns {
-                    objs.push(o);
-                }
+    storage.list(&format!("{ns}/"), &mut |e| {
+        if let Some((n, o)) = layout::parse_key(&e.key, e.size) {
+            if n == ns {
+                objs.push(o);
             }
-        })
+        }
     })?;
     layout::sort(&mut objs);
     Ok(objs)
@@ -46,7 +45,7 @@ pub fn objects(storage: &dyn Storage, ns: &str) -> Result<Vec<Object>> {
 
 /// The objects of a namespace that must exist: none is an error naming it.
 fn objects_of_backup(storage: &dyn Storage, ns: &str) -> Result<Vec<Object>> {
-    let objs = objects(storage, ns)?;
+    let objs = retrying(&format!("listing {ns}"), || objects(storage, ns))?;
     if objs.is_empty() {
         return Err(
             Error::other(format!("no backup of '{ns}' in {}", storage.describe())).with_hint(
