@@ -41,10 +41,7 @@ fn bench_oneshot() {
     wait_until(
         "first snapshot shipped and released",
         Duration::from_secs(120),
-        || {
-            let log = d.log_text();
-            log.contains("uploaded") && log.lines().last().is_some_and(|l| l.ends_with("released"))
-        },
+        || d.log_text().contains("uploaded") && d.released(),
     );
     let before: u64 = replica.objects("app", "wal").len() as u64;
     let o = Command::new("sqlite3")

@@ -170,6 +170,28 @@ impl Daemon {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Whether walsync's last word, apart from uploads finishing (which may come after the
+    /// step that let the database go), is that it released its databases.
+    pub fn released(&self) -> bool {
+        self.log_text()
+            .lines()
+            .rev()
+            .find(|l| !l.contains(" uploaded "))
+            .is_some_and(|l| l.ends_with("released"))
+    }
+
+    /// Wait until walsync let `db` go and `walsync status` reports nothing waiting for it:
+    /// everything captured is shipped and walsync holds no read lock.
+    pub fn wait_idle(&self, db: &Path) {
+        wait_until("walsync idle", Duration::from_secs(30), || {
+            self.released() && {
+                let o = walsync(&["status", db.to_str().unwrap(), "--json"]);
+                let s = String::from_utf8_lossy(&o.stdout);
+                s.contains("\"running\":true") && s.contains("\"pending_objects\":0,")
+            }
+        });
+    }
+
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
         let t0 = Instant::now();
         while t0.elapsed() < timeout {

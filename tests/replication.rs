@@ -53,6 +53,9 @@ fn point_in_time_restores_each_recorded_state(backend: Backend) {
     let mut c = open_app(&db);
     workload::schema(&c);
     let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
+    // Its first step (the snapshot) done: a commit before it would be in the snapshot, with
+    // no segment of its own to wait for.
+    d.wait_log("released", Duration::from_secs(10));
     let mut rng = Rng(42);
     let mut states = Vec::new();
     for i in 0..25 {
@@ -341,13 +344,8 @@ fn restart_while_idle_is_proven_or_refused(backend: Backend) {
         workload::step(&mut c, &mut rng, false);
     }
     // Everything shipped and walsync idle (under load its first step may come after all 20
-    // commits, so count nothing; wait until its last word is "released").
-    let idle = |d: &Daemon| {
-        let log = d.log_text();
-        log.contains("uploaded") && log.lines().last().is_some_and(|l| l.ends_with("released"))
-    };
-    sleep(Duration::from_millis(300));
-    wait_until("walsync idle", Duration::from_secs(20), || idle(&d));
+    // commits, and its snapshot's upload after it let go, so count nothing).
+    d.wait_idle(&db);
     let captured = d.log_text().matches("captured").count();
     // Proven: the app checkpoints everything and its next write restarts the WAL.
     assert_eq!(checkpoint(&c, "PASSIVE").0, 0);
@@ -367,8 +365,7 @@ fn restart_while_idle_is_proven_or_refused(backend: Backend) {
 
     // Appended after ours: while walsync is idle, a reader keeps SQLite from restarting, so new frames are
     // appended after ours; then everything is checkpointed and the next write restarts.
-    sleep(Duration::from_millis(300));
-    wait_until("release", Duration::from_secs(20), || idle(&d));
+    d.wait_idle(&db);
     let reader = open_app(&db);
     reader
         .execute_batch("BEGIN; SELECT count(*) FROM kv;")
