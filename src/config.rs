@@ -77,6 +77,7 @@ struct RawStorage {
     bucket: Spanned<String>,
     endpoint: Option<Spanned<String>>,
     region: Option<Spanned<String>>,
+    addressing: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -128,8 +129,8 @@ pub struct DirEntry {
 pub struct Config {
     pub file: PathBuf,
     pub bucket: String,
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
+    /// `[storage]`'s endpoint, region and addressing.
+    pub s3: crate::storage::s3::S3Options,
     pub databases: Vec<DbEntry>,
     pub dirs: Vec<DirEntry>,
     pub metrics: Option<Metrics>,
@@ -302,7 +303,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config> {
             .to_string();
         cx.err_at(off, "", msg)
     })?;
-    let (bucket, bucket_prefix, endpoint, region) = storage(&cx, &raw.storage)?;
+    let (bucket, bucket_prefix, s3) = storage(&cx, &raw.storage)?;
     let def_sync = cx.duration(
         &raw.defaults.sync_interval,
         "sync_interval",
@@ -339,8 +340,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config> {
     Ok(Config {
         file: file.to_path_buf(),
         bucket,
-        endpoint,
-        region,
+        s3,
         databases,
         dirs,
         metrics,
@@ -349,8 +349,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Config> {
 }
 
 /// `[storage]`: the replica URL as given (a bare bucket name means S3), the key prefix inside
-/// it, the endpoint and the region.
-fn storage(cx: &Ctx, raw: &RawStorage) -> Result<(String, String, Option<String>, Option<String>)> {
+/// it, and how to reach S3 (endpoint, region, addressing).
+fn storage(cx: &Ctx, raw: &RawStorage) -> Result<(String, String, crate::storage::s3::S3Options)> {
     let bucket = cx.expand(&raw.bucket, "bucket")?;
     // A bare bucket name means S3; anything with a scheme is parsed as given.
     let url = crate::storage::parse_url(&bucket)
@@ -381,7 +381,25 @@ fn storage(cx: &Ctx, raw: &RawStorage) -> Result<(String, String, Option<String>
         .as_ref()
         .map(|e| cx.expand(e, "region"))
         .transpose()?;
-    Ok((bucket, bucket_prefix, endpoint, region))
+    let addressing = match &raw.addressing {
+        None => Default::default(),
+        Some(a) => {
+            let v = cx.expand(a, "addressing")?;
+            crate::storage::s3::Addressing::parse(&v).ok_or_else(|| {
+                cx.err_at(
+                    a.span().start,
+                    "addressing",
+                    format!("'{v}' is not path, virtual or auto"),
+                )
+            })?
+        }
+    };
+    let s3 = crate::storage::s3::S3Options {
+        endpoint,
+        region,
+        addressing,
+    };
+    Ok((bucket, bucket_prefix, s3))
 }
 
 /// The defaults of `[defaults]`, for each `[[databases]]` entry to override.

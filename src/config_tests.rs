@@ -30,6 +30,7 @@ fn errors_name_file_line_and_column() {
         ("[storage]\nbucket = \"s3://b\"\n[[databases]]\npath = \"a.db\"\n[[databases]]\npath = \"a.db\"\n", ":6:8: prefix: prefix 'a' is used by database entry 1 too"),
         ("[storage]\nbucket = \"${WALSYNC_SURELY_UNSET}\"\n[[databases]]\npath = \"a.db\"\n", ":2:10: bucket: environment variable WALSYNC_SURELY_UNSET is not set"),
         ("[storage\n", ":1:9: "),
+        ("[storage]\nbucket = \"s3://b\"\naddressing = \"vhost\"\n[[databases]]\npath = \"a.db\"\n", ":3:14: addressing: 'vhost' is not path, virtual or auto"),
     ];
     for (text, want) in cases {
         let e = parse(&f, text).unwrap_err().to_string();
@@ -42,5 +43,12 @@ fn errors_name_file_line_and_column() {
     )
     .unwrap();
     assert_eq!(ok.databases[0].ns, "pre/users");
+    assert_eq!(ok.s3.addressing, crate::storage::s3::Addressing::Auto);
+    let virt = parse(
+        &f,
+        "[storage]\nbucket = \"b\"\naddressing = \"virtual\"\n[[databases]]\npath = \"a.db\"\n",
+    )
+    .unwrap();
+    assert_eq!(virt.s3.addressing, crate::storage::s3::Addressing::Virtual);
     let _ = std::fs::remove_dir_all(&dir);
 }

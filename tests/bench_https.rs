@@ -180,6 +180,7 @@ fn bench_https() {
         let opts = walsync::storage::s3::S3Options {
             endpoint: Some(endpoint),
             region: None,
+            ..Default::default()
         };
         let (st, prefix) = walsync::storage::open(&url, &opts).unwrap();
         let st = st.as_ref();

@@ -195,6 +195,7 @@ fn bench_restore() {
         let opts = walsync::storage::s3::S3Options {
             endpoint: Some(ep.clone()),
             region: None,
+            ..Default::default()
         };
         let (pst, _) =
             walsync::storage::open(&walsync::storage::parse_url(&url).unwrap(), &opts).unwrap();

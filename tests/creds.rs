@@ -199,7 +199,7 @@ fn web_identity_credentials_from_sts() {
 
 /// An HTTP proxy on 127.0.0.1 that wants `Proxy-Authorization: Basic dTpw` (u:p) on the first
 /// request of each connection, then forwards the connection to the host its absolute URL
-/// names. Returns its port and the count of connections it forwarded.
+/// names (`*.localhost` is 127.0.0.1). Returns its port and the count of connections it forwarded.
 fn http_proxy() -> (u16, Arc<AtomicU64>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -234,7 +234,13 @@ fn http_proxy() -> (u16, Arc<AtomicU64>) {
                     let _ = s.write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                     return;
                 }
-                let mut up = std::net::TcpStream::connect(hostport).unwrap();
+                // Names under .localhost are this machine (RFC 6761), as a resolver that
+                // knows it would say: the virtual-hosted bucket names of the test server.
+                let up = match hostport.rsplit_once(':') {
+                    Some((h, p)) if h.ends_with(".localhost") => format!("127.0.0.1:{p}"),
+                    _ => hostport.to_string(),
+                };
+                let mut up = std::net::TcpStream::connect(up).unwrap();
                 n.fetch_add(1, Ordering::SeqCst);
                 up.write_all(head.as_bytes()).unwrap();
                 up.write_all(r.buffer()).unwrap();
@@ -313,6 +319,120 @@ fn http_proxy_with_auth_and_no_proxy() {
     assert!(
         first.contains(&format!("proxy {closed} (HTTP_PROXY): ")),
         "{first}"
+    );
+}
+
+/// Virtual-hosted addressing against a real server: Garage answers `<bucket>.s3.garage.localhost`
+/// (its `root_domain`), a name only the proxy resolves, so every request of the daemon (forced
+/// by `addressing` in the config file) and of the restore (by `--addressing`) goes to the
+/// bucket's own host name; the restore is exact. A style walsync does not know, and an address
+/// where a host name is needed, are one line each.
+#[test]
+fn virtual_hosted_addressing_through_a_proxy() {
+    ensure_s3();
+    if std::env::var("WALSYNC_TEST_S3_EXTERNAL").is_ok() {
+        eprintln!("skipped: needs the suite's own Garage (its root_domain)");
+        return;
+    }
+    let t = TestDir::new("vhost");
+    let replica = Replica::new(&t, Backend::S3);
+    let (port, forwarded) = http_proxy();
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
+        .unwrap()
+        .replace("127.0.0.1", "s3.garage.localhost");
+    assert!(endpoint.contains("s3.garage.localhost"), "{endpoint}");
+    let db = t.join("app.db");
+    open_app(&db)
+        .execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('a');",
+        )
+        .unwrap();
+    let config = t.join("walsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nbucket = \"{}\"\nendpoint = \"{endpoint}\"\naddressing = \"virtual\"\n\n\
+             [defaults]\nsync_interval = \"0\"\n\n[[databases]]\npath = \"{}\"\nprefix = \"app\"\n",
+            replica.url(),
+            db.display()
+        ),
+    )
+    .unwrap();
+    let via_proxy = |cmd: &mut Command| {
+        cmd.env("HTTP_PROXY", format!("http://u:p@127.0.0.1:{port}"))
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .env_remove("AWS_ENDPOINT_URL_S3");
+    };
+    let mut cmd = Command::new(BIN);
+    cmd.args(["watch", "--config"]).arg(&config);
+    via_proxy(&mut cmd);
+    let d = Daemon::spawn(cmd, &t.join("log"));
+    let scratch = t.join("scratch.db");
+    for i in 0..3 {
+        open_app(&db)
+            .execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
+            .unwrap();
+        wait_shipped(&replica, "app", &db, &scratch);
+    }
+    d.stop();
+    assert!(
+        forwarded.load(Ordering::SeqCst) >= 1,
+        "nothing went through the proxy"
+    );
+
+    let out = t.join("out.db");
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "restore",
+        "app",
+        "-b",
+        &replica.url(),
+        "--endpoint",
+        &endpoint,
+    ])
+    .args(["--addressing", "virtual", "-o"])
+    .arg(&out);
+    via_proxy(&mut cmd);
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(content_hash(&out), content_hash(&db));
+
+    // Path style to a name nobody resolves but the proxy: Garage sees no bucket in the host,
+    // takes the first path segment as the bucket, and the listing works the same.
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "list",
+        "-b",
+        &replica.url(),
+        "--endpoint",
+        &endpoint,
+        "--addressing",
+        "path",
+    ]);
+    via_proxy(&mut cmd);
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("app"));
+
+    let o = Command::new(BIN)
+        .args(["list", "-b", &replica.url(), "--addressing", "vhost"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        stderr(&o).trim_end(),
+        "walsync: error: option --addressing: 'vhost' is not path, virtual or auto\nhint: run 'walsync --help' for usage"
+    );
+    let o = Command::new(BIN)
+        .args(["list", "-b", &replica.url(), "--addressing", "virtual"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("walsync: error: virtual-hosted addressing needs a host name in the endpoint, not the address in 'http://127.0.0.1:"),
+        "{}",
+        stderr(&o)
     );
 }
 
@@ -435,8 +555,9 @@ fn shared_config_profile_with_credential_process() {
         one_line("broken"),
         (Some(1), "walsync: error: credential_process of profile 'broken' (sh -c 'echo the SSO session has expired, run aws sso login >&2; exit 3') failed (exit status: 3): the SSO session has expired, run aws sso login".to_string())
     );
-    // Static keys from the credentials file, the region from the config file: the server
-    // answers that it is elsewhere, so that region was the one signed with.
+    // Static keys from the credentials file, the region from the config file (eu-west-1): the
+    // server answers that the bucket is elsewhere, naming its region; walsync follows it,
+    // saying so in one line, and the restore is exact.
     std::fs::write(
         home.join(".aws/credentials"),
         format!(
@@ -449,13 +570,28 @@ fn shared_config_profile_with_credential_process() {
     let mut conf = std::fs::read_to_string(home.join(".aws/config")).unwrap();
     conf.push_str("\n[profile elsewhere]\nregion = eu-west-1\n");
     std::fs::write(home.join(".aws/config"), conf).unwrap();
-    let (code, line) = one_line("elsewhere");
-    assert_eq!(code, Some(1), "{line}");
+    let out = t.join("elsewhere.db");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["restore", "app", "-b", &replica.url(), "-o"])
+        .arg(&out);
+    with_profile(&mut cmd, "elsewhere");
+    let o = cmd.output().unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let moved: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("the bucket is in region"))
+        .collect();
+    assert_eq!(moved.len(), 1, "{err}");
     assert!(
-        line.contains(&format!("is in region {region} ("))
-            && line.ends_with(&format!("set AWS_REGION={region} (or region in [storage])")),
-        "{line}"
+        moved[0].contains(&format!(
+            "the bucket is in region {region}, not eu-west-1 ("
+        )) && moved[0].ends_with(&format!(
+            "following it (set AWS_REGION={region}, or region in [storage], to go there directly)"
+        )),
+        "{err}"
     );
+    assert_eq!(content_hash(&out), content_hash(&db));
     assert_eq!(
         one_line("nobody"),
         (

@@ -124,6 +124,7 @@ fn storage_conformance_moto() {
     let opts = walsync::storage::s3::S3Options {
         endpoint: Some(srv.endpoint),
         region: Some("us-east-1".into()),
+        ..Default::default()
     };
     // This process's own client takes its keys from the environment: the Garage keys the
     // suite exports do (moto takes any), and the environment is set in one place only.

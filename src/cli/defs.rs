@@ -88,6 +88,13 @@ pub const FLAGS: &[Flag] = &[
         doc: "S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, else AWS).",
     },
     Flag {
+        long: "addressing",
+        short: None,
+        value: Some("STYLE"),
+        cmds: ALL,
+        doc: "S3 addressing: path (endpoint/bucket/key), virtual (bucket.endpoint/key) or auto (default: virtual for AWS, path for an --endpoint; else the profile's s3 addressing_style).",
+    },
+    Flag {
         long: "config",
         short: Some('c'),
         value: Some("FILE"),

@@ -32,6 +32,8 @@ pub struct Args {
     pub positional: Vec<String>,
     pub bucket: Option<String>,
     pub endpoint: Option<String>,
+    /// `--addressing` (Auto: not given).
+    pub addressing: crate::storage::s3::Addressing,
     pub sync_interval: Duration,
     pub snapshot_interval: Duration,
     pub output: Option<PathBuf>,
@@ -91,6 +93,7 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
         positional: vec![],
         bucket: None,
         endpoint: None,
+        addressing: Default::default(),
         sync_interval: Duration::from_secs(1),
         snapshot_interval: Duration::from_secs(3600),
         output: None,
@@ -184,6 +187,10 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
         match f.long {
             "bucket" => args.bucket = Some(v),
             "endpoint" => args.endpoint = Some(v),
+            "addressing" => {
+                args.addressing = crate::storage::s3::Addressing::parse(&v)
+                    .ok_or_else(|| bad(format!("'{v}' is not path, virtual or auto")))?
+            }
             "sync-interval" => args.sync_interval = parse_duration(&v).map_err(bad)?,
             "snapshot-interval" => {
                 let d = parse_duration(&v).map_err(bad)?;

@@ -15,36 +15,30 @@ use crate::replicate::db::{DbOptions, Shipper};
 use crate::replicate::request;
 use crate::storage::{self, Storage};
 
-fn open_storage(
-    bucket: &str,
-    endpoint: Option<&str>,
-    region: Option<&str>,
-) -> Result<(Arc<dyn Storage>, String)> {
+fn open_storage(bucket: &str, opts: &storage::s3::S3Options) -> Result<(Arc<dyn Storage>, String)> {
     let url = storage::parse_url(bucket)?;
-    let opts = storage::s3::S3Options {
-        endpoint: endpoint.map(str::to_string),
-        region: region.map(str::to_string),
-    };
-    storage::open(&url, &opts)
+    storage::open(&url, opts)
 }
 
-/// The replica and the config, from `-b` or from `--config` (whose endpoint `--endpoint`
-/// overrides).
+/// The replica and the config, from `-b` or from `--config` (whose endpoint and addressing
+/// `--endpoint` and `--addressing` override).
 pub fn replica(a: &Args) -> Result<(Arc<dyn Storage>, String, Option<Config>)> {
-    match (&a.config, &a.bucket) {
-        (Some(f), _) => {
-            let c = config::load(f)?;
-            let bucket = a.bucket.clone().unwrap_or_else(|| c.bucket.clone());
-            let endpoint = a.endpoint.clone().or_else(|| c.endpoint.clone());
-            let (s, p) = open_storage(&bucket, endpoint.as_deref(), c.region.as_deref())?;
-            Ok((s, p, Some(c)))
-        }
-        (None, Some(b)) => {
-            let (s, p) = open_storage(b, a.endpoint.as_deref(), None)?;
-            Ok((s, p, None))
-        }
-        (None, None) => unreachable!("validated: -b or --config"),
+    use crate::storage::s3::Addressing;
+    let cfg = a.config.as_deref().map(config::load).transpose()?;
+    let mut opts = cfg.as_ref().map(|c| c.s3.clone()).unwrap_or_default();
+    if a.endpoint.is_some() {
+        opts.endpoint = a.endpoint.clone();
     }
+    if a.addressing != Addressing::Auto {
+        opts.addressing = a.addressing;
+    }
+    let bucket = match (&a.bucket, &cfg) {
+        (Some(b), _) => b.clone(),
+        (None, Some(c)) => c.bucket.clone(),
+        (None, None) => unreachable!("validated: -b or --config"),
+    };
+    let (s, p) = open_storage(&bucket, &opts)?;
+    Ok((s, p, cfg))
 }
 
 /// `replica`, for the commands that only read the replica (restore, restore-all, list,

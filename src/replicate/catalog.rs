@@ -43,7 +43,7 @@ impl Catalog for ConfigCatalog {
     fn scan(&mut self, reload: bool) -> Result<Vec<DbSpec>> {
         if reload {
             let new = config::load(&self.cfg.file)?;
-            if new.bucket != self.cfg.bucket || new.endpoint != self.cfg.endpoint {
+            if new.bucket != self.cfg.bucket || new.s3 != self.cfg.s3 {
                 log::warn!(
                     "reload: [storage] changed in {}; it takes effect at the next start",
                     self.cfg.file.display()

@@ -44,7 +44,14 @@ fn open(
     region: Option<String>,
 ) -> walsync::error::Result<(Arc<dyn Storage>, String)> {
     let url = storage::parse_url(url)?;
-    storage::open(&url, &storage::s3::S3Options { endpoint, region })
+    storage::open(
+        &url,
+        &storage::s3::S3Options {
+            endpoint,
+            region,
+            ..Default::default()
+        },
+    )
 }
 
 /// The `walsync` command line (`args` without the program name) in this process: (exit code,

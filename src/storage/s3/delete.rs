@@ -45,7 +45,7 @@ impl S3Storage {
                 {
                     info!(
                         "{}: no multi-object DELETE; deleting one by one",
-                        self.describe
+                        self.describe()
                     );
                     self.no_multi_delete.store(true, Ordering::Relaxed);
                     for k in batch {

@@ -11,7 +11,8 @@
 //! bucket and endpoint.
 
 use std::io::Read;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 
 use log::debug;
 
@@ -20,12 +21,13 @@ mod delete;
 mod errors;
 mod multipart;
 pub mod profile;
+mod route;
 mod xml;
 
 use errors::classify;
 use xml::{xml_blocks, xml_tag};
 
-use super::http::{Client, ReqBody, Response, Target};
+use super::http::{ReqBody, Response};
 use super::sigv4::{self, Keys};
 use super::{Body, Entry, Storage};
 use crate::error::{Error, Result, StorageKind};
@@ -42,39 +44,31 @@ const ERROR_BODY_LIMIT: u64 = 64 * 1024;
 const XML_LIMIT: u64 = 4 * 1024 * 1024;
 
 pub struct S3Storage {
-    client: Client,
     creds: creds::Provider,
-    region: String,
+    plan: route::Plan,
+    /// The current route (client, region, base path); replaced when the server says the
+    /// bucket is in another region.
+    route: RwLock<Arc<route::Route>>,
+    /// How often the route was moved to another region (at most `route::MAX_MOVES`).
+    moves: AtomicU32,
     bucket: String,
-    /// `/bucket` with path-style addressing, empty with virtual-hosted style; plus any base
-    /// path of the endpoint.
-    base: String,
-    endpoint: String,
-    describe: String,
     /// The server answered a multi-object DELETE with NotImplemented: delete one by one.
     no_multi_delete: AtomicBool,
 }
 
-/// Where and how to reach S3; every field falls back to the `AWS_*` environment.
-#[derive(Debug, Clone, Default)]
+pub use route::Addressing;
+
+/// Where and how to reach S3; every field falls back to the `AWS_*` environment (and the
+/// shared config file's profile).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct S3Options {
     pub endpoint: Option<String>,
     pub region: Option<String>,
+    pub addressing: Addressing,
 }
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-/// The shape of an AWS region name (us-east-1, eu-central-2, us-gov-west-1, ap-southeast-5):
-/// checked by form, not against a list, so regions newer than walsync work.
-fn valid_region(r: &str) -> bool {
-    r.len() <= 32
-        && r.starts_with(|c: char| c.is_ascii_lowercase())
-        && r.ends_with(|c: char| c.is_ascii_digit())
-        && r.contains('-')
-        && r.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 impl S3Storage {
@@ -107,60 +101,55 @@ impl S3Storage {
             .or_else(|| env("AWS_ENDPOINT_URL_S3"))
             .or_else(|| env("AWS_ENDPOINT_URL"));
         let creds = creds::Provider::discover(bucket, endpoint.is_none(), &profile)?;
-        let (target, base, shown) = match &endpoint {
-            Some(e) => {
-                let (t, path) = Target::parse(e).ok_or_else(|| {
-                    Error::usage(format!(
-                        "invalid S3 endpoint '{e}': it must look like http(s)://host[:port]"
-                    ))
-                })?;
-                // MinIO, Garage, Tigris, R2 and friends: path-style addressing.
-                let base = format!("{path}/{}", sigv4::encode(bucket, false));
-                (t, base, e.trim_end_matches('/').to_string())
-            }
-            None => {
-                if !valid_region(&region) {
-                    return Err(cfg(format!(
-                        "invalid AWS region '{region}' (a name such as us-east-1 or eu-central-2)"
-                    )));
-                }
-                let aws = format!("s3.{region}.amazonaws.com");
-                // Virtual-hosted style, except for names with dots, which the certificate's
-                // wildcard does not cover.
-                let (host, base) = if bucket.contains('.') {
-                    (aws.clone(), format!("/{}", sigv4::encode(bucket, false)))
-                } else {
-                    (format!("{bucket}.{aws}"), String::new())
-                };
-                let t = Target {
-                    https: true,
-                    host,
-                    port: 443,
-                };
-                (t, base, format!("https://{aws}"))
-            }
+        if endpoint.is_none() && !route::valid_region(&region) {
+            return Err(cfg(format!(
+                "invalid AWS region '{region}' (a name such as us-east-1 or eu-central-2)"
+            )));
+        }
+        let addressing = match opts.addressing {
+            Addressing::Auto => profile.addressing,
+            a => a,
         };
-        let client = Client::new(target).map_err(|e| cfg(format!("S3 endpoint {shown}: {e}")))?;
-        Ok(S3Storage {
-            client,
-            creds,
-            region,
+        let plan = route::Plan {
             bucket: bucket.to_string(),
-            base,
-            describe: format!("s3://{bucket} at {shown}"),
+            endpoint,
+            addressing,
+        };
+        let route = plan.route(&region).map_err(|e| {
+            // The client could not be set up (TLS roots); else the endpoint given is at fault.
+            if e.starts_with("S3 endpoint ") {
+                cfg(e)
+            } else {
+                Error::usage(e)
+            }
+        })?;
+        Ok(S3Storage {
+            creds,
+            plan,
+            route: RwLock::new(Arc::new(route)),
+            moves: AtomicU32::new(0),
+            bucket: bucket.to_string(),
             no_multi_delete: AtomicBool::new(false),
-            endpoint: shown,
         })
+    }
+
+    fn route(&self) -> Arc<route::Route> {
+        self.route.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The endpoint as messages show it.
+    fn endpoint(&self) -> String {
+        self.route().endpoint.clone()
     }
 
     /// Connections the client opened so far (for the benchmark's figures).
     pub fn connects(&self) -> u64 {
-        self.client.connects()
+        self.route().client.connects()
     }
 
     fn err(&self, key: &str, kind: StorageKind, msg: String) -> Error {
         Error::Storage {
-            backend: self.describe.clone(),
+            backend: self.describe(),
             key: key.into(),
             kind,
             msg,
@@ -169,7 +158,7 @@ impl S3Storage {
 
     /// Classify an HTTP status.
     fn status_err(&self, key: &str, status: u16, body: &str) -> Error {
-        let (kind, mut msg) = classify(status, body, &self.bucket, &self.endpoint);
+        let (kind, mut msg) = classify(status, body, &self.bucket, &self.endpoint());
         if matches!(status, 401 | 403) {
             // Which keys were refused: the first thing to check.
             msg.push_str(&format!(" (keys from {})", self.creds.source()));
@@ -203,8 +192,58 @@ impl S3Storage {
         body: ReqBody,
         body_sha256: Option<&str>,
     ) -> Result<Response> {
+        // A body that can be sent again is, once, when the answer moved the route to the
+        // bucket's region; a streamed one fails as transient and its caller retries.
+        let again = match &body {
+            ReqBody::Empty => Some(ReqBody::Empty),
+            ReqBody::Bytes(b) => Some(ReqBody::Bytes(b)),
+            ReqBody::Stream(..) => None,
+        };
+        let moves = self.moves.load(Ordering::Relaxed);
         let resp = self.send_signed(method, key, query, headers, body, body_sha256)?;
-        self.expect_2xx(key, resp)
+        match (self.expect_2xx(key, resp), again) {
+            (Err(_), Some(body)) if self.moves.load(Ordering::Relaxed) != moves => {
+                let resp = self.send_signed(method, key, query, headers, body, body_sha256)?;
+                self.expect_2xx(key, resp)
+            }
+            (r, _) => r,
+        }
+    }
+
+    /// The answer says the bucket lives in another region (301/307, or 400
+    /// AuthorizationHeaderMalformed, naming it): move the route there, logged, at most
+    /// `route::MAX_MOVES` times. Returns whether requests now go elsewhere.
+    fn follow(&self, status: u16, body: &str) -> bool {
+        let code = xml_tag(body, "Code").unwrap_or_default();
+        let moved = matches!(status, 301 | 307)
+            || (status == 400 && code == "AuthorizationHeaderMalformed");
+        let Some(region) = xml_tag(body, "Region").filter(|r| self.plan.usable_region(r)) else {
+            return false;
+        };
+        let seen = self.route();
+        if !moved || seen.region == region {
+            return false;
+        }
+        let mut current = self.route.write().unwrap_or_else(|e| e.into_inner());
+        if current.region != seen.region {
+            return true; // another request moved it meanwhile
+        }
+        if self.moves.load(Ordering::Relaxed) >= route::MAX_MOVES {
+            return false;
+        }
+        let Ok(next) = self.plan.route(&region) else {
+            return false;
+        };
+        log::warn!(
+            "s3://{}: the bucket is in region {region}, not {} ({} answered HTTP {status} {code}); \
+             following it (set AWS_REGION={region}, or region in [storage], to go there directly)",
+            self.bucket,
+            current.region,
+            current.endpoint
+        );
+        *current = Arc::new(next);
+        self.moves.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// Sign and send; the answer whatever its status.
@@ -227,10 +266,11 @@ impl S3Storage {
                 _ => "post",
             },
         });
+        let route = self.route();
         let path = if key.is_empty() {
-            format!("{}/", self.base)
+            format!("{}/", route.base)
         } else {
-            format!("{}/{}", self.base, sigv4::encode(key, true))
+            format!("{}/{}", route.base, sigv4::encode(key, true))
         };
         let hash = match &body {
             ReqBody::Empty => sigv4::sha256_hex(b""),
@@ -240,7 +280,7 @@ impl S3Storage {
                 None => sigv4::UNSIGNED.to_string(),
             },
         };
-        let host = self.client.target().host_header();
+        let host = route.client.target().host_header();
         let req = sigv4::Request {
             method,
             host: &host,
@@ -254,7 +294,7 @@ impl S3Storage {
             access: c.access,
             secret: c.secret,
             token: c.token,
-            region: self.region.clone(),
+            region: route.region.clone(),
         };
         let (qs, head) = sigv4::sign(&keys, &req, crate::time::now_ms());
         let target = if qs.is_empty() {
@@ -262,13 +302,16 @@ impl S3Storage {
         } else {
             format!("{path}?{qs}")
         };
-        self.client.send(method, &target, &head, body).map_err(|e| {
-            self.err(
-                key,
-                StorageKind::Transient,
-                format!("cannot reach {}: {e}", self.endpoint),
-            )
-        })
+        route
+            .client
+            .send(method, &target, &head, body)
+            .map_err(|e| {
+                self.err(
+                    key,
+                    StorageKind::Transient,
+                    format!("cannot reach {}: {e}", route.endpoint),
+                )
+            })
     }
 
     /// `request`, then its answer's body as text (at most `limit` bytes), read to the end so
@@ -301,7 +344,22 @@ impl S3Storage {
             if let (Some(r), false) = (region, body.contains("<Region>")) {
                 body.push_str(&format!("<Region>{r}</Region>"));
             }
-            Err(self.status_err(key, status, &body))
+            let err = self.status_err(key, status, &body);
+            if self.follow(status, &body) {
+                // Sent to the wrong region: the same request succeeds at the new route.
+                if let Error::Storage {
+                    backend, key, msg, ..
+                } = err
+                {
+                    return Err(Error::Storage {
+                        backend,
+                        key,
+                        kind: StorageKind::Transient,
+                        msg,
+                    });
+                }
+            }
+            Err(err)
         }
     }
 
@@ -311,7 +369,7 @@ impl S3Storage {
             self.err(
                 key,
                 StorageKind::Transient,
-                format!("reading the answer from {}: {e}", self.endpoint),
+                format!("reading the answer from {}: {e}", self.endpoint()),
             )
         })
     }
@@ -373,7 +431,7 @@ impl S3Storage {
 
 impl Storage for S3Storage {
     fn describe(&self) -> String {
-        self.describe.clone()
+        format!("s3://{} at {}", self.bucket, self.endpoint())
     }
 
     fn put_file(&self, key: &str, file: &std::fs::File, len: u64, meta: &Meta) -> Result<()> {
@@ -436,7 +494,8 @@ impl Storage for S3Storage {
                 StorageKind::Permanent,
                 format!(
                     "{} ignored a Range request (HTTP {})",
-                    self.endpoint, resp.status
+                    self.endpoint(),
+                    resp.status
                 ),
             ));
         }
@@ -557,7 +616,7 @@ impl Storage for S3Storage {
     }
 
     fn release_idle(&self) {
-        self.client.release_idle();
+        self.route().client.release_idle();
     }
 }
 

@@ -18,6 +18,8 @@ pub struct Profile {
     pub keys_from: String,
     pub process: Option<String>,
     pub region: Option<String>,
+    /// `s3 = addressing_style` of the config file's profile (Auto when absent or unknown).
+    pub addressing: super::Addressing,
     /// Either file has a section for the profile.
     pub found: bool,
 }
@@ -33,10 +35,12 @@ fn home_file(var: &str, default: &str) -> Option<PathBuf> {
 }
 
 /// The `key = value` pairs of section `want` of an INI text (comments `#` and `;`, keys
-/// case-insensitive, later duplicates win, indented lines are sub-settings and skipped).
+/// case-insensitive, later duplicates win). Indented lines under a key without a value are
+/// its sub-settings, named `key.sub` (`s3 =` then `  addressing_style = path`).
 fn section(text: &str, want: &str) -> Option<Vec<(String, String)>> {
     let mut found = None;
     let mut inside = false;
+    let mut parent: Option<String> = None;
     for line in text.lines() {
         let raw = line;
         let line = line.trim();
@@ -50,14 +54,21 @@ fn section(text: &str, want: &str) -> Option<Vec<(String, String)>> {
             }
             continue;
         }
-        if !inside || raw.starts_with([' ', '\t']) {
+        if !inside {
             continue;
         }
+        let nested = raw.starts_with([' ', '\t']);
         if let Some((k, v)) = line.split_once('=') {
-            let v = v.trim().to_string();
-            found
-                .get_or_insert_with(Vec::new)
-                .push((k.trim().to_ascii_lowercase(), v));
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
+            let k = match (nested, &parent) {
+                (true, Some(p)) => format!("{p}.{k}"),
+                (true, None) => continue,
+                (false, _) => {
+                    parent = v.is_empty().then(|| k.clone());
+                    k
+                }
+            };
+            found.get_or_insert_with(Vec::new).push((k, v));
         }
     }
     found
@@ -112,6 +123,11 @@ pub fn resolve(name: &str, credentials: Option<&str>, config: Option<&str>) -> P
         .as_deref()
         .and_then(|s| get(s, "region"))
         .map(str::to_string);
+    p.addressing = from_conf
+        .as_deref()
+        .and_then(|s| get(s, "s3.addressing_style"))
+        .and_then(super::Addressing::parse)
+        .unwrap_or_default();
     p
 }
 
@@ -189,8 +205,9 @@ aws_secret_access_key = s3
         assert_eq!(
             d.region.as_deref(),
             Some("eu-west-1"),
-            "sub-settings skipped"
+            "sub-settings kept apart"
         );
+        assert_eq!(d.addressing, crate::storage::s3::Addressing::Path);
         assert_eq!(d.keys_from, "~/.aws/credentials [default]");
 
         let w = resolve("work", Some(CREDS), Some(CONF));
@@ -199,6 +216,7 @@ aws_secret_access_key = s3
             Some(("AKIWORK".into(), "s2".into(), Some("tok".into())))
         );
         assert_eq!(w.region.as_deref(), Some("ap-south-2"));
+        assert_eq!(w.addressing, crate::storage::s3::Addressing::Auto);
 
         let t = resolve("tool", Some(CREDS), Some(CONF));
         assert_eq!(t.keys, None);

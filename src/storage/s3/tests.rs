@@ -9,7 +9,7 @@ fn region_names_are_checked_by_form() {
         "ap-southeast-5",
         "mx-central-1",
     ] {
-        assert!(super::valid_region(ok), "{ok}");
+        assert!(super::route::valid_region(ok), "{ok}");
     }
     for bad in [
         "",
@@ -20,7 +20,7 @@ fn region_names_are_checked_by_form() {
         "https://s3.x",
         "1-us",
     ] {
-        assert!(!super::valid_region(bad), "{bad}");
+        assert!(!super::route::valid_region(bad), "{bad}");
     }
 }
 
