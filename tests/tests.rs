@@ -16,6 +16,7 @@ mod fuzz;
 mod harness;
 mod hazards;
 mod many;
+mod network;
 mod oneshot;
 mod proxy;
 mod prune;

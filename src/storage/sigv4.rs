@@ -59,6 +59,8 @@ pub fn amz_date(ms: u64) -> String {
 /// are the headers to sign besides `host`, `x-amz-date`, `x-amz-content-sha256` and the
 /// session token, which are added. Returns the query string and every header to send.
 pub struct Request<'a> {
+    /// `s3`, or `sts` for the credential calls (which sign no `x-amz-content-sha256`).
+    pub service: &'a str,
     pub method: &'a str,
     pub host: &'a str,
     pub path: &'a str,
@@ -69,6 +71,7 @@ pub struct Request<'a> {
 
 pub fn sign(keys: &Keys, req: &Request, now_ms: u64) -> (String, Vec<(String, String)>) {
     let Request {
+        service,
         method,
         host,
         path,
@@ -93,7 +96,9 @@ pub fn sign(keys: &Keys, req: &Request, now_ms: u64) -> (String, Vec<(String, St
         .collect();
     signed.push(("host".into(), host.into()));
     signed.push(("x-amz-date".into(), date.clone()));
-    signed.push(("x-amz-content-sha256".into(), payload_hash.into()));
+    if service == "s3" {
+        signed.push(("x-amz-content-sha256".into(), payload_hash.into()));
+    }
     if let Some(t) = &keys.token {
         signed.push(("x-amz-security-token".into(), t.clone()));
     }
@@ -108,14 +113,14 @@ pub fn sign(keys: &Keys, req: &Request, now_ms: u64) -> (String, Vec<(String, St
         "{method}\n{path}\n{query_string}\n{canonical_headers}\n{signed_names}\n{payload_hash}"
     );
     let day = &date[..8];
-    let scope = format!("{day}/{}/s3/aws4_request", keys.region);
+    let scope = format!("{day}/{}/{service}/aws4_request", keys.region);
     let to_sign = format!(
         "AWS4-HMAC-SHA256\n{date}\n{scope}\n{}",
         sha256_hex(canonical.as_bytes())
     );
     let mut k = hmac(format!("AWS4{}", keys.secret).as_bytes(), day.as_bytes());
     k = hmac(&k, keys.region.as_bytes());
-    k = hmac(&k, b"s3");
+    k = hmac(&k, service.as_bytes());
     k = hmac(&k, b"aws4_request");
     let sig: String = hmac(&k, to_sign.as_bytes())
         .iter()
@@ -146,6 +151,7 @@ mod tests {
         let ms = crate::time::parse_iso("2013-05-24T00:00:00Z").unwrap();
         let empty = sha256_hex(b"");
         let req = Request {
+            service: "s3",
             method: "GET",
             host: "examplebucket.s3.amazonaws.com",
             path: "/test.txt",
@@ -162,6 +168,41 @@ mod tests {
             "{auth}"
         );
         assert!(auth.contains("SignedHeaders=host;range;x-amz-content-sha256;x-amz-date"));
+    }
+
+    /// The IAM `ListUsers` example of the AWS SigV4 documentation (2015-08-30): another
+    /// service than s3, a query string, no payload hash header.
+    #[test]
+    fn aws_documented_example_of_another_service() {
+        let keys = Keys {
+            access: "AKIDEXAMPLE".into(),
+            secret: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+            token: None,
+            region: "us-east-1".into(),
+        };
+        let ms = crate::time::parse_iso("2015-08-30T12:36:00Z").unwrap();
+        let empty = sha256_hex(b"");
+        let req = Request {
+            service: "iam",
+            method: "GET",
+            host: "iam.amazonaws.com",
+            path: "/",
+            query: &[("Action", "ListUsers"), ("Version", "2010-05-08")],
+            headers: &[(
+                "Content-Type".into(),
+                "application/x-www-form-urlencoded; charset=utf-8".into(),
+            )],
+            payload_hash: &empty,
+        };
+        let (qs, h) = sign(&keys, &req, ms);
+        assert_eq!(qs, "Action=ListUsers&Version=2010-05-08");
+        let auth = &h.iter().find(|(k, _)| k == "authorization").unwrap().1;
+        assert_eq!(
+            auth,
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/iam/aws4_request, \
+             SignedHeaders=content-type;host;x-amz-date, \
+             Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
+        );
     }
 
     #[test]

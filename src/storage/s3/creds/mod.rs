@@ -10,13 +10,19 @@
 //! expire), and after S3 refuses them, so temporary credentials never expire into endless 403s.
 
 use std::sync::Mutex;
-use std::time::Duration;
 
-use super::super::http::{Client, ReqBody, Target};
+mod sources;
+
+use super::super::http::Client;
+use super::super::sigv4::{self, Keys};
 use super::profile::Profile;
 use crate::error::{Error, Result};
 use crate::time;
 use log::{info, warn};
+use sources::{
+    assume_role, call, container_source, metadata_client, run_process, sts_keys,
+    web_identity_source,
+};
 
 /// Keys signing requests.
 #[derive(Debug, Clone)]
@@ -45,6 +51,17 @@ enum Refreshing {
     },
     /// A profile's `credential_process`: a command printing the keys as JSON.
     Process { command: String, profile: String },
+    /// A profile's `role_arn`: STS AssumeRole, signed with the source's keys (which refresh
+    /// themselves).
+    AssumeRole {
+        client: Client,
+        /// The endpoint's base path.
+        base: String,
+        region: String,
+        /// Action, role, session name, duration and external id.
+        params: Vec<(&'static str, String)>,
+        source: Box<Provider>,
+    },
 }
 
 /// The container endpoint's authorization: none, a token, or a file holding one (read at
@@ -73,43 +90,77 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (with `AWS_SESSION_TOKEN`), if set.
+fn env_keys() -> Option<Creds> {
+    match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+        (Some(k), Some(s)) => Some(Creds {
+            access: k,
+            secret: s,
+            token: env("AWS_SESSION_TOKEN"),
+        }),
+        _ => None,
+    }
+}
+
 impl Provider {
+    /// Keys that never change.
+    fn fixed(creds: Creds, what: String) -> Provider {
+        Provider {
+            source: None,
+            what,
+            cur: Mutex::new(Current {
+                creds,
+                expires: None,
+                refresh_at: None,
+            }),
+        }
+    }
+
+    /// A refreshing source, fetched once now (its first error is the caller's).
+    fn fetched(source: Refreshing, what: String) -> Result<Provider> {
+        let c = fetch(&source)?;
+        info!("S3 credentials from {what}{}", expiry_note(&c));
+        Ok(Provider {
+            source: Some(source),
+            what,
+            cur: Mutex::new(c),
+        })
+    }
+
+    /// What a profile itself gives: a role to assume, static keys, or a credential_process.
+    fn of_profile(profile: &Profile) -> Result<Option<Provider>> {
+        if let Some(role) = &profile.role {
+            return assume_role(role, profile).map(Some);
+        }
+        if let Some((access, secret, token)) = profile.keys.clone() {
+            let c = Creds {
+                access,
+                secret,
+                token,
+            };
+            return Ok(Some(Provider::fixed(c, profile.keys_from.clone())));
+        }
+        if let Some(command) = profile.process.clone() {
+            let name = profile.name.clone();
+            let what = format!("the credential_process of {}", profile_shown(&name));
+            let src = Refreshing::Process {
+                command,
+                profile: name,
+            };
+            return Provider::fetched(src, what).map(Some);
+        }
+        Ok(None)
+    }
+
     /// The first source of the chain that has keys. `aws`: S3 is AWS itself (no endpoint).
     pub fn discover(bucket: &str, aws: bool, profile: &Profile) -> Result<Provider> {
-        let fixed = match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-            (Some(k), Some(s)) => Some((
-                Creds {
-                    access: k,
-                    secret: s,
-                    token: env("AWS_SESSION_TOKEN"),
-                },
-                "the environment".to_string(),
-            )),
-            _ => profile.keys.clone().map(|(access, secret, token)| {
-                let c = Creds {
-                    access,
-                    secret,
-                    token,
-                };
-                (c, profile.keys_from.clone())
-            }),
-        };
-        if let Some((creds, what)) = fixed {
-            return Ok(Provider {
-                source: None,
-                what,
-                cur: Mutex::new(Current {
-                    creds,
-                    expires: None,
-                    refresh_at: None,
-                }),
-            });
+        if let Some(c) = env_keys() {
+            return Ok(Provider::fixed(c, "the environment".into()));
         }
-        let (source, what) = if let Some(command) = profile.process.clone() {
-            let profile = profile.name.clone();
-            let what = format!("the credential_process of {}", profile_shown(&profile));
-            (Refreshing::Process { command, profile }, what)
-        } else if let Some(src) = web_identity_source()? {
+        if let Some(p) = Provider::of_profile(profile)? {
+            return Ok(p);
+        }
+        let (source, what) = if let Some(src) = web_identity_source()? {
             (src, "web identity (STS AssumeRoleWithWebIdentity)".into())
         } else if let Some(src) = container_source()? {
             (src, "the container credentials endpoint".into())
@@ -124,15 +175,10 @@ impl Provider {
         } else {
             return Err(no_creds(bucket, ""));
         };
-        let fetched = fetch(&source).map_err(|e| match source {
-            Refreshing::Imds { .. } => no_creds(bucket, &format!(" (instance metadata: {e})")),
-            _ => e,
-        })?;
-        info!("S3 credentials from {what}{}", expiry_note(&fetched));
-        Ok(Provider {
-            source: Some(source),
-            what,
-            cur: Mutex::new(fetched),
+        let imds = matches!(source, Refreshing::Imds { .. });
+        Provider::fetched(source, what).map_err(|e| match imds {
+            true => no_creds(bucket, &format!(" (instance metadata: {e})")),
+            false => e,
         })
     }
 
@@ -202,128 +248,6 @@ fn expiry_note(c: &Current) -> String {
         .unwrap_or_default()
 }
 
-fn metadata_client(url: &str) -> Result<Client> {
-    let (target, _) = Target::parse(url).ok_or_else(|| {
-        Error::usage(format!(
-            "invalid credentials endpoint '{url}': it must be http(s)://host[:port]"
-        ))
-    })?;
-    Ok(Client::new(target)
-        .map_err(|e| Error::other(format!("credentials endpoint {url}: {e}")))?
-        .without_proxy()
-        .with_connect_timeout(Duration::from_secs(1))
-        .with_io_timeout(Duration::from_secs(5)))
-}
-
-/// `AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN` (what EKS sets for IRSA): STS in the
-/// region (or `AWS_ENDPOINT_URL_STS`), session name `AWS_ROLE_SESSION_NAME` or `walsync`.
-fn web_identity_source() -> Result<Option<Refreshing>> {
-    let (Some(token_file), Some(role)) = (env("AWS_WEB_IDENTITY_TOKEN_FILE"), env("AWS_ROLE_ARN"))
-    else {
-        return Ok(None);
-    };
-    let region = env("AWS_REGION")
-        .or_else(|| env("AWS_DEFAULT_REGION"))
-        .unwrap_or_else(|| "us-east-1".into());
-    let url = env("AWS_ENDPOINT_URL_STS")
-        .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
-    let (target, path) = Target::parse(&url).ok_or_else(|| {
-        Error::usage(format!(
-            "invalid AWS_ENDPOINT_URL_STS '{url}': it must be http(s)://host[:port]"
-        ))
-    })?;
-    let client = Client::new(target)
-        .map_err(|e| Error::other(format!("STS endpoint {url}: {e}")))?
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_io_timeout(Duration::from_secs(30));
-    let session = env("AWS_ROLE_SESSION_NAME").unwrap_or_else(|| "walsync".into());
-    let enc = |v: &str| super::super::sigv4::encode(v, false);
-    Ok(Some(Refreshing::WebIdentity {
-        client,
-        query: format!(
-            "{path}/?Action=AssumeRoleWithWebIdentity&Version=2011-06-15&DurationSeconds=3600&RoleArn={}&RoleSessionName={}&WebIdentityToken=",
-            enc(&role),
-            enc(&session)
-        ),
-        token_file,
-    }))
-}
-
-fn container_source() -> Result<Option<Refreshing>> {
-    let url = match (
-        env("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
-        env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
-    ) {
-        (Some(full), _) => full,
-        (None, Some(rel)) => format!("http://169.254.170.2{rel}"),
-        (None, None) => return Ok(None),
-    };
-    let (target, path) = Target::parse(&url).ok_or_else(|| {
-        Error::usage(format!(
-            "invalid AWS_CONTAINER_CREDENTIALS_FULL_URI '{url}': it must be http(s)://host[:port]/path"
-        ))
-    })?;
-    let client = metadata_client(&format!(
-        "{}://{}",
-        if target.https { "https" } else { "http" },
-        target.host_header()
-    ))?;
-    let auth = match (
-        env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
-        env("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
-    ) {
-        (Some(f), _) => Auth::File(f),
-        (None, Some(t)) => Auth::Token(t),
-        (None, None) => Auth::None,
-    };
-    Ok(Some(Refreshing::Container {
-        client,
-        path: if path.is_empty() { "/".into() } else { path },
-        auth,
-    }))
-}
-
-/// One GET (or PUT) to a metadata endpoint: the body of a 200 answer.
-fn call(client: &Client, method: &str, path: &str, head: &[(String, String)]) -> Result<String> {
-    let where_ = format!("{}{path}", client.target().host_header());
-    let resp = client
-        .send(method, path, head, ReqBody::Empty)
-        .map_err(|e| Error::other(format!("cannot reach {where_}: {e}")))?;
-    let status = resp.status;
-    let text = resp
-        .text(64 << 10)
-        .map_err(|e| Error::other(format!("reading {where_}: {e}")))?;
-    if status != 200 {
-        let first: String = text.chars().take(200).collect();
-        return Err(Error::other(format!(
-            "{where_} answered HTTP {status}: {}",
-            first.trim()
-        )));
-    }
-    Ok(text)
-}
-
-/// Run a `credential_process` (through `sh -c`, as the AWS CLI runs it on Unix): its stdout.
-fn run_process(command: &str, profile: &str) -> Result<String> {
-    let fail = |why: String| {
-        Error::other(format!(
-            "credential_process of {} ({command}) {why}",
-            profile_shown(profile)
-        ))
-    };
-    let out = std::process::Command::new("sh")
-        .args(["-c", command])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| fail(format!("could not start: {e}")))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.trim().lines().last().unwrap_or("").to_string();
-        return Err(fail(format!("failed ({}): {last}", out.status)));
-    }
-    String::from_utf8(out.stdout).map_err(|_| fail("printed something that is not UTF-8".into()))
-}
-
 fn fetch(src: &Refreshing) -> Result<Current> {
     let json = match src {
         Refreshing::Process { command, profile } => run_process(command, profile)?,
@@ -374,16 +298,42 @@ fn fetch(src: &Refreshing) -> Result<Current> {
                 super::super::sigv4::encode(token.trim(), false)
             );
             let accept = [("Accept".to_string(), "application/xml".to_string())];
-            let xml = call(client, "GET", &path, &accept)?;
-            let tag = |t: &str| super::xml::xml_tag(&xml, t);
-            // The same fields as the JSON answers, from STS's XML.
-            format!(
-                "{{\"AccessKeyId\":\"{}\",\"SecretAccessKey\":\"{}\",\"Token\":\"{}\",\"Expiration\":\"{}\"}}",
-                tag("AccessKeyId").unwrap_or_default(),
-                tag("SecretAccessKey").unwrap_or_default(),
-                tag("SessionToken").unwrap_or_default(),
-                tag("Expiration").unwrap_or_default()
-            )
+            sts_keys(&call(client, "GET", &path, &accept)?)
+        }
+        Refreshing::AssumeRole {
+            client,
+            base,
+            region,
+            params,
+            source,
+        } => {
+            let c = source.get();
+            let keys = Keys {
+                access: c.access,
+                secret: c.secret,
+                token: c.token,
+                region: region.clone(),
+            };
+            let host = client.target().host_header();
+            let path = format!("{base}/");
+            let query: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let empty = sigv4::sha256_hex(b"");
+            let req = sigv4::Request {
+                service: "sts",
+                method: "GET",
+                host: &host,
+                path: &path,
+                query: &query,
+                headers: &[("Accept".to_string(), "application/xml".to_string())],
+                payload_hash: &empty,
+            };
+            let (qs, head) = sigv4::sign(&keys, &req, time::now_ms());
+            let xml = call(client, "GET", &format!("{path}?{qs}"), &head);
+            if xml.is_err() {
+                // Refused keys of a refreshing source: fetch them again first next time.
+                source.refused();
+            }
+            sts_keys(&xml?)
         }
     };
     parse(&json)
