@@ -11,13 +11,14 @@ log() { printf '[tests/run.sh] %s\n' "$*" >&2; }
 
 # Debian packages the tests use: the sqlite3 CLI (the manual-recovery test runs the README's
 # procedure with it), curl and flock (the S3 server script), script (restore's progress line
-# under a terminal).
+# under a terminal), openssl (the HTTPS-through-a-proxy test makes its own CA).
 missing=()
 command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v flock >/dev/null 2>&1 || missing+=(util-linux)
 command -v script >/dev/null 2>&1 || missing+=(bsdutils)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]} (Debian packages)"
