@@ -149,6 +149,34 @@ fn unreachable_credentials_endpoint_is_one_line() {
     );
 }
 
+/// Four commits at the application's pace (1.5 s apart: keys valid 4 s are due again after
+/// two), each shipped; the log says the keys were fetched again from `source`, the source
+/// handed keys out at least twice, and the restore is exact.
+fn ships_across_a_refresh(
+    d: Daemon,
+    t: &TestDir,
+    replica: &Replica,
+    db: &std::path::Path,
+    source: &str,
+    served: &AtomicU64,
+) {
+    let scratch = t.join("scratch.db");
+    for i in 0..4 {
+        open_app(db)
+            .execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
+            .unwrap();
+        wait_shipped(replica, "app", db, &scratch);
+        std::thread::sleep(Duration::from_millis(1500)); // the application's own pace
+    }
+    d.wait_log(
+        &format!("S3 credentials refreshed from {source}"),
+        Duration::from_secs(10),
+    );
+    d.stop();
+    assert!(served.load(Ordering::SeqCst) >= 2);
+    assert_restores_equal(replica, "app", db, &t.join("out.db"));
+}
+
 /// EKS IRSA: STS AssumeRoleWithWebIdentity with the role and the token file's token; the keys
 /// it answers are used and fetched again before they expire.
 #[test]
@@ -183,21 +211,20 @@ fn web_identity_credentials_from_sts() {
         .env("AWS_ENDPOINT_URL_STS", format!("http://{sts}"));
     let d = Daemon::spawn(cmd, &t.join("log"));
     d.wait_log("S3 credentials from web identity", Duration::from_secs(10));
-    let scratch = t.join("scratch.db");
-    for i in 0..4 {
-        open_app(&db)
-            .execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
-            .unwrap();
-        wait_shipped(&replica, "app", &db, &scratch);
-        std::thread::sleep(Duration::from_millis(1500)); // the application's own pace
-    }
-    d.wait_log(
-        "S3 credentials refreshed from web identity",
-        Duration::from_secs(10),
-    );
-    d.stop();
-    assert!(served.load(Ordering::SeqCst) >= 2);
-    assert_restores_equal(&replica, "app", &db, &t.join("out.db"));
+    ships_across_a_refresh(d, &t, &replica, &db, "web identity", &served);
+}
+
+/// The environment of a process whose keys and region can only come from `profile` of the
+/// shared files in `home`.
+fn only_profile(cmd: &mut Command, home: &std::path::Path, profile: &str) {
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        .env("HOME", home)
+        .env("AWS_PROFILE", profile);
 }
 
 /// The shared files as the AWS CLI reads them: `AWS_PROFILE` names a profile of
@@ -240,15 +267,8 @@ fn shared_config_profile_with_credential_process() {
     .unwrap();
     let with_profile = |cmd: &mut Command, profile: &str| {
         cmd.env("K", std::env::var("AWS_ACCESS_KEY_ID").unwrap())
-            .env("S", std::env::var("AWS_SECRET_ACCESS_KEY").unwrap())
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY")
-            .env_remove("AWS_SESSION_TOKEN")
-            .env_remove("AWS_REGION")
-            .env_remove("AWS_DEFAULT_REGION")
-            .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
-            .env("HOME", &home)
-            .env("AWS_PROFILE", profile);
+            .env("S", std::env::var("AWS_SECRET_ACCESS_KEY").unwrap());
+        only_profile(cmd, &home, profile);
     };
     let db = t.join("app.db");
     open_app(&db)
@@ -406,15 +426,8 @@ fn assume_role_profile() {
     );
     std::fs::write(home.join(".aws/config"), config).unwrap();
     let with_profile = |cmd: &mut Command, profile: &str| {
-        cmd.env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY")
-            .env_remove("AWS_SESSION_TOKEN")
-            .env_remove("AWS_REGION")
-            .env_remove("AWS_DEFAULT_REGION")
-            .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
-            .env("HOME", &home)
-            .env("AWS_PROFILE", profile)
-            .env("AWS_ENDPOINT_URL_STS", format!("http://{sts}"));
+        only_profile(cmd, &home, profile);
+        cmd.env("AWS_ENDPOINT_URL_STS", format!("http://{sts}"));
     };
     let db = t.join("app.db");
     open_app(&db)
@@ -429,21 +442,8 @@ fn assume_role_profile() {
         "S3 credentials from role arn:aws:iam::123:role/backup of profile 'backup' (STS AssumeRole, signed with keys from ~/.aws/config [profile base])",
         Duration::from_secs(10),
     );
-    let scratch = t.join("scratch.db");
-    for i in 0..4 {
-        open_app(&db)
-            .execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
-            .unwrap();
-        wait_shipped(&replica, "app", &db, &scratch);
-        std::thread::sleep(Duration::from_millis(1500)); // the application's own pace
-    }
-    d.wait_log(
-        "S3 credentials refreshed from role arn:aws:iam::123:role/backup",
-        Duration::from_secs(10),
-    );
-    d.stop();
-    assert!(served.load(Ordering::SeqCst) >= 2);
-    assert_restores_equal(&replica, "app", &db, &t.join("out.db"));
+    let refreshed = "role arn:aws:iam::123:role/backup";
+    ships_across_a_refresh(d, &t, &replica, &db, refreshed, &served);
 
     let one_line = |profile: &str| {
         let mut cmd = Command::new(BIN);

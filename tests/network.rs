@@ -12,6 +12,34 @@ use std::time::Duration;
 
 use crate::harness::*;
 
+/// A request head (through its empty line), or None when the client closed before it ended.
+fn read_head(r: &mut BufReader<TcpStream>) -> Option<String> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            return Some(head);
+        }
+    }
+}
+
+/// Join a client connection and an upstream one until either closes; `read` is what the
+/// proxy already read from the client past the request head.
+fn splice(mut s: TcpStream, mut up: TcpStream, read: &[u8]) {
+    up.write_all(read).unwrap();
+    let mut down = up.try_clone().unwrap();
+    let mut from = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut up);
+        let _ = up.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut down, &mut s);
+}
+
 /// An HTTP proxy on 127.0.0.1 that wants `Proxy-Authorization: Basic dTpw` (u:p) on the first
 /// request of each connection, then forwards the connection to the host its absolute URL
 /// names (`*.localhost` is 127.0.0.1). Returns its port and the count of connections it forwarded.
@@ -25,17 +53,9 @@ fn http_proxy() -> (u16, Arc<AtomicU64>) {
             let n = n.clone();
             std::thread::spawn(move || {
                 let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut head = String::new();
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push_str(&line);
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
+                let Some(head) = read_head(&mut r) else {
+                    return;
+                };
                 let mut s = s;
                 let url = head.split_whitespace().nth(1).unwrap_or("").to_string();
                 let Some(hostport) = url
@@ -58,14 +78,7 @@ fn http_proxy() -> (u16, Arc<AtomicU64>) {
                 let mut up = std::net::TcpStream::connect(up).unwrap();
                 n.fetch_add(1, Ordering::SeqCst);
                 up.write_all(head.as_bytes()).unwrap();
-                up.write_all(r.buffer()).unwrap();
-                let mut down = up.try_clone().unwrap();
-                let mut from = s.try_clone().unwrap();
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut from, &mut up);
-                    let _ = up.shutdown(std::net::Shutdown::Write);
-                });
-                let _ = std::io::copy(&mut down, &mut s);
+                splice(s, up, r.buffer());
             });
         }
     });
@@ -373,14 +386,7 @@ fn connect_proxy() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
             let log = log.clone();
             std::thread::spawn(move || {
                 let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut first = String::new();
-                let _ = r.read_line(&mut first);
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                }
+                let first = read_head(&mut r).unwrap_or_default();
                 let mut s = s;
                 let Some(target) = first
                     .strip_prefix("CONNECT ")
@@ -391,21 +397,13 @@ fn connect_proxy() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
                     return;
                 };
                 log.lock().unwrap().push(target.to_string());
-                let Ok(mut up) = TcpStream::connect(target.replace("localhost", "127.0.0.1"))
-                else {
+                let Ok(up) = TcpStream::connect(target.replace("localhost", "127.0.0.1")) else {
                     let _ = s.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
                     return;
                 };
                 s.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
                     .unwrap();
-                up.write_all(r.buffer()).unwrap();
-                let mut down = up.try_clone().unwrap();
-                let mut from = s.try_clone().unwrap();
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut from, &mut up);
-                    let _ = up.shutdown(std::net::Shutdown::Write);
-                });
-                let _ = std::io::copy(&mut down, &mut s);
+                splice(s, up, r.buffer());
             });
         }
     });

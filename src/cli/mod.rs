@@ -85,29 +85,79 @@ fn cmd_of(name: &str) -> Option<Cmd> {
     })
 }
 
+impl Default for Args {
+    /// The defaults of every option, before the command line sets any.
+    fn default() -> Args {
+        Args {
+            cmd: Cmd::Help(None),
+            positional: vec![],
+            bucket: None,
+            endpoint: None,
+            addressing: Default::default(),
+            sync_interval: Duration::from_secs(1),
+            snapshot_interval: Duration::from_secs(3600),
+            output: None,
+            point_in_time: None,
+            force: false,
+            config: None,
+            prefix: None,
+            output_dir: None,
+            uploads: DEFAULT_UPLOADS,
+            retention: Some(DEFAULT_RETENTION),
+            dry_run: false,
+            json: false,
+            metrics_addr: None,
+        }
+    }
+}
+
+/// Set the option `long` (one that takes a value) from `v`; an invalid value is a usage
+/// error naming the option.
+fn set_value(args: &mut Args, long: &str, v: String) -> Result<()> {
+    let bad = |m: String| Error::usage(format!("option --{long}: {m}"));
+    match long {
+        "bucket" => args.bucket = Some(v),
+        "endpoint" => args.endpoint = Some(v),
+        "addressing" => {
+            args.addressing = crate::storage::s3::Addressing::parse(&v)
+                .ok_or_else(|| bad(format!("'{v}' is not path, virtual or auto")))?
+        }
+        "sync-interval" => args.sync_interval = parse_duration(&v).map_err(bad)?,
+        "snapshot-interval" => {
+            let d = parse_duration(&v).map_err(bad)?;
+            if d.is_zero() {
+                return Err(bad("must be greater than 0".into()));
+            }
+            args.snapshot_interval = d;
+        }
+        "retention" => args.retention = parse_retention(&v).map_err(bad)?,
+        "output" => args.output = Some(PathBuf::from(v)),
+        "config" => args.config = Some(PathBuf::from(v)),
+        "prefix" => args.prefix = Some(v),
+        "metrics-addr" => args.metrics_addr = Some(v),
+        "output-dir" => args.output_dir = Some(PathBuf::from(v)),
+        "uploads" => {
+            args.uploads = match v.parse::<usize>() {
+                Ok(n) if (1..=256).contains(&n) => n,
+                _ => return Err(bad(format!("'{v}' is not a number from 1 to 256"))),
+            }
+        }
+        "point-in-time" => {
+            args.point_in_time = Some(time::parse_iso(&v).ok_or_else(|| {
+                bad(format!(
+                    "invalid time '{v}' (use ISO 8601, e.g. 2026-11-22T10:00:00Z)"
+                ))
+            })?)
+        }
+        other => unreachable!("flag --{other} has no handler"),
+    }
+    Ok(())
+}
+
 pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
     use lexopt::prelude::*;
     let mut p = lexopt::Parser::from_args(argv);
-    let mut args = Args {
-        cmd: Cmd::Help(None),
-        positional: vec![],
-        bucket: None,
-        endpoint: None,
-        addressing: Default::default(),
-        sync_interval: Duration::from_secs(1),
-        snapshot_interval: Duration::from_secs(3600),
-        output: None,
-        point_in_time: None,
-        force: false,
-        config: None,
-        prefix: None,
-        output_dir: None,
-        uploads: DEFAULT_UPLOADS,
-        retention: Some(DEFAULT_RETENTION),
-        dry_run: false,
-        json: false,
-        metrics_addr: None,
-    };
+    let mut args = Args::default();
     let mut name: Option<&'static str> = None;
     let uerr = |e: lexopt::Error| Error::usage(e.to_string());
     while let Some(arg) = p.next().map_err(uerr)? {
@@ -183,43 +233,7 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
             ))
         })?;
         let v = v.to_string_lossy().into_owned();
-        let bad = |m: String| Error::usage(format!("option --{}: {m}", f.long));
-        match f.long {
-            "bucket" => args.bucket = Some(v),
-            "endpoint" => args.endpoint = Some(v),
-            "addressing" => {
-                args.addressing = crate::storage::s3::Addressing::parse(&v)
-                    .ok_or_else(|| bad(format!("'{v}' is not path, virtual or auto")))?
-            }
-            "sync-interval" => args.sync_interval = parse_duration(&v).map_err(bad)?,
-            "snapshot-interval" => {
-                let d = parse_duration(&v).map_err(bad)?;
-                if d.is_zero() {
-                    return Err(bad("must be greater than 0".into()));
-                }
-                args.snapshot_interval = d;
-            }
-            "retention" => args.retention = parse_retention(&v).map_err(bad)?,
-            "output" => args.output = Some(PathBuf::from(v)),
-            "config" => args.config = Some(PathBuf::from(v)),
-            "prefix" => args.prefix = Some(v),
-            "metrics-addr" => args.metrics_addr = Some(v),
-            "output-dir" => args.output_dir = Some(PathBuf::from(v)),
-            "uploads" => {
-                args.uploads = match v.parse::<usize>() {
-                    Ok(n) if (1..=256).contains(&n) => n,
-                    _ => return Err(bad(format!("'{v}' is not a number from 1 to 256"))),
-                }
-            }
-            "point-in-time" => {
-                args.point_in_time = Some(time::parse_iso(&v).ok_or_else(|| {
-                    bad(format!(
-                        "invalid time '{v}' (use ISO 8601, e.g. 2026-11-22T10:00:00Z)"
-                    ))
-                })?)
-            }
-            other => unreachable!("flag --{other} has no handler"),
-        }
+        set_value(&mut args, f.long, v)?;
     }
     if name.is_none() {
         return Ok(args);

@@ -5,7 +5,6 @@
 //! variable is an error). A database's namespace is `<bucket prefix>/<prefix or NAME>`, and for
 //! a `dir` entry `<bucket prefix>/<prefix>/<stem>`: the same layout the command line produces.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,6 +14,9 @@ use toml::Spanned;
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::time::parse_duration;
+
+mod entry;
+use entry::{entry, Defaults, Entries};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -402,132 +404,6 @@ fn storage(cx: &Ctx, raw: &RawStorage) -> Result<(String, String, crate::storage
     Ok((bucket, bucket_prefix, s3))
 }
 
-/// The defaults of `[defaults]`, for each `[[databases]]` entry to override.
-struct Defaults {
-    sync: Duration,
-    snap: Duration,
-    keep: Option<Duration>,
-}
-
-/// What the `[[databases]]` entries add up to, and which entry took each namespace.
-#[derive(Default)]
-struct Entries {
-    databases: Vec<DbEntry>,
-    dirs: Vec<DirEntry>,
-    seen: BTreeMap<String, usize>,
-}
-
-impl Entries {
-    /// Namespace `ns` for entry `i`: two entries never share one.
-    fn claim(&mut self, cx: &Ctx, ns: &str, i: usize, at: usize, prefix: &str) -> Result<()> {
-        match self.seen.insert(ns.to_string(), i) {
-            Some(j) => Err(cx.err_at(
-                at,
-                "prefix",
-                format!("prefix '{prefix}' is used by database entry {} too", j + 1),
-            )),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Entry `i` of `[[databases]]`: a `path` or a `dir`, relative to the config file's folder.
-fn entry(
-    cx: &Ctx,
-    (i, d): (usize, &RawDb),
-    def: &Defaults,
-    (base, bucket_prefix): (&Path, &str),
-    out: &mut Entries,
-) -> Result<()> {
-    let text = cx.text;
-    let at = d.path.as_ref().or(d.dir.as_ref()).map_or_else(
-        || text.find("[[databases]]").unwrap_or(0),
-        |s| s.span().start,
-    );
-    let sync = cx.duration(&d.sync_interval, "sync_interval", def.sync)?;
-    let snap = cx.duration(&d.snapshot_interval, "snapshot_interval", def.snap)?;
-    let keep = cx.retention(&d.retention, def.keep)?;
-    let prefix = d
-        .prefix
-        .as_ref()
-        .map(|p| cx.expand(p, "prefix"))
-        .transpose()?;
-    if let Some(p) = &prefix {
-        if p.trim_matches('/').is_empty() || p.split('/').any(|c| c == "." || c == "..") {
-            return Err(cx.err_at(
-                d.prefix.as_ref().expect("set").span().start,
-                "prefix",
-                format!("invalid prefix '{p}'"),
-            ));
-        }
-    }
-    let key_at = d.prefix.as_ref().map_or(at, |p| p.span().start);
-    match (&d.path, &d.dir) {
-        (Some(p), None) => {
-            if d.pattern.is_some() {
-                return Err(cx.err_at(at, "pattern", "pattern goes with dir, not path"));
-            }
-            let path = base.join(cx.expand(p, "path")?);
-            if !path.is_file() {
-                return Err(cx.err_at(
-                    p.span().start,
-                    "path",
-                    format!("database {} does not exist", path.display()),
-                ));
-            }
-            let path =
-                std::fs::canonicalize(&path).map_err(|e| Error::io("open database", &path, e))?;
-            let prefix = prefix.unwrap_or_else(|| layout::stem(&path));
-            let ns = layout::join(bucket_prefix, &prefix);
-            out.claim(cx, &ns, i, key_at, &prefix)?;
-            out.databases.push(DbEntry {
-                path,
-                ns,
-                prefix,
-                sync_interval: sync,
-                snapshot_interval: snap,
-                retention: keep,
-            });
-        }
-        (None, Some(dir)) => {
-            let dirpath = base.join(cx.expand(dir, "dir")?);
-            if !dirpath.is_dir() {
-                return Err(cx.err_at(
-                    dir.span().start,
-                    "dir",
-                    format!("directory {} does not exist", dirpath.display()),
-                ));
-            }
-            let pattern = d
-                .pattern
-                .as_ref()
-                .map(|p| cx.expand(p, "pattern"))
-                .transpose()?
-                .unwrap_or_else(|| "*.db".into());
-            let Some(prefix) = prefix else {
-                return Err(cx.err_at(at, "prefix", "a dir entry needs a prefix"));
-            };
-            let ns = layout::join(bucket_prefix, &prefix);
-            out.claim(cx, &ns, i, key_at, &prefix)?;
-            let dirpath = std::fs::canonicalize(&dirpath)
-                .map_err(|e| Error::io("open directory", &dirpath, e))?;
-            out.dirs.push(DirEntry {
-                dir: dirpath,
-                pattern,
-                prefix: ns,
-                sync_interval: sync,
-                snapshot_interval: snap,
-                retention: keep,
-            });
-        }
-        (Some(_), Some(_)) => {
-            return Err(cx.err_at(at, "", "a database entry has either path or dir, not both"))
-        }
-        (None, None) => return Err(cx.err_at(at, "", "a database entry needs path or dir")),
-    }
-    Ok(())
-}
-
 /// `[metrics]`: the listen address and the health thresholds.
 fn metrics(cx: &Ctx, raw: &Option<RawMetrics>) -> Result<Option<Metrics>> {
     Ok(match raw {
@@ -596,5 +472,4 @@ impl Config {
 }
 
 #[cfg(test)]
-#[path = "config_tests.rs"]
 mod tests;

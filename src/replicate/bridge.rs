@@ -125,6 +125,158 @@ fn fresh_header(page_size: u32) -> WalHeader {
     WalHeader::parse(&h.encode()).expect("a valid header")
 }
 
+/// The bridge segment being written: the spool file, its hash and the segment's framing.
+struct Out<'a> {
+    path: &'a Path,
+    w: HashingWriter<BufWriter<File>>,
+    seg: SegmentWriter,
+    salts: (u32, u32),
+}
+
+impl<'a> Out<'a> {
+    fn create(path: &'a Path, hdr: &WalHeader) -> Result<Out<'a>> {
+        let f = File::create(path).map_err(|e| Error::io("create spool file", path, e))?;
+        let mut w = HashingWriter::new(BufWriter::with_capacity(64 * 1024, f));
+        let seg =
+            SegmentWriter::new(hdr, &mut w).map_err(|e| Error::io("write spool file", path, e))?;
+        Ok(Out {
+            path,
+            w,
+            seg,
+            salts: (hdr.salt1, hdr.salt2),
+        })
+    }
+
+    /// A page of the database file as a frame (`commit`: the database size, on the last).
+    fn page(&mut self, pgno: u32, commit: u32, data: &[u8]) -> Result<()> {
+        let fh = FrameHeader {
+            pgno,
+            commit,
+            salt1: self.salts.0,
+            salt2: self.salts.1,
+            cksum: Checksum(0, 0),
+        };
+        self.frame(&fh, data)
+    }
+
+    fn frame(&mut self, fh: &FrameHeader, data: &[u8]) -> Result<()> {
+        self.seg
+            .frame(&mut self.w, fh, data)
+            .map_err(|e| Error::io("write spool file", self.path, e))
+    }
+
+    /// Nothing to ship after all: the file goes.
+    fn discard(self) {
+        let path = self.path;
+        drop(self);
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// Flush it: its length, frames, running checksum and SHA-256.
+    fn finish(self) -> Result<(u64, u32, Checksum, String)> {
+        let len = self.seg.committed_len;
+        debug_assert_eq!(len, self.seg.len);
+        let (frames, cksum) = (self.seg.committed_frames, self.seg.cksum());
+        let wio = |e| Error::io("write spool file", self.path, e);
+        let mut inner = self.w.inner.into_inner().map_err(|e| wio(e.into_error()))?;
+        inner.flush().map_err(wio)?;
+        Ok((len, frames, cksum, digest::hex(self.w.hasher)))
+    }
+}
+
+/// What `diff_file` found.
+enum Diff {
+    /// `changed` pages differ; all but the last are written, the last is held back (without
+    /// live frames it becomes the commit frame).
+    Done {
+        changed: u32,
+        read: u64,
+        held: Option<(u32, Vec<u8>)>,
+    },
+    /// More than half the pages differ: a snapshot is the better object.
+    TooLarge { changed: u32 },
+}
+
+/// Read the database file once, in 64 KiB reads (at least one page: bounded memory whatever
+/// the size), and write each page that differs from the map into `out`, setting it in the map.
+fn diff_file(
+    db: &File,
+    db_path: &Path,
+    map: &mut PageMap,
+    file_pages: u32,
+    out: &mut Out<'_>,
+) -> Result<Diff> {
+    let ps = map.page_size;
+    let mut old = map.entries()?;
+    let per_read = (65536 / ps).max(1);
+    let mut buf = vec![0u8; (per_read * ps) as usize];
+    let (mut pgno, mut changed, mut read) = (0u32, 0u32, 0u64);
+    let mut held: Option<(u32, Vec<u8>)> = None;
+    while pgno < file_pages {
+        let n = (file_pages - pgno).min(per_read);
+        let bytes = &mut buf[..(n * ps) as usize];
+        db.read_exact_at(bytes, pgno as u64 * ps as u64)
+            .map_err(|e| Error::io("read database", db_path, e))?;
+        read += bytes.len() as u64;
+        for page in bytes.chunks(ps as usize) {
+            pgno += 1;
+            let h = page_hash(page);
+            let mut was = [0u8; 16];
+            let known = match old.read_exact(&mut was) {
+                Ok(()) => true,
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => false,
+                Err(e) => return Err(Error::io("read page map", db_path, e)),
+            };
+            if known && was == h {
+                continue;
+            }
+            changed += 1;
+            if changed > 16 && changed as u64 * 2 > file_pages as u64 {
+                return Ok(Diff::TooLarge { changed });
+            }
+            if let Some((p, data)) = held.take() {
+                out.page(p, 0, &data)?;
+            }
+            map.set(pgno, &h)?;
+            held = Some((pgno, page.to_vec()));
+        }
+    }
+    Ok(Diff::Done {
+        changed,
+        read,
+        held,
+    })
+}
+
+/// Append the live WAL's frames up to `max_frame` (each set in the map); the WAL must end
+/// where the pin said, else it changed under the read (busy: try again).
+fn append_live(l: &Live<'_>, map: &mut PageMap, out: &mut Out<'_>) -> Result<WalEnd> {
+    let walk = reader::walk(
+        l.file,
+        l.path,
+        &l.hdr,
+        reader::start(&l.hdr),
+        Some(l.max_frame),
+        |_, fh, page| {
+            out.frame(fh, page)?;
+            map.set(fh.pgno, &page_hash(page))?;
+            Ok(())
+        },
+    )?;
+    if walk.end.frame != l.max_frame || walk.end.cksum != l.cksum {
+        return Err(Error::Busy {
+            what: format!(
+                "WAL {} changed while walsync read it (frame {} of {})",
+                l.path.display(),
+                walk.end.frame,
+                l.max_frame
+            ),
+        });
+    }
+    map.resize(walk.end.db_pages);
+    Ok(walk.end)
+}
+
 /// Build the bridge from the map's state to the pinned state into `out` (a spool file).
 /// `diff` false: the database file is proven unchanged since the map was last true of it.
 /// The map is updated to the pinned state; it matches no tag until the caller `finish`es it.
@@ -139,107 +291,38 @@ pub fn build(
     let ps = map.page_size;
     let file_pages = db_pages(db, db_path, ps)?;
     let hdr = live.as_ref().map_or_else(|| fresh_header(ps), |l| l.hdr);
-    let final_pages = match &live {
-        Some(_) => None, // the live WAL's last commit says
-        None => Some(file_pages),
-    };
     map.begin()?;
-    let f = File::create(out).map_err(|e| Error::io("create spool file", out, e))?;
-    let mut w = HashingWriter::new(BufWriter::with_capacity(64 * 1024, f));
-    let wio = |e| Error::io("write spool file", out, e);
-    let mut seg = SegmentWriter::new(&hdr, &mut w).map_err(wio)?;
-    let frame = |pgno: u32, commit: u32| FrameHeader {
-        pgno,
-        commit,
-        salt1: hdr.salt1,
-        salt2: hdr.salt2,
-        cksum: Checksum(0, 0),
-    };
-    let mut changed = 0u32;
-    let mut read = 0u64;
-    // The last changed page is held back: without live frames it becomes the commit frame.
-    let mut held: Option<(u32, Vec<u8>)> = None;
-    if diff {
-        let mut old = map.entries()?;
-        // 64 KiB reads (at least one page): bounded memory per proof, whatever the size.
-        let per_read = (65536 / ps).max(1);
-        let mut buf = vec![0u8; (per_read * ps) as usize];
-        let mut pgno = 0u32;
-        while pgno < file_pages {
-            let n = (file_pages - pgno).min(per_read);
-            let bytes = &mut buf[..(n * ps) as usize];
-            db.read_exact_at(bytes, pgno as u64 * ps as u64)
-                .map_err(|e| Error::io("read database", db_path, e))?;
-            read += bytes.len() as u64;
-            for page in bytes.chunks(ps as usize) {
-                pgno += 1;
-                let h = page_hash(page);
-                let mut was = [0u8; 16];
-                let known = match old.read_exact(&mut was) {
-                    Ok(()) => true,
-                    Err(e) if e.kind() == ErrorKind::UnexpectedEof => false,
-                    Err(e) => return Err(Error::io("read page map", db_path, e)),
-                };
-                if known && was == h {
-                    continue;
-                }
-                changed += 1;
-                if changed > 16 && changed as u64 * 2 > file_pages as u64 {
-                    drop(w);
-                    let _ = std::fs::remove_file(out);
-                    return Ok(Outcome::TooLarge {
-                        changed,
-                        pages: file_pages,
-                    });
-                }
-                if let Some((p, data)) = held.take() {
-                    seg.frame(&mut w, &frame(p, 0), &data).map_err(wio)?;
-                }
-                map.set(pgno, &h)?;
-                held = Some((pgno, page.to_vec()));
+    let mut o = Out::create(out, &hdr)?;
+    let (changed, read, held) = match diff {
+        false => (0, 0, None),
+        true => match diff_file(db, db_path, map, file_pages, &mut o)? {
+            Diff::TooLarge { changed } => {
+                o.discard();
+                let pages = file_pages;
+                return Ok(Outcome::TooLarge { changed, pages });
             }
-        }
-    }
+            Diff::Done {
+                changed,
+                read,
+                held,
+            } => (changed, read, held),
+        },
+    };
     let old_pages = map.pages;
     map.resize(file_pages);
-    let mut end = None;
-    let mut wal_frames = 0;
-    match (&live, final_pages) {
-        (Some(l), _) => {
-            if let Some((p, data)) = held.take() {
-                seg.frame(&mut w, &frame(p, 0), &data).map_err(wio)?;
+    let (wal_frames, end) = match &live {
+        Some(l) => {
+            if let Some((p, data)) = held {
+                o.page(p, 0, &data)?;
             }
-            let walk = reader::walk(
-                l.file,
-                l.path,
-                &l.hdr,
-                reader::start(&l.hdr),
-                Some(l.max_frame),
-                |_, fh, page| {
-                    seg.frame(&mut w, fh, page).map_err(wio)?;
-                    map.set(fh.pgno, &page_hash(page))?;
-                    Ok(())
-                },
-            )?;
-            if walk.end.frame != l.max_frame || walk.end.cksum != l.cksum {
-                return Err(Error::Busy {
-                    what: format!(
-                        "WAL {} changed while walsync read it (frame {} of {})",
-                        l.path.display(),
-                        walk.end.frame,
-                        l.max_frame
-                    ),
-                });
-            }
-            map.resize(walk.end.db_pages);
-            wal_frames = l.max_frame;
-            end = Some(walk.end);
+            (l.max_frame, Some(append_live(l, map, &mut o)?))
         }
-        (None, Some(pages)) => {
-            let (p, data) = match held.take() {
+        // No live WAL: the file's size is final, and the last changed page carries it.
+        None => {
+            let (p, data) = match held {
                 Some(x) => x,
                 // Only the size changed: page 1 carries the commit (it holds the size too).
-                None if pages != old_pages && pages > 0 => {
+                None if file_pages != old_pages && file_pages > 0 => {
                     let mut p1 = vec![0u8; ps as usize];
                     db.read_exact_at(&mut p1, 0)
                         .map_err(|e| Error::io("read database", db_path, e))?;
@@ -247,24 +330,15 @@ pub fn build(
                     (1, p1)
                 }
                 None => {
-                    drop(w);
-                    let _ = std::fs::remove_file(out);
+                    o.discard();
                     return Ok(Outcome::Unchanged { read });
                 }
             };
-            seg.frame(&mut w, &frame(p, pages), &data).map_err(wio)?;
+            o.page(p, file_pages, &data)?;
+            (0, None)
         }
-        (None, None) => unreachable!("no live WAL means the file's size is final"),
-    }
-    let committed = seg.committed_len;
-    debug_assert_eq!(committed, seg.len);
-    let (frames, seg_cksum) = (seg.committed_frames, seg.cksum());
-    let mut inner = w
-        .inner
-        .into_inner()
-        .map_err(|e| Error::io("write spool file", out, e.into_error()))?;
-    inner.flush().map_err(wio)?;
-    let sha = digest::hex(w.hasher);
+    };
+    let (len, frames, seg_cksum, sha) = o.finish()?;
     Ok(Outcome::Built(Built {
         changed,
         pages: map.pages,
@@ -273,7 +347,7 @@ pub fn build(
         hdr,
         frames,
         seg_cksum,
-        len: committed,
+        len,
         sha,
         read,
     }))

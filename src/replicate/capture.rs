@@ -158,53 +158,90 @@ pub fn capture(
     let after_commit = seg.frames - seg.committed_frames;
     let last_commit = if n > 0 { walk.end.frame } else { from.frame };
     let tail = (after_commit > 0).then_some((after_commit, last_commit + after_commit));
-    let mut w = out
+    let w = out
         .inner
         .into_inner()
         .map_err(|e| Error::io("write spool file", &path, e.into_error()))?;
-    if n == 0 {
-        match &base {
-            None => {
-                drop(w);
-                let _ = std::fs::remove_file(&path);
-            }
-            Some(a) => w.set_len(a.len).map_err(wio)?,
-        }
-        return Ok((None, tail));
-    }
-    w.set_len(seg.committed_len).map_err(wio)?;
-    w.flush().map_err(wio)?;
-    let head = head.expect("a capture with a commit has a first commit");
-    let mut appendable = Appendable {
-        gen,
-        hdr: *hdr,
-        end_frame: walk.end.frame,
+    let taken = Taken {
+        frames: n,
+        first,
+        end: walk.end,
+        start,
         len: seg.committed_len,
-        frames: seg.committed_frames,
+        total_frames: seg.committed_frames,
         cksum: at_commit_cksum,
         hasher: at_commit,
         head,
-        compacted: base.as_ref().map_or(0, |a| a.compacted),
     };
-    let mut start = start;
-    if compact(&w, &path, &mut appendable)? {
+    let captured = seal(w, &path, base.as_ref(), gen, hdr, taken)?;
+    Ok((captured.map(|c| (path, c)), tail))
+}
+
+/// What a walk took into the spool file, up to its last commit.
+struct Taken {
+    /// Committed frames captured by this walk.
+    frames: u32,
+    first: u32,
+    end: WalEnd,
+    /// Where this walk's frames begin in the spool file.
+    start: u64,
+    /// The file's length, frames and running checksum and hash at the last commit.
+    len: u64,
+    total_frames: u32,
+    cksum: Checksum,
+    hasher: Sha256,
+    head: Option<Head>,
+}
+
+/// The spool file after a walk: cut back to its last commit, flushed and compacted, and the
+/// capture's record; with no commit, removed (a new file) or cut back to what it held before
+/// (an appended one), and None.
+fn seal(
+    mut w: File,
+    path: &Path,
+    base: Option<&Appendable>,
+    gen: u32,
+    hdr: &WalHeader,
+    t: Taken,
+) -> Result<Option<Captured>> {
+    let wio = |e| Error::io("write spool file", path, e);
+    if t.frames == 0 {
+        match base {
+            None => {
+                drop(w);
+                let _ = std::fs::remove_file(path);
+            }
+            Some(a) => w.set_len(a.len).map_err(wio)?,
+        }
+        return Ok(None);
+    }
+    w.set_len(t.len).map_err(wio)?;
+    w.flush().map_err(wio)?;
+    let head = t.head.expect("a capture with a commit has a first commit");
+    let mut appendable = Appendable {
+        gen,
+        hdr: *hdr,
+        end_frame: t.end.frame,
+        len: t.len,
+        frames: t.total_frames,
+        cksum: t.cksum,
+        hasher: t.hasher,
+        head,
+        compacted: base.map_or(0, |a| a.compacted),
+    };
+    let mut start = t.start;
+    if compact(&w, path, &mut appendable)? {
         // The frames after the head were rewritten: the page map reads them again.
         start = start.min(appendable.head.len);
     }
-    Ok((
-        Some((
-            path,
-            Captured {
-                frames: n,
-                first,
-                end: walk.end,
-                start,
-                sha: digest::hex(appendable.hasher.clone()),
-                appendable,
-            },
-        )),
-        tail,
-    ))
+    Ok(Some(Captured {
+        frames: t.frames,
+        first: t.first,
+        end: t.end,
+        start,
+        sha: digest::hex(appendable.hasher.clone()),
+        appendable,
+    }))
 }
 
 /// Open the file a capture writes: a new one, or a pending segment cut back to its last commit

@@ -132,6 +132,8 @@ mod tests {
         }
     }
 
+    /// Every case of the README's guarantee section, one row each (long because it is the
+    /// table).
     #[test]
     fn table() {
         let ours = hdr(4, 100, 7);

@@ -255,74 +255,78 @@ fn label(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One metric per database: name, type, help text and its value (given the time now).
+type Get = fn(&DbStatus, u64) -> f64;
+
+/// The per-database metrics of `exposition`.
+const PER_DB: [(&str, &str, &str, Get); 10] = [
+    (
+        "walsync_replication_lag_seconds",
+        "gauge",
+        "Age of the oldest commit seen but not yet in storage (0 when all is shipped).",
+        |s, now| s.lag(now),
+    ),
+    (
+        "walsync_pending_objects",
+        "gauge",
+        "Objects waiting in the spool for upload.",
+        |s, _| s.pending_objects as f64,
+    ),
+    (
+        "walsync_pending_bytes",
+        "gauge",
+        "Bytes waiting in the spool for upload.",
+        |s, _| s.pending_bytes as f64,
+    ),
+    (
+        "walsync_uploaded_bytes_total",
+        "counter",
+        "Bytes uploaded since the daemon started.",
+        |s, _| s.bytes_up as f64,
+    ),
+    (
+        "walsync_snapshots_total",
+        "counter",
+        "Snapshots uploaded since the daemon started.",
+        |s, _| s.snapshots as f64,
+    ),
+    (
+        "walsync_segments_total",
+        "counter",
+        "WAL segments uploaded since the daemon started.",
+        |s, _| s.segments as f64,
+    ),
+    (
+        "walsync_retries_total",
+        "counter",
+        "Failed attempts (steps and uploads) since the daemon started.",
+        |s, _| s.retries as f64,
+    ),
+    (
+        "walsync_last_upload_timestamp_seconds",
+        "gauge",
+        "When the last object was uploaded (0: none since the start).",
+        |s, _| s.last_upload_ms as f64 / 1000.0,
+    ),
+    (
+        "walsync_generation",
+        "gauge",
+        "The database's current generation in the replica.",
+        |s, _| s.generation as f64,
+    ),
+    (
+        "walsync_failing",
+        "gauge",
+        "1 while the database's replication fails (see walsync_failing_since_seconds).",
+        |s, _| f64::from(u8::from(s.failing.is_some())),
+    ),
+];
+
 /// The Prometheus text exposition of every database's figures, with `db` labels (one series
 /// per database and metric: the cardinality is the number of databases).
 pub fn exposition(all: &[DbStatus], now_ms: u64, rss_bytes: u64) -> String {
     let mut o = String::new();
-    type Get = fn(&DbStatus, u64) -> f64;
-    let per_db: [(&str, &str, &str, Get); 10] = [
-        (
-            "walsync_replication_lag_seconds",
-            "gauge",
-            "Age of the oldest commit seen but not yet in storage (0 when all is shipped).",
-            |s, now| s.lag(now),
-        ),
-        (
-            "walsync_pending_objects",
-            "gauge",
-            "Objects waiting in the spool for upload.",
-            |s, _| s.pending_objects as f64,
-        ),
-        (
-            "walsync_pending_bytes",
-            "gauge",
-            "Bytes waiting in the spool for upload.",
-            |s, _| s.pending_bytes as f64,
-        ),
-        (
-            "walsync_uploaded_bytes_total",
-            "counter",
-            "Bytes uploaded since the daemon started.",
-            |s, _| s.bytes_up as f64,
-        ),
-        (
-            "walsync_snapshots_total",
-            "counter",
-            "Snapshots uploaded since the daemon started.",
-            |s, _| s.snapshots as f64,
-        ),
-        (
-            "walsync_segments_total",
-            "counter",
-            "WAL segments uploaded since the daemon started.",
-            |s, _| s.segments as f64,
-        ),
-        (
-            "walsync_retries_total",
-            "counter",
-            "Failed attempts (steps and uploads) since the daemon started.",
-            |s, _| s.retries as f64,
-        ),
-        (
-            "walsync_last_upload_timestamp_seconds",
-            "gauge",
-            "When the last object was uploaded (0: none since the start).",
-            |s, _| s.last_upload_ms as f64 / 1000.0,
-        ),
-        (
-            "walsync_generation",
-            "gauge",
-            "The database's current generation in the replica.",
-            |s, _| s.generation as f64,
-        ),
-        (
-            "walsync_failing",
-            "gauge",
-            "1 while the database's replication fails (see walsync_failing_since_seconds).",
-            |s, _| f64::from(u8::from(s.failing.is_some())),
-        ),
-    ];
-    for (name, kind, help, get) in per_db {
+    for (name, kind, help, get) in PER_DB {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for s in all {
             let _ = writeln!(

@@ -42,7 +42,8 @@ fn seg(gen: u32, h: WalHeader, first: u32, last: u32, prev: &str, base_db: bool)
 }
 
 /// The chain check's rules, one row each: which segment may follow a chain at
-/// (generation 2, cycle seq 1 / salt 100, frame 10), anchored at "s0".
+/// (generation 2, cycle seq 1 / salt 100, frame 10), anchored at "s0". (Long because it is
+/// the table: one rule per row.)
 #[test]
 fn chain_links() {
     let at = hdr(1, 100);

@@ -313,7 +313,9 @@ impl Storage for LocalStorage {
     }
 }
 
-/// Conformance checks every backend must pass; run against each backend by the tests.
+/// Conformance checks every backend must pass; run against each backend by the tests. (One
+/// sequence of checks on one set of objects, each depending on the ones before: long on
+/// purpose.)
 pub fn check_storage(s: &dyn Storage) -> Result<()> {
     let body = b"hello object".to_vec();
     let mut meta = Meta::new();

@@ -140,6 +140,50 @@ pub fn run(
     d.finish()
 }
 
+/// One watcher for the directories of every database and of the catalog's `dir` entries,
+/// and each database in it.
+fn watch_all(
+    slots: &[Option<Slot>],
+    catalog_dirs: &[PathBuf],
+    watch_tx: crossbeam_channel::Sender<WatchEvent>,
+) -> Result<watch::Watcher> {
+    let mut dirs: Vec<PathBuf> = slots
+        .iter()
+        .flatten()
+        .map(|s| watch::dir_of(&s.path))
+        .chain(catalog_dirs.iter().cloned())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let watcher = watch::spawn(&dirs, watch_tx)?;
+    for s in slots.iter().flatten() {
+        watcher.add_db(&s.path)?;
+    }
+    Ok(watcher)
+}
+
+/// Uploads in flight: as asked, unless the open-files limit cannot hold them (logged). They
+/// may stall for a long time: they never take the step workers' share, so captures always
+/// find a worker.
+fn uploads_allowed(asked: usize) -> usize {
+    let max_uploads = super::db::reserve_uploads(asked.max(1));
+    if max_uploads < asked {
+        warn!(
+            "uploads in flight limited to {max_uploads} (asked {asked}) by the open-files limit of {}; raise it (ulimit -n, LimitNOFILE=) for more",
+            super::db::open_files_limit()
+        );
+    }
+    max_uploads
+}
+
+/// The health thresholds of `[metrics]`, or their defaults.
+fn health_of(m: Option<&crate::config::Metrics>) -> Health {
+    Health {
+        max_lag: m.map_or(crate::config::DEFAULT_MAX_LAG, |m| m.max_lag),
+        max_failing: m.map_or(crate::config::DEFAULT_MAX_FAILING, |m| m.max_failing),
+    }
+}
+
 impl Daemon {
     fn start(
         shippers: Vec<Shipper>,
@@ -159,28 +203,8 @@ impl Daemon {
             .map(|(i, s)| (s.as_ref().expect("just built").path.clone(), i))
             .collect();
         let catalog_dirs = catalog.dirs();
-        let mut dirs: Vec<PathBuf> = slots
-            .iter()
-            .flatten()
-            .map(|s| watch::dir_of(&s.path))
-            .chain(catalog_dirs.iter().cloned())
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        let watcher = watch::spawn(&dirs, watch_tx)?;
-        for s in slots.iter().flatten() {
-            watcher.add_db(&s.path)?;
-        }
-        // Uploads may stall for a long time: they never take the step workers' share, so
-        // captures always find a worker.
-        let max_uploads = super::db::reserve_uploads(cfg.uploads.max(1));
-        if max_uploads < cfg.uploads {
-            warn!(
-                "uploads in flight limited to {max_uploads} (asked {}) by the open-files limit of {}; raise it (ulimit -n, LimitNOFILE=) for more",
-                cfg.uploads,
-                super::db::open_files_limit()
-            );
-        }
+        let watcher = watch_all(&slots, &catalog_dirs, watch_tx)?;
+        let max_uploads = uploads_allowed(cfg.uploads);
         let pool = Pool::start(cfg.workers.max(1), max_uploads)?;
         info!(
             "watching {} database(s) with {} step worker(s) and up to {max_uploads} uploads in flight",
@@ -202,16 +226,7 @@ impl Daemon {
             board: None,
             notify: notify::Notify::from_env(),
             alerter: None,
-            health: Health {
-                max_lag: cfg
-                    .metrics
-                    .as_ref()
-                    .map_or(crate::config::DEFAULT_MAX_LAG, |m| m.max_lag),
-                max_failing: cfg
-                    .metrics
-                    .as_ref()
-                    .map_or(crate::config::DEFAULT_MAX_FAILING, |m| m.max_failing),
-            },
+            health: health_of(cfg.metrics.as_ref()),
             next_beat: None,
         };
         if let Some(a) = &cfg.alerts {
@@ -222,11 +237,7 @@ impl Daemon {
         }
         if let Some(m) = &cfg.metrics {
             let board: Board = Arc::default();
-            let health = Health {
-                max_lag: m.max_lag,
-                max_failing: m.max_failing,
-            };
-            status::serve(&m.addr, Arc::clone(&board), health)?;
+            status::serve(&m.addr, Arc::clone(&board), health_of(Some(m)))?;
             d.board = Some(board);
         }
         for slot in d.slots.iter_mut().flatten() {

@@ -15,7 +15,7 @@ fn step() -> Option<StepPlan> {
 }
 
 /// When a step is due and which kind: each row is a schedule, the clock and the
-/// expected plan.
+/// expected plan. (Long because it is the table: one case per row, read top to bottom.)
 #[test]
 fn step_plans() {
     let t0 = Instant::now();

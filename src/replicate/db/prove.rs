@@ -47,27 +47,8 @@ impl Shipper {
             ));
         };
         let cur = reader::read_header(&self.wal_path)?;
-        let live = match &cur {
-            _ if idx.max_frame == 0 => None,
-            Some((f, h)) if (h.salt1, h.salt2) == (idx.salt1, idx.salt2) && h.page_size == ps => {
-                Some(Live {
-                    file: f,
-                    path: &self.wal_path,
-                    hdr: *h,
-                    max_frame: idx.max_frame,
-                    cksum: idx.cksum,
-                })
-            }
-            _ => {
-                return Err(Error::Busy {
-                    what: format!(
-                        "WAL {} does not match SQLite's wal-index while pinned",
-                        self.wal_path.display()
-                    ),
-                })
-            }
-        };
-        let has_live = live.is_some();
+        let live = self.live_wal(&idx, ps, &cur)?;
+        let live_frames = live.as_ref().map(|l| l.max_frame);
         let facts = FileFacts::of(&pin.db);
         let diff = !facts.is_some_and(|f| map.proves_unchanged(&f));
         fs::create_dir_all(&self.spool)
@@ -106,6 +87,59 @@ impl Shipper {
             Outcome::Built(b) => b,
         };
         self.db_id = proven_id;
+        let proven = Proven {
+            b,
+            tmp,
+            map,
+            facts,
+            prev_sha: chain.last_sha,
+            live_frames,
+            secs,
+        };
+        self.queue_bridge(proven, why, report)?;
+        Ok(Ok(()))
+    }
+
+    /// The live WAL a bridge appends after the changed pages: none when the pin is on an
+    /// empty WAL, else the file SQLite's wal-index describes (busy when they disagree).
+    fn live_wal<'a>(
+        &'a self,
+        idx: &WalIndex,
+        ps: u32,
+        cur: &'a Option<(File, WalHeader)>,
+    ) -> Result<Option<Live<'a>>> {
+        match cur {
+            _ if idx.max_frame == 0 => Ok(None),
+            Some((f, h)) if (h.salt1, h.salt2) == (idx.salt1, idx.salt2) && h.page_size == ps => {
+                Ok(Some(Live {
+                    file: f,
+                    path: &self.wal_path,
+                    hdr: *h,
+                    max_frame: idx.max_frame,
+                    cksum: idx.cksum,
+                }))
+            }
+            _ => Err(Error::Busy {
+                what: format!(
+                    "WAL {} does not match SQLite's wal-index while pinned",
+                    self.wal_path.display()
+                ),
+            }),
+        }
+    }
+
+    /// A built bridge into the outbox as the first segment of a new generation; the chain,
+    /// the page map and the pin's WAL stand where it ends.
+    fn queue_bridge(&mut self, p: Proven, why: &str, report: &mut StepReport) -> Result<()> {
+        let Proven {
+            b,
+            tmp,
+            mut map,
+            facts,
+            prev_sha,
+            live_frames,
+            secs,
+        } = p;
         let gen = self.new_gen();
         let ts = self.next_ts();
         let key = layout::segment_key(&self.ns, gen, ts);
@@ -114,7 +148,7 @@ impl Shipper {
             .join(format!("{gen:08x}-{}.wal", time::key_ts(ts)));
         fs::rename(&tmp, &dst).map_err(|e| Error::io("rename spool file", &dst, e))?;
         map.finish(&b.sha)?;
-        if let (Some(f), false) = (facts, has_live) {
+        if let (Some(f), None) = (facts, live_frames) {
             map.record_facts(f, &b.sha)?;
         }
         let end = b.end.unwrap_or(WalEnd {
@@ -128,7 +162,7 @@ impl Shipper {
         };
         let mut meta = Meta::new();
         meta.insert(layout::SHA256.into(), b.sha.clone());
-        meta.insert(layout::PREV.into(), chain.last_sha.clone());
+        meta.insert(layout::PREV.into(), prev_sha);
         meta.insert(layout::FIRST.into(), "1".into());
         meta.insert(layout::SOURCE.into(), self.source.clone());
         meta.insert(layout::BASE.into(), layout::BASE_DB.into());
@@ -139,11 +173,7 @@ impl Shipper {
             self.path.display(),
             b.changed,
             b.pages,
-            if has_live {
-                format!(" and WAL frames 1..{}", b.wal_frames)
-            } else {
-                String::new()
-            },
+            live_frames.map_or(String::new(), |_| format!(" and WAL frames 1..{}", b.wal_frames)),
             mb(b.read)
         );
         self.outbox.push(Pending {
@@ -157,10 +187,10 @@ impl Shipper {
         self.chain = Some(Chain {
             pos,
             last_sha: b.sha,
-            at_db: !has_live,
+            at_db: live_frames.is_none(),
         });
-        if has_live {
-            self.wal_frames = idx.max_frame;
+        if let Some(frames) = live_frames {
+            self.wal_frames = frames;
             self.checkpointed_at = 0;
         }
         let wal_id = file_id(&self.wal_path);
@@ -169,7 +199,7 @@ impl Shipper {
         self.last_frames_at = Instant::now();
         report.segments += 1;
         report.frames += b.frames;
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// Bring the page map from chain tip `old` to `new` by the frames of the segment in
@@ -244,4 +274,17 @@ impl Shipper {
             PageMap::remove(&self.spool);
         }
     }
+}
+
+/// A built bridge on its way into the outbox: the segment, the page map it leaves, what proved
+/// it and where the chain stood before it.
+struct Proven {
+    b: bridge::Built,
+    tmp: PathBuf,
+    map: PageMap,
+    facts: Option<FileFacts>,
+    prev_sha: String,
+    /// The live WAL frames it carries (None: the database file alone).
+    live_frames: Option<u32>,
+    secs: f64,
 }

@@ -85,36 +85,7 @@ impl S3Storage {
             while sent < len {
                 n += 1;
                 let part_len = part_size.min(len - sent);
-                let num = n.to_string();
-                let q = [
-                    ("partNumber", num.as_str()),
-                    ("uploadId", upload_id.as_str()),
-                ];
-                let resp = match &mut src {
-                    Source::Stream(r) => {
-                        self.request("PUT", key, &q, &[], ReqBody::Stream(&mut **r, part_len))?
-                    }
-                    Source::File(f) => {
-                        let sha = range_sha256(f, sent, part_len)
-                            .map_err(|e| Error::io("read spool file", key, e))?;
-                        let mut part = Range {
-                            file: f,
-                            pos: sent,
-                            end: sent + part_len,
-                        };
-                        let body = ReqBody::Stream(&mut part, part_len);
-                        self.request_signed("PUT", key, &q, &[], body, Some(&sha))?
-                    }
-                };
-                let etag = resp.header("etag").unwrap_or("").to_string();
-                self.body_text(key, resp, ERROR_BODY_LIMIT)?;
-                if etag.is_empty() {
-                    return Err(self.err(
-                        key,
-                        StorageKind::Transient,
-                        format!("part {n} answered without an ETag"),
-                    ));
-                }
+                let etag = self.upload_part(key, &mut src, &upload_id, n, (sent, part_len))?;
                 done.push_str(&format!(
                     "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag></Part>",
                     escape(&etag)
@@ -149,6 +120,46 @@ impl S3Storage {
             }
         }
         res
+    }
+
+    /// Part `n` (bytes `sent..sent + part_len` of the source): its ETag. A part from a file
+    /// signs its own SHA-256 (read twice with pread), so the server checks every byte.
+    fn upload_part(
+        &self,
+        key: &str,
+        src: &mut Source,
+        upload_id: &str,
+        n: u32,
+        (sent, part_len): (u64, u64),
+    ) -> Result<String> {
+        let num = n.to_string();
+        let q = [("partNumber", num.as_str()), ("uploadId", upload_id)];
+        let resp = match src {
+            Source::Stream(r) => {
+                self.request("PUT", key, &q, &[], ReqBody::Stream(&mut **r, part_len))?
+            }
+            Source::File(f) => {
+                let sha = range_sha256(f, sent, part_len)
+                    .map_err(|e| Error::io("read spool file", key, e))?;
+                let mut part = Range {
+                    file: f,
+                    pos: sent,
+                    end: sent + part_len,
+                };
+                let body = ReqBody::Stream(&mut part, part_len);
+                self.request_signed("PUT", key, &q, &[], body, Some(&sha))?
+            }
+        };
+        let etag = resp.header("etag").unwrap_or("").to_string();
+        self.body_text(key, resp, ERROR_BODY_LIMIT)?;
+        if etag.is_empty() {
+            return Err(self.err(
+                key,
+                StorageKind::Transient,
+                format!("part {n} answered without an ETag"),
+            ));
+        }
+        Ok(etag)
     }
 }
 

@@ -183,6 +183,22 @@ fn resolve_chain(
         }
         return Ok(p);
     };
+    let files = (credentials, config);
+    p.role = Some(role(&p, conf, arn, &shown, files, depth)?);
+    p.keys_from = format!("~/.aws/config [{conf_name}] (role {arn})");
+    Ok(p)
+}
+
+/// The role a profile assumes (`role_arn` = `arn`): whose keys sign the call, and its
+/// options. `files`: the credentials and config texts, for a `source_profile`.
+fn role(
+    p: &Profile,
+    conf: &[(String, String)],
+    arn: &str,
+    shown: &str,
+    files: (Option<&str>, Option<&str>),
+    depth: usize,
+) -> std::result::Result<Role, String> {
     if get(conf, "mfa_serial").is_some() {
         return Err(format!(
             "{shown} assumes {arn} with an MFA code (mfa_serial), which walsync, running \
@@ -195,7 +211,7 @@ fn resolve_chain(
                 "{shown} sets both source_profile and credential_source; keep one"
             ))
         }
-        (Some(src), None) if src == name => {
+        (Some(src), None) if src == p.name => {
             // The profile's own static keys sign the call (as the AWS CLI allows).
             let mut own = p.clone();
             own.role = None;
@@ -210,7 +226,7 @@ fn resolve_chain(
                     "{shown}: source_profile chains more than {MAX_CHAIN} profiles deep (a loop?)"
                 ));
             }
-            let s = resolve_chain(src, credentials, config, depth + 1)?;
+            let s = resolve_chain(src, files.0, files.1, depth + 1)?;
             if !s.found {
                 return Err(format!(
                     "{shown}: its source_profile '{src}' is in neither file"
@@ -248,15 +264,13 @@ fn resolve_chain(
                 .ok_or_else(|| format!("{shown}: duration_seconds '{d}' is not 900 to 43200"))?,
         ),
     };
-    p.role = Some(Role {
+    Ok(Role {
         arn: arn.to_string(),
         session_name: get(conf, "role_session_name").map(str::to_string),
         external_id: get(conf, "external_id").map(str::to_string),
         duration_seconds,
         source,
-    });
-    p.keys_from = format!("~/.aws/config [{conf_name}] (role {arn})");
-    Ok(p)
+    })
 }
 
 /// The profile in use, from the files on disk. A profile named by `AWS_PROFILE` that neither

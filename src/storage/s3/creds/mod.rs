@@ -248,6 +248,44 @@ fn expiry_note(c: &Current) -> String {
         .unwrap_or_default()
 }
 
+/// STS AssumeRole, signed with the source's keys (SigV4, service sts): the role's keys as
+/// JSON.
+fn assume_role_call(
+    client: &Client,
+    base: &str,
+    region: &str,
+    params: &[(&'static str, String)],
+    source: &Provider,
+) -> Result<String> {
+    let c = source.get();
+    let keys = Keys {
+        access: c.access,
+        secret: c.secret,
+        token: c.token,
+        region: region.to_string(),
+    };
+    let host = client.target().host_header();
+    let path = format!("{base}/");
+    let query: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let empty = sigv4::sha256_hex(b"");
+    let req = sigv4::Request {
+        service: "sts",
+        method: "GET",
+        host: &host,
+        path: &path,
+        query: &query,
+        headers: &[("Accept".to_string(), "application/xml".to_string())],
+        payload_hash: &empty,
+    };
+    let (qs, head) = sigv4::sign(&keys, &req, time::now_ms());
+    let xml = call(client, "GET", &format!("{path}?{qs}"), &head);
+    if xml.is_err() {
+        // Refused keys of a refreshing source: fetch them again first next time.
+        source.refused();
+    }
+    Ok(sts_keys(&xml?))
+}
+
 fn fetch(src: &Refreshing) -> Result<Current> {
     let json = match src {
         Refreshing::Process { command, profile } => run_process(command, profile)?,
@@ -306,35 +344,7 @@ fn fetch(src: &Refreshing) -> Result<Current> {
             region,
             params,
             source,
-        } => {
-            let c = source.get();
-            let keys = Keys {
-                access: c.access,
-                secret: c.secret,
-                token: c.token,
-                region: region.clone(),
-            };
-            let host = client.target().host_header();
-            let path = format!("{base}/");
-            let query: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let empty = sigv4::sha256_hex(b"");
-            let req = sigv4::Request {
-                service: "sts",
-                method: "GET",
-                host: &host,
-                path: &path,
-                query: &query,
-                headers: &[("Accept".to_string(), "application/xml".to_string())],
-                payload_hash: &empty,
-            };
-            let (qs, head) = sigv4::sign(&keys, &req, time::now_ms());
-            let xml = call(client, "GET", &format!("{path}?{qs}"), &head);
-            if xml.is_err() {
-                // Refused keys of a refreshing source: fetch them again first next time.
-                source.refused();
-            }
-            sts_keys(&xml?)
-        }
+        } => assume_role_call(client, base, region, params, source)?,
     };
     parse(&json)
 }
