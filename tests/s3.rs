@@ -737,7 +737,10 @@ fn restore_and_verify_ride_out_broken_downloads() {
     assert!(proxy.injected() >= 4);
 
     // A stalled answer (the server reads the request and says nothing): once the stall ends
-    // with a cut connection, the GET is made again and the restore completes.
+    // with a cut connection, the GET is made again and the restore completes: one warning line
+    // per stalled GET at most, none when the stalled request was on a reused keep-alive
+    // connection (the client sends such a GET again on a new connection by itself, as it does
+    // for any connection the server closed while idle).
     let injected = proxy.injected();
     proxy.set_fault(Fault::StallGets);
     let child = Command::new(BIN)
@@ -753,7 +756,12 @@ fn restore_and_verify_ride_out_broken_downloads() {
     let o = child.wait_with_output().unwrap();
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains(" again in "), "{err}");
+    let stalls = proxy.injected() - injected;
+    assert!(
+        err.lines().count() as u64 <= stalls,
+        "{stalls} stalls: {err}"
+    );
+    assert!(err.lines().all(|l| l.contains(" again in ")), "{err}");
     assert!(
         !err.contains("SHA-256") && !err.contains("damaged"),
         "{err}"
