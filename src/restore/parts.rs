@@ -1,7 +1,9 @@
 //! A large snapshot is downloaded as byte ranges in parallel (`THREADS` GETs in flight, one
-//! `PART` each), written at their offsets into the output, then hashed in order from the file
-//! (the page cache): one stream of a few hundred MB is what bounded a restore, while the
-//! segments after it were already fetched ahead. Memory stays at one 256 KiB buffer per thread. A
+//! `PART` each), written at their offsets into the output, and hashed in order from the file
+//! (the page cache) by one more thread as soon as each part is complete, while later parts
+//! still download: one stream of a few hundred MB is what bounded a restore, while the
+//! segments after it were already fetched ahead. Memory stays at one 256 KiB buffer per thread
+//! (1 MiB for the hasher). A
 //! range whose transfer breaks off is fetched again (`retrying`); a server that ignores
 //! `Range` gets one stream, as for a small snapshot.
 
@@ -10,10 +12,12 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+
+use sha2::{Digest, Sha256};
 
 use super::read::broke_off;
-use crate::digest::HashingReader;
+use crate::digest;
 use crate::error::{Error, Result};
 use crate::layout::Meta;
 use crate::storage::retry::retrying;
@@ -50,6 +54,8 @@ pub fn fetch(
     let total = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
+    // Which parts are in the file, for the hasher (woken at each).
+    let complete = (Mutex::new(vec![false; parts as usize]), Condvar::new());
     let backend = storage.describe();
     let write_part = |i: u64, body: Option<crate::storage::Body>| -> Result<()> {
         let (start, len) = (i * PART, PART.min(size - i * PART));
@@ -62,6 +68,8 @@ pub fn fetch(
             copy_at(b.reader, (out, path), start, len, &backend, key)
         })?;
         total.fetch_add(len, Ordering::Relaxed);
+        complete.0.lock().unwrap_or_else(|p| p.into_inner())[i as usize] = true;
+        complete.1.notify_all();
         Ok(())
     };
     let fail = |e: Error| {
@@ -70,13 +78,48 @@ pub fn fetch(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert(e);
+        // Under the hasher's lock, so that it cannot miss the wake-up between its check of
+        // `stop` and its wait.
+        let _held = complete.0.lock().unwrap_or_else(|p| p.into_inner());
+        complete.1.notify_all();
+    };
+    // The hash, in order, of what is in the file: each part once it is complete (None when
+    // a part failed).
+    let hash = || -> Result<Option<String>> {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        for i in 0..parts {
+            let mut done = complete.0.lock().unwrap_or_else(|p| p.into_inner());
+            while !done[i as usize] && !stop.load(Ordering::Relaxed) {
+                done = complete.1.wait(done).unwrap_or_else(|p| p.into_inner());
+            }
+            if !done[i as usize] {
+                return Ok(None);
+            }
+            drop(done);
+            let (start, len) = (i * PART, PART.min(size - i * PART));
+            let mut at = 0;
+            while at < len {
+                let n = buf.len().min((len - at) as usize);
+                file.read_exact_at(&mut buf[..n], start + at)
+                    .map_err(|e| Error::io("read", path, e))?;
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+        }
+        Ok(Some(digest::hex(h)))
     };
     // The next part to fetch, None when all are taken or one failed.
     let take = || {
         let i = next.fetch_add(1, Ordering::Relaxed);
         (!stop.load(Ordering::Relaxed) && i < parts).then_some(i)
     };
-    std::thread::scope(|s| {
+    let hashed = std::thread::scope(|s| {
+        let hasher = std::thread::Builder::new()
+            .name("walsync-hash".into())
+            .stack_size(256 << 10)
+            .spawn_scoped(s, hash);
         let work = || {
             while let Some(i) = take() {
                 if let Err(e) = write_part(i, None) {
@@ -100,15 +143,19 @@ pub fn fetch(
             }
             i = take();
         }
+        match hasher {
+            Ok(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(Error::other("the hashing thread failed"))),
+            // No thread for it: hash here, now that every part is in.
+            Err(_) => hash(),
+        }
     });
     if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    // The hash, in order, of what is now in the file.
-    let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let mut r = HashingReader::new(io::BufReader::with_capacity(1 << 20, f));
-    io::copy(&mut r, &mut io::sink()).map_err(|e| Error::io("read", path, e))?;
-    Ok(Some((meta, r.hex())))
+    let sha = hashed?.ok_or_else(|| Error::other(format!("{key}: a part was not fetched")))?;
+    Ok(Some((meta, sha)))
 }
 
 /// Copy exactly `len` bytes of `src` to `out` at `at`; a short or broken body is a transient
