@@ -66,6 +66,13 @@ struct Inner {
     shipped: Shipped,
 }
 
+/// A pending segment grows by merged captures only up to this size; later captures start a
+/// new object. So the one object an upload may be reading when the spool limit drops the rest
+/// is at most this (or one capture) in size, not the whole backlog (which once kept the spool
+/// at twice its limit during an outage), and no single request carries more than a multipart
+/// part.
+pub const MERGE_CAP: u64 = 16 << 20;
+
 /// `state.json` is written at most this often while something changes, and at shutdown:
 /// PUTs cost money (LS#261).
 const STATE_INTERVAL: Duration = Duration::from_secs(60);
@@ -143,16 +150,17 @@ impl Outbox {
     }
 
     /// Take the newest pending segment if frames from `from_frame` on, in `gen` and WAL
-    /// cycle `hdr`, continue it and no upload is reading it; the caller appends and pushes it
-    /// back (it stays last: order is kept).
+    /// cycle `hdr`, continue it, it is smaller than `MERGE_CAP` and no upload is reading it;
+    /// the caller appends and pushes it back (it stays last: order is kept).
     pub fn take_appendable(&self, gen: u32, hdr: &WalHeader, from_frame: u32) -> Option<Pending> {
         let mut i = self.lock();
         let busy = i.in_flight && i.items.len() == 1;
-        let ok = i
-            .items
-            .back()
-            .and_then(|p| p.append.as_ref())
-            .is_some_and(|a| a.continues(gen, hdr, from_frame));
+        let ok = i.items.back().is_some_and(|p| {
+            p.len < MERGE_CAP
+                && p.append
+                    .as_ref()
+                    .is_some_and(|a| a.continues(gen, hdr, from_frame))
+        });
         if busy || !ok {
             return None;
         }
