@@ -154,6 +154,35 @@ fn set_value(args: &mut Args, long: &str, v: String) -> Result<()> {
     Ok(())
 }
 
+/// A word on the command line: the command (`name` is then set), or a positional argument
+/// after it. True when parsing ends here (`help`, `generate-man`).
+fn word(args: &mut Args, name: &mut Option<&'static str>, v: String) -> Result<bool> {
+    if name.is_some() {
+        args.positional.push(v);
+        return Ok(false);
+    }
+    match v.as_str() {
+        "help" => args.cmd = Cmd::Help(None),
+        "generate-man" => args.cmd = Cmd::GenerateMan,
+        _ => {
+            args.cmd = cmd_of(&v).ok_or_else(|| Error::usage(format!("unknown command '{v}'")))?;
+            *name = Some(defs::command(&v).expect("every Cmd has a definition").name);
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A flag without a value (other than `--help`).
+fn set_switch(args: &mut Args, long: &str) {
+    match long {
+        "force" => args.force = true,
+        "dry-run" => args.dry_run = true,
+        "json" => args.json = true,
+        _ => unreachable!("switch --{long} has no handler"),
+    }
+}
+
 pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
     use lexopt::prelude::*;
     let mut p = lexopt::Parser::from_args(argv);
@@ -166,26 +195,8 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
             Short(c) => (None, Some(*c)),
             Value(v) => {
                 let v = v.to_string_lossy().into_owned();
-                if name.is_none() {
-                    match v.as_str() {
-                        "help" => {
-                            args.cmd = Cmd::Help(None);
-                            return Ok(args);
-                        }
-                        "generate-man" => {
-                            args.cmd = Cmd::GenerateMan;
-                            return Ok(args);
-                        }
-                        _ => {
-                            let c = cmd_of(&v)
-                                .ok_or_else(|| Error::usage(format!("unknown command '{v}'")))?;
-                            name =
-                                Some(defs::command(&v).expect("every Cmd has a definition").name);
-                            args.cmd = c;
-                        }
-                    }
-                } else {
-                    args.positional.push(v);
+                if word(&mut args, &mut name, v)? {
+                    return Ok(args);
                 }
                 continue;
             }
@@ -213,16 +224,11 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Args> {
             });
         };
         if f.value.is_none() {
-            match f.long {
-                "help" => {
-                    args.cmd = Cmd::Help(name);
-                    return Ok(args);
-                }
-                "force" => args.force = true,
-                "dry-run" => args.dry_run = true,
-                "json" => args.json = true,
-                _ => unreachable!("switch --{} has no handler", f.long),
+            if f.long == "help" {
+                args.cmd = Cmd::Help(name);
+                return Ok(args);
             }
+            set_switch(&mut args, f.long);
             continue;
         }
         let v = p.value().map_err(|_| {

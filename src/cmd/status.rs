@@ -2,6 +2,7 @@
 //! keeps in each database's spool directory (no port, no request to storage).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::cli::Args;
 use crate::config::{self, DEFAULT_MAX_FAILING, DEFAULT_MAX_LAG};
@@ -19,6 +20,37 @@ struct Row {
     state: &'static str,
     st: Option<DbStatus>,
     running: bool,
+}
+
+impl Row {
+    /// Where `db` stands at `now`, from its spool's status file.
+    fn of(db: PathBuf, now: u64, max_lag: Duration, max_failing: Duration) -> Row {
+        let st = status::read(&spool_of(&db));
+        let running = st
+            .as_ref()
+            .is_some_and(|s| s.pid != 0 && process_is_walsync(s.pid));
+        let lag = st.as_ref().map_or(0.0, |s| s.lag(now));
+        let failing_for = st
+            .as_ref()
+            .and_then(|s| s.failing.as_ref())
+            .map(|f| now.saturating_sub(f.since_ms) as f64 / 1000.0);
+        let (rank, state) = match (&st, running) {
+            (None, _) => (4, "never shipped"),
+            (Some(_), false) => (3, "no daemon"),
+            _ if failing_for.is_some_and(|t| t > max_failing.as_secs_f64()) => (2, "failing"),
+            _ if lag > max_lag.as_secs_f64() => (2, "behind"),
+            _ if failing_for.is_some() => (1, "retrying"),
+            _ => (0, "ok"),
+        };
+        Row {
+            rank,
+            lag,
+            db,
+            state,
+            st,
+            running,
+        }
+    }
 }
 
 pub fn status(a: &Args) -> Result<()> {
@@ -47,33 +79,7 @@ pub fn status(a: &Args) -> Result<()> {
     let now = time::now_ms();
     let mut rows: Vec<Row> = paths
         .into_iter()
-        .map(|db| {
-            let st = status::read(&spool_of(&db));
-            let running = st
-                .as_ref()
-                .is_some_and(|s| s.pid != 0 && process_is_walsync(s.pid));
-            let lag = st.as_ref().map_or(0.0, |s| s.lag(now));
-            let failing_for = st
-                .as_ref()
-                .and_then(|s| s.failing.as_ref())
-                .map(|f| now.saturating_sub(f.since_ms) as f64 / 1000.0);
-            let (rank, state) = match (&st, running) {
-                (None, _) => (4, "never shipped"),
-                (Some(_), false) => (3, "no daemon"),
-                _ if failing_for.is_some_and(|t| t > max_failing.as_secs_f64()) => (2, "failing"),
-                _ if lag > max_lag.as_secs_f64() => (2, "behind"),
-                _ if failing_for.is_some() => (1, "retrying"),
-                _ => (0, "ok"),
-            };
-            Row {
-                rank,
-                lag,
-                db,
-                state,
-                st,
-                running,
-            }
-        })
+        .map(|db| Row::of(db, now, max_lag, max_failing))
         .collect();
     rows.sort_by(|x, y| {
         (y.rank, y.lag)

@@ -50,80 +50,28 @@ pub fn fetch(
     out.set_len(size).map_err(|e| Error::io("write", path, e))?;
     let meta = first.meta.clone();
     let parts = size.div_ceil(PART);
-    let next = AtomicU64::new(1);
-    let total = AtomicU64::new(0);
-    let stop = AtomicBool::new(false);
-    let failed: Mutex<Option<Error>> = Mutex::new(None);
-    // Which parts are in the file, for the hasher (woken at each).
-    let complete = (Mutex::new(vec![false; parts as usize]), Condvar::new());
-    let backend = storage.describe();
-    let write_part = |i: u64, body: Option<crate::storage::Body>| -> Result<()> {
-        let (start, len) = (i * PART, PART.min(size - i * PART));
-        let mut body = Some(body);
-        retrying(&format!("fetching {key} (bytes {start}+{len})"), || {
-            let b = match body.take().flatten() {
-                Some(b) => b,
-                None => storage.get_range(key, start, len)?,
-            };
-            copy_at(b.reader, (out, path), start, len, &backend, key)
-        })?;
-        total.fetch_add(len, Ordering::Relaxed);
-        complete.0.lock().unwrap_or_else(|p| p.into_inner())[i as usize] = true;
-        complete.1.notify_all();
-        Ok(())
-    };
-    let fail = |e: Error| {
-        stop.store(true, Ordering::Relaxed);
-        failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert(e);
-        // Under the hasher's lock, so that it cannot miss the wake-up between its check of
-        // `stop` and its wait.
-        let _held = complete.0.lock().unwrap_or_else(|p| p.into_inner());
-        complete.1.notify_all();
-    };
-    // The hash, in order, of what is in the file: each part once it is complete (None when
-    // a part failed).
-    let hash = || -> Result<Option<String>> {
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        for i in 0..parts {
-            let mut done = complete.0.lock().unwrap_or_else(|p| p.into_inner());
-            while !done[i as usize] && !stop.load(Ordering::Relaxed) {
-                done = complete.1.wait(done).unwrap_or_else(|p| p.into_inner());
-            }
-            if !done[i as usize] {
-                return Ok(None);
-            }
-            drop(done);
-            let (start, len) = (i * PART, PART.min(size - i * PART));
-            let mut at = 0;
-            while at < len {
-                let n = buf.len().min((len - at) as usize);
-                file.read_exact_at(&mut buf[..n], start + at)
-                    .map_err(|e| Error::io("read", path, e))?;
-                h.update(&buf[..n]);
-                at += n as u64;
-            }
-        }
-        Ok(Some(digest::hex(h)))
-    };
-    // The next part to fetch, None when all are taken or one failed.
-    let take = || {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        (!stop.load(Ordering::Relaxed) && i < parts).then_some(i)
+    let job = Job {
+        storage,
+        backend: storage.describe(),
+        key,
+        size,
+        parts,
+        out: (out, path),
+        next: AtomicU64::new(1),
+        total: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        failed: Mutex::new(None),
+        complete: (Mutex::new(vec![false; parts as usize]), Condvar::new()),
     };
     let hashed = std::thread::scope(|s| {
         let hasher = std::thread::Builder::new()
             .name("walsync-hash".into())
             .stack_size(256 << 10)
-            .spawn_scoped(s, hash);
+            .spawn_scoped(s, || job.hash());
         let work = || {
-            while let Some(i) = take() {
-                if let Err(e) = write_part(i, None) {
-                    fail(e);
+            while let Some(i) = job.take() {
+                if let Err(e) = job.write_part(i, None) {
+                    job.fail(e);
                 }
             }
         };
@@ -137,25 +85,123 @@ pub fn fetch(
         let mut i = Some(0);
         let mut body = Some(first);
         while let Some(part) = i {
-            match write_part(part, body.take()) {
-                Ok(()) => report(total.load(Ordering::Relaxed)),
-                Err(e) => fail(e),
+            match job.write_part(part, body.take()) {
+                Ok(()) => report(job.total.load(Ordering::Relaxed)),
+                Err(e) => job.fail(e),
             }
-            i = take();
+            i = job.take();
         }
         match hasher {
             Ok(t) => t
                 .join()
                 .unwrap_or_else(|_| Err(Error::other("the hashing thread failed"))),
             // No thread for it: hash here, now that every part is in.
-            Err(_) => hash(),
+            Err(_) => job.hash(),
         }
     });
-    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    if let Some(e) = job.failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
     let sha = hashed?.ok_or_else(|| Error::other(format!("{key}: a part was not fetched")))?;
     Ok(Some((meta, sha)))
+}
+
+/// What the range threads and the hasher share.
+struct Job<'a> {
+    storage: &'a dyn Storage,
+    backend: String,
+    key: &'a str,
+    size: u64,
+    parts: u64,
+    out: (&'a File, &'a Path),
+    /// The next part to hand out.
+    next: AtomicU64,
+    /// Bytes written so far.
+    total: AtomicU64,
+    /// Set when a part failed: nothing more is fetched and the hasher gives up.
+    stop: AtomicBool,
+    failed: Mutex<Option<Error>>,
+    /// Which parts are in the file, for the hasher (woken at each).
+    complete: (Mutex<Vec<bool>>, Condvar),
+}
+
+impl Job<'_> {
+    /// Part `i`'s offset and length.
+    fn span(&self, i: u64) -> (u64, u64) {
+        (i * PART, PART.min(self.size - i * PART))
+    }
+
+    /// The next part to fetch, None when all are taken or one failed.
+    fn take(&self) -> Option<u64> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        (!self.stop.load(Ordering::Relaxed) && i < self.parts).then_some(i)
+    }
+
+    /// Fetch part `i` (or write `body`, its first answer) at its offset, again while the
+    /// transfer breaks off; then tell the hasher.
+    fn write_part(&self, i: u64, body: Option<crate::storage::Body>) -> Result<()> {
+        let (start, len) = self.span(i);
+        let mut body = Some(body);
+        retrying(
+            &format!("fetching {} (bytes {start}+{len})", self.key),
+            || {
+                let b = match body.take().flatten() {
+                    Some(b) => b,
+                    None => self.storage.get_range(self.key, start, len)?,
+                };
+                copy_at(b.reader, self.out, start, len, &self.backend, self.key)
+            },
+        )?;
+        self.total.fetch_add(len, Ordering::Relaxed);
+        self.complete.0.lock().unwrap_or_else(|p| p.into_inner())[i as usize] = true;
+        self.complete.1.notify_all();
+        Ok(())
+    }
+
+    fn fail(&self, e: Error) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
+        // Under the hasher's lock, so that it cannot miss the wake-up between its check of
+        // `stop` and its wait.
+        let _held = self.complete.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.complete.1.notify_all();
+    }
+
+    /// The hash, in order, of what is in the file: each part once it is complete (None when
+    /// a part failed).
+    fn hash(&self) -> Result<Option<String>> {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let path = self.out.1;
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        for i in 0..self.parts {
+            let mut done = self.complete.0.lock().unwrap_or_else(|p| p.into_inner());
+            while !done[i as usize] && !self.stop.load(Ordering::Relaxed) {
+                done = self
+                    .complete
+                    .1
+                    .wait(done)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            if !done[i as usize] {
+                return Ok(None);
+            }
+            drop(done);
+            let (start, len) = self.span(i);
+            let mut at = 0;
+            while at < len {
+                let n = buf.len().min((len - at) as usize);
+                file.read_exact_at(&mut buf[..n], start + at)
+                    .map_err(|e| Error::io("read", path, e))?;
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+        }
+        Ok(Some(digest::hex(h)))
+    }
 }
 
 /// Copy exactly `len` bytes of `src` to `out` at `at`; a short or broken body is a transient

@@ -35,54 +35,16 @@ impl Shipper {
         // The lease first (`lease.rs`): the chain read next is then the one this walsync
         // continues, no other holder shipping after it.
         self.outbox.keep_lease()?;
-        let hint = self.state_hint()?;
-        let found = match &hint {
-            Some(h) => self.newest_after(Some(h))?,
-            None => None,
-        };
         let Newest {
             obj: newest,
             max_gen,
             meta,
             how,
-        } = match found {
-            Some(f) => f,
-            None => {
-                if let Some(h) = &hint {
-                    warn!(
-                        "db={} state.json names {}, which is gone; listing the whole namespace",
-                        self.path.display(),
-                        h.obj.key
-                    );
-                }
-                self.newest_after(None)?.unwrap_or_default()
-            }
-        };
+        } = self.find_newest()?;
         self.max_gen = max_gen;
         if let Some(o) = newest {
             self.last_ts = o.ts;
-            // Another database, elsewhere, is shipping into this namespace right now: two
-            // chains in one namespace would make both unrestorable. Refuse (and retry later).
-            // Where the storage enforces leases the lease decides instead (`lease.rs`): a
-            // released one is taken at once, as in a rolling deploy, not 2 minutes later.
-            let leased =
-                crate::replicate::lease::enforced(self.storage.as_ref(), &self.ns).unwrap_or(false);
-            if let Some(other) = meta
-                .get(layout::SOURCE)
-                .filter(|s| **s != self.source && !leased)
-            {
-                let age = time::now_ms().saturating_sub(o.ts);
-                if age < NAMESPACE_BUSY_MS {
-                    return Err(Error::other(format!(
-                        "namespace {} is being replicated from {other} (newest object {} s old)",
-                        self.ns,
-                        age / 1000
-                    ))
-                    .with_hint(
-                        "give this database another name or prefix, or stop the other walsync",
-                    ));
-                }
-            }
+            self.refuse_other_source(&o, &meta)?;
             match (meta.get(layout::SHA256), layout::get_position(&meta)) {
                 (Some(sha), Some(pos)) => {
                     let last_sha = match o.kind {
@@ -111,6 +73,48 @@ impl Shipper {
         }
         self.clear_spool();
         self.loaded = true;
+        Ok(())
+    }
+
+    /// The newest object: after the one `state.json` names, or from a listing of the whole
+    /// namespace when there is no `state.json` or its object is gone.
+    fn find_newest(&self) -> Result<Newest> {
+        let hint = self.state_hint()?;
+        if let Some(h) = &hint {
+            if let Some(found) = self.newest_after(Some(h))? {
+                return Ok(found);
+            }
+            warn!(
+                "db={} state.json names {}, which is gone; listing the whole namespace",
+                self.path.display(),
+                h.obj.key
+            );
+        }
+        Ok(self.newest_after(None)?.unwrap_or_default())
+    }
+
+    /// Another database, elsewhere, is shipping into this namespace right now: two chains in
+    /// one namespace would make both unrestorable. Refuse (and retry later). Where the
+    /// storage enforces leases the lease decides instead (`lease.rs`): a released one is
+    /// taken at once, as in a rolling deploy, not 2 minutes later.
+    fn refuse_other_source(&self, newest: &layout::Object, meta: &Meta) -> Result<()> {
+        let leased =
+            crate::replicate::lease::enforced(self.storage.as_ref(), &self.ns).unwrap_or(false);
+        let Some(other) = meta
+            .get(layout::SOURCE)
+            .filter(|s| **s != self.source && !leased)
+        else {
+            return Ok(());
+        };
+        let age = time::now_ms().saturating_sub(newest.ts);
+        if age < NAMESPACE_BUSY_MS {
+            return Err(Error::other(format!(
+                "namespace {} is being replicated from {other} (newest object {} s old)",
+                self.ns,
+                age / 1000
+            ))
+            .with_hint("give this database another name or prefix, or stop the other walsync"));
+        }
         Ok(())
     }
 

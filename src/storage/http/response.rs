@@ -221,6 +221,51 @@ fn bad(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
 }
 
+/// Read from a chunked body: `left` bytes remain of the current chunk; `done` once the
+/// last chunk and the trailers are read.
+fn read_chunked(
+    r: &mut BufReader<Stream>,
+    buf: &mut [u8],
+    left: &mut u64,
+    done: &mut bool,
+) -> io::Result<usize> {
+    if *left == 0 && !*done {
+        let mut line = Vec::new();
+        r.by_ref().take(1024).read_until(b'\n', &mut line)?;
+        let s = String::from_utf8_lossy(&line);
+        let hex = s.trim().split(';').next().unwrap_or("");
+        *left = u64::from_str_radix(hex, 16).map_err(|_| bad("bad chunk size"))?;
+        if *left == 0 {
+            // Trailers until an empty line.
+            loop {
+                line.clear();
+                let n = r.by_ref().take(8192).read_until(b'\n', &mut line)?;
+                if n == 0 || line == b"\r\n" || line == b"\n" {
+                    break;
+                }
+            }
+            *done = true;
+        }
+    }
+    if *done {
+        return Ok(0);
+    }
+    let want = (*left).min(buf.len() as u64) as usize;
+    let n = r.read(&mut buf[..want])?;
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "chunked response body ended early",
+        ));
+    }
+    *left -= n as u64;
+    if *left == 0 {
+        let mut crlf = [0u8; 2];
+        r.read_exact(&mut crlf)?;
+    }
+    Ok(n)
+}
+
 impl Read for BodyReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let Some(conn) = self.conn.as_mut() else {
@@ -246,44 +291,7 @@ impl Read for BodyReader {
                 n
             }
             Framing::Close => r.read(buf)?,
-            Framing::Chunked { left, done } => {
-                if *left == 0 && !*done {
-                    let mut line = Vec::new();
-                    r.by_ref().take(1024).read_until(b'\n', &mut line)?;
-                    let s = String::from_utf8_lossy(&line);
-                    let hex = s.trim().split(';').next().unwrap_or("");
-                    *left = u64::from_str_radix(hex, 16).map_err(|_| bad("bad chunk size"))?;
-                    if *left == 0 {
-                        // Trailers until an empty line.
-                        loop {
-                            line.clear();
-                            let n = r.by_ref().take(8192).read_until(b'\n', &mut line)?;
-                            if n == 0 || line == b"\r\n" || line == b"\n" {
-                                break;
-                            }
-                        }
-                        *done = true;
-                    }
-                }
-                if *done {
-                    0
-                } else {
-                    let want = (*left).min(buf.len() as u64) as usize;
-                    let n = r.read(&mut buf[..want])?;
-                    if n == 0 {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "chunked response body ended early",
-                        ));
-                    }
-                    *left -= n as u64;
-                    if *left == 0 {
-                        let mut crlf = [0u8; 2];
-                        r.read_exact(&mut crlf)?;
-                    }
-                    n
-                }
-            }
+            Framing::Chunked { left, done } => read_chunked(r, buf, left, done)?,
         };
         if n > 0 {
             if let Err(e) = self

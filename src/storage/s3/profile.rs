@@ -189,6 +189,42 @@ fn resolve_chain(
     Ok(p)
 }
 
+/// The profile named by `source_profile = src`, whose keys sign the AssumeRole call.
+fn source_profile(
+    p: &Profile,
+    src: &str,
+    shown: &str,
+    files: (Option<&str>, Option<&str>),
+    depth: usize,
+) -> std::result::Result<RoleSource, String> {
+    if src == p.name {
+        // The profile's own static keys sign the call (as the AWS CLI allows).
+        let mut own = p.clone();
+        own.role = None;
+        if own.keys.is_none() {
+            return Err(format!("{shown} is its own source_profile but has no keys"));
+        }
+        return Ok(RoleSource::Profile(Box::new(own)));
+    }
+    if depth + 1 >= MAX_CHAIN {
+        return Err(format!(
+            "{shown}: source_profile chains more than {MAX_CHAIN} profiles deep (a loop?)"
+        ));
+    }
+    let s = resolve_chain(src, files.0, files.1, depth + 1)?;
+    if !s.found {
+        return Err(format!(
+            "{shown}: its source_profile '{src}' is in neither file"
+        ));
+    }
+    if s.keys.is_none() && s.process.is_none() && s.role.is_none() {
+        return Err(format!(
+            "{shown}: its source_profile '{src}' has no keys, credential_process or role_arn"
+        ));
+    }
+    Ok(RoleSource::Profile(Box::new(s)))
+}
+
 /// The role a profile assumes (`role_arn` = `arn`): whose keys sign the call, and its
 /// options. `files`: the credentials and config texts, for a `source_profile`.
 fn role(
@@ -211,34 +247,7 @@ fn role(
                 "{shown} sets both source_profile and credential_source; keep one"
             ))
         }
-        (Some(src), None) if src == p.name => {
-            // The profile's own static keys sign the call (as the AWS CLI allows).
-            let mut own = p.clone();
-            own.role = None;
-            if own.keys.is_none() {
-                return Err(format!("{shown} is its own source_profile but has no keys"));
-            }
-            RoleSource::Profile(Box::new(own))
-        }
-        (Some(src), None) => {
-            if depth + 1 >= MAX_CHAIN {
-                return Err(format!(
-                    "{shown}: source_profile chains more than {MAX_CHAIN} profiles deep (a loop?)"
-                ));
-            }
-            let s = resolve_chain(src, files.0, files.1, depth + 1)?;
-            if !s.found {
-                return Err(format!(
-                    "{shown}: its source_profile '{src}' is in neither file"
-                ));
-            }
-            if s.keys.is_none() && s.process.is_none() && s.role.is_none() {
-                return Err(format!(
-                    "{shown}: its source_profile '{src}' has no keys, credential_process or role_arn"
-                ));
-            }
-            RoleSource::Profile(Box::new(s))
-        }
+        (Some(src), None) => source_profile(p, src, shown, files, depth)?,
         (None, Some(c)) => match c {
             "Environment" => RoleSource::Environment,
             "Ec2InstanceMetadata" => RoleSource::Ec2InstanceMetadata,
