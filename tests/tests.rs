@@ -6,6 +6,7 @@ mod bench_https;
 mod bench_lag;
 mod bench_oneshot;
 mod bench_restore;
+mod bench_retention;
 mod bench_startup;
 mod compact;
 mod creds;

@@ -152,6 +152,7 @@ impl Job<'_> {
                 copy_at(b.reader, self.out, start, len, &self.backend, self.key)
             },
         )?;
+        start_writeback(self.out.0, start, len);
         self.total.fetch_add(len, Ordering::Relaxed);
         self.complete.0.lock().unwrap_or_else(|p| p.into_inner())[i as usize] = true;
         self.complete.1.notify_all();
@@ -202,6 +203,28 @@ impl Job<'_> {
         }
         Ok(Some(digest::hex(h)))
     }
+}
+
+/// Start writing a finished part to disk now (Linux: `sync_file_range`, which does not wait),
+/// so that the fsync at the end of the restore finds little left to write. Elsewhere nothing:
+/// the fsync writes it all.
+fn start_writeback(out: &File, start: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid descriptor and range; the call only schedules writeback and
+        // reports errors, which the final fsync reports again.
+        let _ = unsafe {
+            libc::sync_file_range(
+                out.as_raw_fd(),
+                start as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (out, start, len);
 }
 
 /// Copy exactly `len` bytes of `src` to `out` at `at`; a short or broken body is a transient
