@@ -83,7 +83,7 @@ fn writer(db: &Path, rate: u64, stop: Arc<AtomicBool>) -> std::thread::JoinHandl
             let rows: i64 = c
                 .query_row("SELECT max(id) FROM t", [], |r| r.get(0))
                 .unwrap();
-            if n % 10 == 0 {
+            if n.is_multiple_of(10) {
                 c.execute("INSERT INTO t(v) VALUES (randomblob(1000))", [])
                     .unwrap();
             } else {
@@ -150,7 +150,7 @@ fn bench_retention() {
         if let Some(left) = due.checked_sub(began.elapsed()) {
             std::thread::sleep(left);
         }
-        if h % 6 == 0 {
+        if h.is_multiple_of(6) {
             let (a, b) = (held(&replica, "kept"), held(&replica, "all"));
             println!("| {h} | {} | {} |", row(&a), row(&b));
         }
