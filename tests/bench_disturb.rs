@@ -14,6 +14,9 @@
 //! `-wal` seen (sampled every 2 ms) and the one left at the end, SQLITE_BUSY errors the
 //! application got, the application's TRUNCATE checkpoints (done, longest), and for walsync
 //! the snapshots and database-file proofs it logged after its first snapshot.
+//! `BENCH_REPLICA_DIR=/dev/shm` puts both tools' replicas there instead of beside the
+//! database: their fsyncs then leave the application's disk alone, which tells the tool's own
+//! cost apart from its replica's.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -129,6 +132,19 @@ fn run(c: &Connection, db: &Path, load: Load, secs: u64) -> Figures {
     f
 }
 
+/// Where a tool's replica goes: beside the database, or under `BENCH_REPLICA_DIR`.
+fn replica_dir(t: &TestDir, row: usize, name: &str) -> std::path::PathBuf {
+    match std::env::var("BENCH_REPLICA_DIR") {
+        Ok(d) => {
+            let p =
+                Path::new(&d).join(format!("walsync-bench-{}-{row}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            p
+        }
+        Err(_) => t.join(name),
+    }
+}
+
 fn pct(v: &[u64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -207,7 +223,7 @@ fn bench_disturb() {
         let c = open_app(&db);
         c.execute_batch("PRAGMA synchronous=NORMAL").unwrap();
         let log = t.join("walsync.log");
-        let replica = t.join("walsync-replica");
+        let replica = replica_dir(&t, i, "walsync-replica");
         let child = Command::new(BIN)
             .arg("watch")
             .arg(&db)
@@ -258,6 +274,9 @@ fn bench_disturb() {
         assert!(r.status.success(), "{}", stderr(&r));
         drop(c);
         assert_eq!(content_hash(&out), content_hash(&db), "walsync restore");
+        if std::env::var("BENCH_REPLICA_DIR").is_ok() {
+            let _ = std::fs::remove_dir_all(&replica);
+        }
 
         if !have_litestream {
             continue;
@@ -267,7 +286,7 @@ fn bench_disturb() {
         let c = open_app(&db);
         c.execute_batch("PRAGMA synchronous=NORMAL").unwrap();
         let cfg = t.join("litestream.yml");
-        let lreplica = t.join("litestream-replica");
+        let lreplica = replica_dir(&t, i, "litestream-replica");
         std::fs::write(
             &cfg,
             format!(
@@ -291,6 +310,9 @@ fn bench_disturb() {
         let f = run(&c, &db, *load, secs);
         stop(child);
         print_row("Litestream 0.5", *load, &f, "-");
+        if std::env::var("BENCH_REPLICA_DIR").is_ok() {
+            let _ = std::fs::remove_dir_all(&lreplica);
+        }
         drop(c);
     }
 }
