@@ -168,6 +168,7 @@ fn forward_requests(from: TcpStream, mut to: TcpStream, sh: &Shared, budget: &At
         let mut head = Vec::new();
         let mut len = 0u64;
         let mut chunked = false;
+        let mut ranged = false;
         let mut first = String::new();
         loop {
             let mut line = String::new();
@@ -186,6 +187,8 @@ fn forward_requests(from: TcpStream, mut to: TcpStream, sh: &Shared, budget: &At
                 len = v.trim().parse().unwrap_or(0);
             } else if l.starts_with("transfer-encoding:") && l.contains("chunked") {
                 chunked = true;
+            } else if l.starts_with("range:") {
+                ranged = true;
             }
             if line == "\r\n" {
                 break;
@@ -203,6 +206,14 @@ fn forward_requests(from: TcpStream, mut to: TcpStream, sh: &Shared, budget: &At
             sh.bytes_up.fetch_add(len, Ordering::SeqCst);
         }
         *sh.counts.lock().unwrap().entry(kind.clone()).or_default() += 1;
+        if ranged && kind == "GET" {
+            // Counted apart too: a resumed or parallel download.
+            *sh.counts
+                .lock()
+                .unwrap()
+                .entry("GET range".into())
+                .or_default() += 1;
+        }
         let fault = match *sh.fault.lock().unwrap() {
             Fault::GetStatus(code) if kind == "GET" => Fault::Status(code),
             Fault::StallGets if kind == "GET" => Fault::Stall,

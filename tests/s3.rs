@@ -631,6 +631,69 @@ fn s3_verifies_the_signed_payload() {
     assert_eq!(keys, vec![key], "the altered object must not exist");
 }
 
+/// A snapshot download (one stream: under the size fetched as parallel ranges) that breaks off
+/// mid-way resumes where it stopped: the retry asks for the rest with a range GET, and the
+/// restore is exact.
+#[test]
+fn a_broken_snapshot_download_resumes_where_it_stopped() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let proxy = Proxy::start(upstream());
+    let ep = proxy.endpoint();
+    let t = TestDir::new("resume-dl");
+    let replica = Replica::new(&t, Backend::S3);
+    let db = t.join("app.db");
+    let c = open_app(&db);
+    c.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+         WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 2000)
+         INSERT INTO t(b) SELECT randomblob(2000) FROM c;",
+    )
+    .unwrap();
+    drop(c);
+    let o = walsync(&["snapshot", db.to_str().unwrap(), "-b", &replica.url()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = t.join("out.db");
+    let url = replica.url();
+    let args = [
+        "restore",
+        "app",
+        "-o",
+        out.to_str().unwrap(),
+        "-b",
+        &url,
+        "--endpoint",
+        &ep,
+        "-f",
+    ];
+    proxy.reset();
+    proxy.set_fault(Fault::CutDownloads);
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = String::new();
+    for l in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let l = l.unwrap();
+        if l.contains("the download broke off after ") {
+            proxy.set_fault(Fault::None);
+        }
+        err.push_str(&l);
+        err.push('\n');
+    }
+    let status = child.wait().unwrap();
+    proxy.set_fault(Fault::None);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("/snapshots/"), "{err}");
+    assert!(!err.contains("SHA-256"), "{err}");
+    let counts = proxy.counts();
+    assert_eq!(counts.get("GET range"), Some(&1), "{counts:?}\n{err}");
+    assert_eq!(counts.get("GET"), Some(&2), "{counts:?}\n{err}");
+    assert_eq!(content_hash(&out), content_hash(&db));
+}
+
 /// A download cut off mid-way (or a 503 SlowDown, or a stalled answer) is the network's fault,
 /// not the replica's:
 /// restore and verify fetch the object again (one warning line per retry) and succeed exactly

@@ -5,7 +5,7 @@
 //! onto the output. Also `list` and `verify`, which read the same chain.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -338,8 +338,11 @@ fn fetch_snapshot(
     download(storage, skey, tmp, p, progress)
 }
 
-/// The snapshot as one stream (small ones, or a server without ranges), hashed as it comes,
-/// fetched again whole if the transfer breaks off: (metadata, bytes, SHA-256).
+/// The snapshot as one stream (small ones, or a server without ranges), hashed as it comes.
+/// A transfer that breaks off resumes where it stopped (a range GET of the rest, which must
+/// carry the same SHA-256 in its metadata, i.e. be the same object), as `retrying` allows;
+/// a server that answers the range with the whole object starts it over. Returns (metadata,
+/// bytes, SHA-256).
 fn download(
     storage: &dyn Storage,
     skey: &str,
@@ -347,30 +350,59 @@ fn download(
     p: &mut Progress,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<(Meta, u64, String)> {
+    use sha2::{Digest, Sha256};
     let backend = storage.describe();
-    with_body(storage, skey, storage.get(skey), |body| {
-        let want = need(&body.meta, skey, layout::SHA256)?.clone();
-        let mut r = Checked::new(body.reader, body.size);
-        let mut f = File::create(tmp).map_err(|e| Error::io("create", tmp, e))?;
-        p.bytes = 0;
-        let mut buf = vec![0u8; 1 << 20];
+    let mut f = File::create(tmp).map_err(|e| Error::io("create", tmp, e))?;
+    // What is in `f` so far, the object's size and metadata (from its first answer).
+    let mut h = Sha256::new();
+    let mut got = 0u64;
+    let mut first: Option<(u64, Meta)> = None;
+    let mut buf = vec![0u8; 1 << 20];
+    retrying(&format!("fetching {skey}"), || {
+        let mut body = match &first {
+            Some((size, _)) if got > 0 => storage.get_range(skey, got, size - got)?,
+            _ => storage.get(skey)?,
+        };
+        match &first {
+            Some((size, meta))
+                if got > 0
+                    && body.size == size - got
+                    && body.meta.get(layout::SHA256) == meta.get(layout::SHA256) => {}
+            _ => {
+                // The whole object: from its first byte.
+                f.set_len(0).map_err(|e| Error::io("write", tmp, e))?;
+                f.seek(io::SeekFrom::Start(0))
+                    .map_err(|e| Error::io("write", tmp, e))?;
+                (h, got) = (Sha256::new(), 0);
+                first = Some((body.size, body.meta.clone()));
+            }
+        }
+        let size = first.as_ref().map_or(0, |f| f.0);
         loop {
-            let n = match r.read(&mut buf) {
-                Ok(0) => break,
+            let n = match body.reader.read(&mut buf) {
+                Ok(0) if got < size => {
+                    let why = "the answer ended early";
+                    return Err(read::broke_off(&backend, skey, got, size, why));
+                }
+                Ok(0) => return Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break, // kept by `r`, reported by `finish`
+                Err(e) => return Err(read::broke_off(&backend, skey, got, size, &e.to_string())),
             };
             f.write_all(&buf[..n])
                 .map_err(|e| Error::io("write", tmp, e))?;
-            p.bytes += n as u64;
+            h.update(&buf[..n]);
+            got += n as u64;
+            p.bytes = got;
             progress(p);
         }
-        f.flush().map_err(|e| Error::io("write", tmp, e))?;
-        let bytes = r.read_so_far();
-        let sha = r.finish(&backend, skey, &want)?;
-        Ok((body.meta, bytes, sha))
-    })
+    })?;
+    f.flush().map_err(|e| Error::io("write", tmp, e))?;
+    let (_, meta) = first.expect("a first answer");
+    let want = need(&meta, skey, layout::SHA256)?;
+    let sha = crate::digest::hex(h);
+    read::check_sha(skey, want, &sha)?;
+    Ok((meta, got, sha))
 }
 
 fn restore_into(

@@ -27,11 +27,6 @@ impl<R: Read> Checked<R> {
         }
     }
 
-    /// Bytes read so far.
-    pub fn read_so_far(&self) -> u64 {
-        self.r.bytes
-    }
-
     /// Read what is left, then: a transfer failure as a transient error of `backend`, else the
     /// SHA-256 checked against `want`. Returns the hash (hex).
     pub fn finish(mut self, backend: &str, key: &str, want: &str) -> Result<String> {
