@@ -170,14 +170,18 @@ impl Shipper {
         if wal_id.is_some() {
             pin.wal_id = wal_id;
         }
-        let Some((f, hdr)) = cur else {
-            return Ok(None); // truncated (or never written): nothing new
-        };
+        // Before anything else about the WAL: a database file replaced at its path (by `mv`,
+        // or deleted and created again by a process that wrote, checkpointed and deleted its
+        // WAL before this step) leaves no WAL to look at, and "no WAL, nothing new" would let
+        // its commits wait, unshipped, for a next write that may never come.
         if file_id(&self.path) != pin.db_id {
             return Ok(Some(
                 "the database file was replaced while walsync had it open".into(),
             ));
         }
+        let Some((f, hdr)) = cur else {
+            return Ok(None); // truncated (or never written): nothing new
+        };
         let chain = self.chain.as_ref().expect("pinned implies a chain");
         let restart = match &chain.pos.wal {
             // The database held everything and the WAL was empty when we pinned, and our pin
