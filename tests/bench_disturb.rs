@@ -59,16 +59,9 @@ struct Figures {
 }
 
 fn make_db(path: &Path, mb: u64) {
-    let c = open_app(path);
-    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    fill_mb(path, mb)
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
         .unwrap();
-    c.execute(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < ?1)
-         INSERT INTO t(v) SELECT randomblob(1000) FROM n",
-        [(mb * 1000) as i64],
-    )
-    .unwrap();
-    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
 }
 
 /// Run the workload on an open application connection; `stop` ends it.

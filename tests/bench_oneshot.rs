@@ -26,17 +26,7 @@ fn bench_oneshot() {
     let t = TestDir::new("bench-oneshot");
     let replica = Replica::new(&t, Backend::Local);
     let db = t.join("app.db");
-    {
-        let c = open_app(&db);
-        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-            .unwrap();
-        c.execute(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < ?1)
-             INSERT INTO t(v) SELECT randomblob(1000) FROM n",
-            [(mb * 1000) as i64],
-        )
-        .unwrap();
-    }
+    drop(fill_mb(&db, mb));
     let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
     wait_until(
         "first snapshot shipped and released",

@@ -59,18 +59,6 @@ fn held(replica: &Replica, name: &str) -> Held {
     h
 }
 
-fn make(db: &Path, mb: u64) {
-    let c = open_app(db);
-    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-        .unwrap();
-    c.execute(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < ?1)
-         INSERT INTO t(v) SELECT randomblob(1000) FROM n",
-        [(mb * 1000) as i64],
-    )
-    .unwrap();
-}
-
 /// Change `db` `rate` times a second until `stop`.
 fn writer(db: &Path, rate: u64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     let db = db.to_path_buf();
@@ -113,8 +101,8 @@ fn bench_retention() {
 
     let kept = t.join("kept.db");
     let all = t.join("all.db");
-    make(&kept, mb);
-    make(&all, mb);
+    drop(fill_mb(&kept, mb));
+    drop(fill_mb(&all, mb));
     let d1 = Daemon::start(
         &[&kept],
         &replica,

@@ -47,6 +47,21 @@ impl Drop for TestDir {
     }
 }
 
+/// A database of about `mb` MB for the benchmarks: table `t(id, v)` with `mb * 1000` rows of
+/// 1,000 random bytes, written through `open_app`; returns the connection.
+pub fn fill_mb(path: &Path, mb: u64) -> Connection {
+    let c = open_app(path);
+    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+        .unwrap();
+    c.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < ?1)
+         INSERT INTO t(v) SELECT randomblob(1000) FROM n",
+        [(mb * 1000) as i64],
+    )
+    .unwrap();
+    c
+}
+
 /// Open (creating) a database in WAL mode the way an application would.
 pub fn open_app(path: &Path) -> Connection {
     let c = Connection::open(path).unwrap();
