@@ -631,13 +631,41 @@ fn s3_verifies_the_signed_payload() {
     assert_eq!(keys, vec![key], "the altered object must not exist");
 }
 
+/// Run `walsync ARGS` (warnings on stderr) with `fault` on in the proxy until a line it logs
+/// satisfies `heal_at`, then clear the fault: the exit status and everything it logged.
+fn run_healing(
+    proxy: &Proxy,
+    args: &[&str],
+    fault: Fault,
+    heal_at: impl Fn(&str) -> bool,
+) -> (std::process::ExitStatus, String) {
+    use std::io::{BufRead, BufReader};
+    proxy.set_fault(fault);
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = String::new();
+    for l in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let l = l.unwrap();
+        if heal_at(&l) {
+            proxy.set_fault(Fault::None);
+        }
+        err.push_str(&l);
+        err.push('\n');
+    }
+    let status = child.wait().unwrap();
+    proxy.set_fault(Fault::None);
+    (status, err)
+}
+
 /// A snapshot download (one stream: under the size fetched as parallel ranges) that breaks off
 /// mid-way resumes where it stopped: the retry asks for the rest with a range GET, and the
 /// restore is exact.
 #[test]
 fn a_broken_snapshot_download_resumes_where_it_stopped() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
     let proxy = Proxy::start(upstream());
     let ep = proxy.endpoint();
     let t = TestDir::new("resume-dl");
@@ -667,24 +695,9 @@ fn a_broken_snapshot_download_resumes_where_it_stopped() {
         "-f",
     ];
     proxy.reset();
-    proxy.set_fault(Fault::CutDownloads);
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = String::new();
-    for l in BufReader::new(child.stderr.take().unwrap()).lines() {
-        let l = l.unwrap();
-        if l.contains("the download broke off after ") {
-            proxy.set_fault(Fault::None);
-        }
-        err.push_str(&l);
-        err.push('\n');
-    }
-    let status = child.wait().unwrap();
-    proxy.set_fault(Fault::None);
+    let (status, err) = run_healing(&proxy, &args, Fault::CutDownloads, |l| {
+        l.contains("the download broke off after ")
+    });
     assert!(status.success(), "{err}");
     assert!(err.contains("/snapshots/"), "{err}");
     assert!(!err.contains("SHA-256"), "{err}");
@@ -701,7 +714,6 @@ fn a_broken_snapshot_download_resumes_where_it_stopped() {
 /// stored object may be intact, never "SHA-256 mismatch" or "the replica is damaged".
 #[test]
 fn restore_and_verify_ride_out_broken_downloads() {
-    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let proxy = Proxy::start(upstream());
     let ep = proxy.endpoint();
@@ -748,30 +760,9 @@ fn restore_and_verify_ride_out_broken_downloads() {
     let verify_args = ["verify", "app", "-b", &url, "--endpoint", &ep];
     // Run a command under `fault` until its first retry line (holding `needle`), then heal.
     let heals = |args: &[&str], fault: Fault, needle: &str, each: &str| {
-        proxy.set_fault(fault);
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut err = String::new();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        for l in lines.by_ref() {
-            let l = l.unwrap();
-            err.push_str(&l);
-            err.push('\n');
-            if l.contains(needle) && l.contains("again in") {
-                proxy.set_fault(Fault::None);
-                break;
-            }
-        }
-        for l in lines {
-            err.push_str(&l.unwrap());
-            err.push('\n');
-        }
-        let status = child.wait().unwrap();
-        proxy.set_fault(Fault::None);
+        let (status, err) = run_healing(&proxy, args, fault, |l| {
+            l.contains(needle) && l.contains("again in")
+        });
         assert!(status.success(), "{args:?} {fault:?}: {err}");
         assert!(err.contains(needle), "{err}");
         assert!(
