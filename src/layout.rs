@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::time;
+use crate::time::Stamp;
 use crate::wal::{Checksum, WalEnd, WalHeader};
 
 /// Object metadata: small string pairs (S3 `x-amz-meta-*`, or the local sidecar).
@@ -27,7 +27,7 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
     pub key: String,
-    pub ts: u64,
+    pub ts: Stamp,
     pub kind: Kind,
     pub size: u64,
 }
@@ -41,12 +41,12 @@ pub fn join(prefix: &str, name: &str) -> String {
     }
 }
 
-pub fn snapshot_key(ns: &str, ts: u64) -> String {
-    format!("{ns}/snapshots/{}.db", time::key_ts(ts))
+pub fn snapshot_key(ns: &str, ts: Stamp) -> String {
+    format!("{ns}/snapshots/{}.db", ts.key())
 }
 
-pub fn segment_key(ns: &str, gen: u32, ts: u64) -> String {
-    format!("{ns}/wal/{gen:08x}-{}.wal", time::key_ts(ts))
+pub fn segment_key(ns: &str, gen: u32, ts: Stamp) -> String {
+    format!("{ns}/wal/{gen:08x}-{}.wal", ts.key())
 }
 
 pub fn state_key(ns: &str) -> String {
@@ -63,17 +63,14 @@ pub fn parse_key(key: &str, size: u64) -> Option<(String, Object)> {
         return None;
     }
     let (ts, kind) = match kind_dir {
-        "snapshots" => (
-            time::parse_key_ts(file.strip_suffix(".db")?)?,
-            Kind::Snapshot,
-        ),
+        "snapshots" => (Stamp::parse_key(file.strip_suffix(".db")?)?, Kind::Snapshot),
         "wal" => {
             let (g, t) = file.strip_suffix(".wal")?.split_once('-')?;
             if g.len() != 8 || !g.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return None;
             }
             let gen = u32::from_str_radix(g, 16).ok()?;
-            (time::parse_key_ts(t)?, Kind::Segment { gen })
+            (Stamp::parse_key(t)?, Kind::Segment { gen })
         }
         _ => return None,
     };
@@ -239,13 +236,13 @@ mod tests {
     fn keys_parse_back_and_sort_in_replay_order() {
         let ns = "backups/app";
         let keys = [
-            segment_key(ns, 2, 5000),
-            snapshot_key(ns, 1000),
-            segment_key(ns, 1, 2000),
+            segment_key(ns, 2, Stamp::from_ms(5000)),
+            snapshot_key(ns, Stamp::from_ms(1000)),
+            segment_key(ns, 1, Stamp::from_ms(2000)),
         ];
         let mut objs: Vec<Object> = keys.iter().map(|k| parse_key(k, 0).unwrap().1).collect();
         sort(&mut objs);
-        let got: Vec<u64> = objs.iter().map(|o| o.ts).collect();
+        let got: Vec<u64> = objs.iter().map(|o| o.ts.ms()).collect();
         assert_eq!(got, vec![1000, 2000, 5000]);
         assert_eq!(parse_key(&keys[0], 0).unwrap().0, ns);
         assert_eq!(objs[2].kind, Kind::Segment { gen: 2 });

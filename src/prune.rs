@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::layout::{self, Kind, Object};
 use crate::restore;
 use crate::storage::Storage;
-use crate::time;
+use crate::time::{self, Stamp};
 
 /// What a prune found and did.
 #[derive(Debug, Default)]
@@ -32,13 +32,13 @@ pub struct Pruned {
     /// Objects kept.
     pub kept: usize,
     /// The oldest point in time still restorable afterwards (the anchor's time).
-    pub oldest: Option<u64>,
+    pub oldest: Option<Stamp>,
 }
 
-/// How many of `objs` (in replay order) retention `keep` lets go at `now` (ms since the
-/// epoch): those before the anchor. Pure, for the table test.
-pub fn deletable(objs: &[Object], now: u64, keep: Duration) -> usize {
-    let start = now.saturating_sub(keep.as_millis() as u64);
+/// How many of `objs` (in replay order) retention `keep` lets go at `now`: those before the
+/// anchor. Pure, for the table test.
+pub fn deletable(objs: &[Object], now: Stamp, keep: Duration) -> usize {
+    let start = now.before(keep);
     objs.iter()
         .rposition(|o| o.kind == Kind::Snapshot && o.ts <= start)
         .unwrap_or(0)
@@ -47,7 +47,7 @@ pub fn deletable(objs: &[Object], now: u64, keep: Duration) -> usize {
 /// Apply retention `keep` to namespace `ns` now; with `dry_run`, only say what would go.
 pub fn prune(storage: &dyn Storage, ns: &str, keep: Duration, dry_run: bool) -> Result<Pruned> {
     let objs = restore::objects(storage, ns)?;
-    let n = deletable(&objs, time::now_ms(), keep);
+    let n = deletable(&objs, Stamp::now(), keep);
     let mut out = Pruned {
         kept: objs.len() - n,
         oldest: objs
@@ -79,7 +79,7 @@ pub fn prune(storage: &dyn Storage, ns: &str, keep: Duration, dry_run: bool) -> 
             bytes as f64 / 1e6,
             out.deleted.first().map_or("", |o| o.key.as_str()),
             out.deleted.last().map_or("", |o| o.key.as_str()),
-            out.oldest.map_or_else(|| "-".into(), time::iso)
+            out.oldest.map_or_else(|| "-".into(), Stamp::iso)
         );
     }
     Ok(out)
@@ -92,7 +92,7 @@ mod tests {
     fn obj(ts: u64, snap: bool) -> Object {
         Object {
             key: format!("ns/{ts}"),
-            ts,
+            ts: Stamp::from_ms(ts),
             kind: if snap {
                 Kind::Snapshot
             } else {
@@ -110,18 +110,22 @@ mod tests {
         let keep = Duration::from_secs(3600);
         // At 6 h with 1 h kept: the window starts at 5 h; the newest snapshot at or before it
         // is at 4 h: the 4 objects before it go.
-        assert_eq!(deletable(&objs, 6 * h, keep), 4);
+        assert_eq!(deletable(&objs, Stamp::from_ms(6 * h), keep), 4);
         // At 4.5 h: window at 3.5 h; anchor at 2 h: 2 go.
-        assert_eq!(deletable(&objs, 4 * h + h / 2, keep), 2);
+        assert_eq!(deletable(&objs, Stamp::from_ms(4 * h + h / 2), keep), 2);
         // Exactly at a snapshot's time: that snapshot anchors.
-        assert_eq!(deletable(&objs, 3 * h, keep), 2);
+        assert_eq!(deletable(&objs, Stamp::from_ms(3 * h), keep), 2);
         // No snapshot old enough: nothing goes.
-        assert_eq!(deletable(&objs, h / 2, keep), 0);
+        assert_eq!(deletable(&objs, Stamp::from_ms(h / 2), keep), 0);
         // Keeping forever in effect.
         assert_eq!(
-            deletable(&objs, 6 * h, Duration::from_secs(u64::MAX / 4000)),
+            deletable(
+                &objs,
+                Stamp::from_ms(6 * h),
+                Duration::from_secs(u64::MAX / 4000)
+            ),
             0
         );
-        assert_eq!(deletable(&[], 6 * h, keep), 0);
+        assert_eq!(deletable(&[], Stamp::from_ms(6 * h), keep), 0);
     }
 }

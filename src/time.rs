@@ -4,12 +4,91 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Milliseconds since the Unix epoch, UTC.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// A moment in UTC to the millisecond (milliseconds since the Unix epoch): the time of an
+/// object in its key, of a point in time to restore to, of a status field, of a credential's
+/// expiry. One type, so that a duration, a size or a count can't be passed where a time is
+/// meant, and so that every form it is written in (`key`, `iso`) comes from here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp(u64);
+
+impl Stamp {
+    /// The wall clock now.
+    pub fn now() -> Stamp {
+        Stamp(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        )
+    }
+
+    pub const fn from_ms(ms: u64) -> Stamp {
+        Stamp(ms)
+    }
+
+    /// Milliseconds since the epoch: for files and metrics that store the number.
+    pub const fn ms(self) -> u64 {
+        self.0
+    }
+
+    /// Seconds since the epoch, as metrics expose it.
+    pub fn secs_f64(self) -> f64 {
+        self.0 as f64 / 1000.0
+    }
+
+    /// `YYYYMMDDHHMMSSmmm`, the timestamp inside object keys.
+    pub fn key(self) -> String {
+        let p = parts(self.0);
+        format!(
+            "{:04}{:02}{:02}{:02}{:02}{:02}{:03}",
+            p.y, p.mo, p.d, p.h, p.mi, p.s, p.ms
+        )
+    }
+
+    /// `2026-11-22T10:04:05.123Z`
+    pub fn iso(self) -> String {
+        let p = parts(self.0);
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            p.y, p.mo, p.d, p.h, p.mi, p.s, p.ms
+        )
+    }
+
+    /// How long after `earlier` this is; zero if it is not after it (a clock set back).
+    pub fn since(self, earlier: Stamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+
+    /// `d` later.
+    pub fn after(self, d: Duration) -> Stamp {
+        Stamp(self.0.saturating_add(d.as_millis() as u64))
+    }
+
+    /// `d` earlier, or the epoch.
+    pub fn before(self, d: Duration) -> Stamp {
+        Stamp(self.0.saturating_sub(d.as_millis() as u64))
+    }
+
+    /// The next millisecond: object times of one database are strictly increasing.
+    pub fn next(self) -> Stamp {
+        Stamp(self.0 + 1)
+    }
+
+    /// Parse a key timestamp (`YYYYMMDDHHMMSSmmm`).
+    pub fn parse_key(s: &str) -> Option<Stamp> {
+        parse_key_ts(s).map(Stamp)
+    }
+
+    /// Parse ISO 8601 (see `parse_iso_ms` for the forms taken).
+    pub fn parse_iso(s: &str) -> Option<Stamp> {
+        parse_iso_ms(s).map(Stamp)
+    }
+}
+
+impl std::fmt::Display for Stamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.iso())
+    }
 }
 
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
@@ -60,24 +139,6 @@ fn parts(ms: u64) -> Parts {
     }
 }
 
-/// `YYYYMMDDHHMMSSmmm`, the timestamp inside object keys.
-pub fn key_ts(ms: u64) -> String {
-    let p = parts(ms);
-    format!(
-        "{:04}{:02}{:02}{:02}{:02}{:02}{:03}",
-        p.y, p.mo, p.d, p.h, p.mi, p.s, p.ms
-    )
-}
-
-/// `2026-11-22T10:04:05.123Z`
-pub fn iso(ms: u64) -> String {
-    let p = parts(ms);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        p.y, p.mo, p.d, p.h, p.mi, p.s, p.ms
-    )
-}
-
 fn num(s: &str) -> Option<u32> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -99,7 +160,7 @@ fn to_ms(y: i64, mo: u32, d: u32, h: u32, mi: u32, s: u32, ms: u32) -> Option<u6
 }
 
 /// Parse a key timestamp (`YYYYMMDDHHMMSSmmm`).
-pub fn parse_key_ts(s: &str) -> Option<u64> {
+fn parse_key_ts(s: &str) -> Option<u64> {
     // ASCII only: the byte ranges below must fall on character boundaries.
     if s.len() != 17 || !s.is_ascii() {
         return None;
@@ -119,7 +180,7 @@ pub fn parse_key_ts(s: &str) -> Option<u64> {
 /// Parse ISO 8601: `2026-11-22T10:04:05Z`, with optional fraction (`.123`, up to ms precision
 /// kept), a `Z` or `+hh:mm`/`-hh:mm` offset (none means UTC), a space instead of `T`, or a
 /// bare date (midnight UTC).
-pub fn parse_iso(s: &str) -> Option<u64> {
+fn parse_iso_ms(s: &str) -> Option<u64> {
     let s = s.trim();
     // ASCII only: the byte ranges below must fall on character boundaries.
     if !s.is_ascii() || s.len() < 10 || s.as_bytes()[4] != b'-' || s.as_bytes()[7] != b'-' {
@@ -228,16 +289,17 @@ mod tests {
             ),
         ];
         for (ms, key, isos) in cases {
-            assert_eq!(key_ts(ms), key);
-            assert_eq!(iso(ms), isos);
-            assert_eq!(parse_key_ts(key), Some(ms));
-            assert_eq!(parse_iso(isos), Some(ms));
+            let t = Stamp::from_ms(ms);
+            assert_eq!(t.key(), key);
+            assert_eq!(t.iso(), isos);
+            assert_eq!(Stamp::parse_key(key), Some(t));
+            assert_eq!(Stamp::parse_iso(isos), Some(t));
         }
     }
 
     #[test]
     fn iso_variants() {
-        let base = parse_iso("2026-11-22T10:00:00Z").unwrap();
+        let base = parse_iso_ms("2026-11-22T10:00:00Z").unwrap();
         let cases = [
             ("2026-11-22T10:00:00", Some(base)),
             ("2026-11-22 10:00:00.5Z", Some(base + 500)),
@@ -249,7 +311,7 @@ mod tests {
             ("2026-11-22T10:00", None),
         ];
         for (input, want) in cases {
-            assert_eq!(parse_iso(input), want, "{input}");
+            assert_eq!(parse_iso_ms(input), want, "{input}");
         }
     }
 }

@@ -99,13 +99,13 @@ fn drive(
                 [format!("commit {s} of db {i}")],
             )
             .unwrap();
-            let at = walsync::time::now_ms();
+            let at = Stamp::now().ms();
             let frame = wal_frames(&dbs[i]);
             commits[i].push((at, frame));
         }
     }
     sleep(Duration::from_secs(15));
-    let drain_end = walsync::time::now_ms();
+    let drain_end = Stamp::now().ms();
     let puts = proxy.counts().get("PUT").copied().unwrap_or(0);
     let bytes_up = proxy.bytes_up();
     let run = Run {
@@ -130,7 +130,7 @@ fn wal_frames(db: &Path) -> u32 {
 }
 
 fn log_time(line: &str) -> Option<u64> {
-    walsync::time::parse_iso(line.split_whitespace().next()?)
+    Stamp::parse_iso(line.split_whitespace().next()?).map(Stamp::ms)
 }
 
 /// Per commit: the time its object finished uploading, from walsync's debug log.

@@ -30,8 +30,8 @@ struct Held {
     snapshots: u64,
     segments: u64,
     bytes: u64,
-    oldest: u64,
-    latest: u64,
+    oldest: Stamp,
+    latest: Stamp,
 }
 
 fn held(replica: &Replica, name: &str) -> Held {
@@ -46,7 +46,7 @@ fn held(replica: &Replica, name: &str) -> Held {
         let Some((k, v)) = kv.split_once('=') else {
             continue;
         };
-        let time = || walsync::time::parse_iso(v).unwrap_or(0);
+        let time = || Stamp::parse_iso(v).unwrap_or_default();
         match k {
             "snapshots" => h.snapshots = v.parse().unwrap_or(0),
             "segments" => h.segments = v.parse().unwrap_or(0),
@@ -125,7 +125,7 @@ fn bench_retention() {
     println!("| --- | --- | --- |");
     let began = Instant::now();
     let row = |h: &Held| {
-        let win = h.latest.saturating_sub(h.oldest) as f64 / hour_ms as f64;
+        let win = h.latest.since(h.oldest).as_secs_f64() / hour.as_secs_f64();
         format!(
             "{} / {} / {:.1} MB / {win:.1} h",
             h.snapshots,
@@ -157,9 +157,9 @@ fn bench_retention() {
 
     let out = t.join("latest.db");
     assert_restores_equal(&replica, "kept", &kept, &out);
-    let mid = walsync::time::iso(end.latest - 12 * hour_ms);
+    let mid = end.latest.before(12 * hour).iso();
     restore_ok(&replica, "kept", &t.join("mid.db"), Some(&mid));
-    let before = walsync::time::iso(end.oldest.saturating_sub(hour_ms));
+    let before = end.oldest.before(hour).iso();
     let r = restore(&replica, "kept", &t.join("before.db"), Some(&before));
     assert!(!r.status.success(), "a point before the window restored");
     println!(

@@ -39,7 +39,7 @@ fn bench_startup() {
 
     // Months of history: n segment keys of generation 1, a year ago, 30 s apart.
     let t0 = Instant::now();
-    let base = walsync::time::now_ms() - 365 * 86_400_000;
+    let base = Stamp::now().before(Duration::from_secs(365 * 86_400));
     let next = AtomicU64::new(0);
     std::thread::scope(|s| {
         for _ in 0..32 {
@@ -48,7 +48,8 @@ fn bench_startup() {
                 if i >= n {
                     break;
                 }
-                let key = walsync::layout::segment_key(&ns, 1, base + i * 30_000);
+                let key =
+                    walsync::layout::segment_key(&ns, 1, base.after(Duration::from_secs(i * 30)));
                 st.put(&key, &mut &b""[..], 0, &Default::default()).unwrap();
             });
         }

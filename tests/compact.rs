@@ -66,7 +66,7 @@ fn hot_rows_ship_once_per_segment(backend: Backend) {
     );
     let (mid_state, mid_at) = mid.unwrap();
     let out = t.join("restored.db");
-    restore_ok(&replica, "app", &out, Some(&walsync::time::iso(mid_at)));
+    restore_ok(&replica, "app", &out, Some(&mid_at.iso()));
     assert_eq!(
         content_hash(&out),
         mid_state,

@@ -47,7 +47,7 @@ fn endpoint(
                 Some(tpl) if tpl.starts_with('!') => ("403 Forbidden", tpl[1..].to_string()),
                 Some(tpl) => {
                     n.fetch_add(1, Ordering::SeqCst);
-                    let exp = walsync::time::iso(walsync::time::now_ms() + 4_000);
+                    let exp = Stamp::now().after(Duration::from_secs(4)).iso();
                     let body = tpl
                         .replace("{key}", &key)
                         .replace("{secret}", &secret)

@@ -92,7 +92,7 @@ fn sustained_writer_keeps_the_wal_bounded() {
             // (SPEC 4.3); commits batched for a sync interval share their segment's time. So
             // the writer pauses once until this state is shipped.
             let (h, at) = wait_shipped(&replica, "app", &db, &t.join("scratch.db"));
-            mid = Some((h, walsync::time::iso(at)));
+            mid = Some((h, at.iso()));
         }
         sleep(Duration::from_millis(1));
     }
@@ -155,7 +155,7 @@ fn nonstop_writer_lets_the_wal_restart() {
             // A point in time restores the objects shipped by then: wait for this state to
             // be shipped before taking its time.
             let (want, at) = wait_shipped(&replica, "app", &db, &t.join("scratch.db"));
-            states.push((want, walsync::time::iso(at)));
+            states.push((want, at.iso()));
         }
     }
     let want = content_hash(&db);

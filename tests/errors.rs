@@ -100,8 +100,8 @@ fn restore_refuses_damaged_replicas_naming_the_object() {
         String::from_utf8_lossy(&o.stdout).trim_end(),
         format!(
             "{{\"name\":\"app\",\"oldest_restorable\":\"{}\",\"latest_restorable\":\"{}\",\"snapshots\":{},\"segments\":{},\"generations\":[{g0},{g1}],\"bytes\":{bytes}}}",
-            walsync::time::iso(first),
-            walsync::time::iso(latest),
+            first.iso(),
+            latest.iso(),
             snaps.len(),
             segs.len(),
         )

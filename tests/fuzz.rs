@@ -245,6 +245,7 @@ proptest! {
         ts in 0u64..253_402_300_799_999,
     ) {
         use walsync::layout::{parse_key, segment_key, snapshot_key, Kind};
+        let ts = walsync::time::Stamp::from_ms(ts);
         let (n, o) = parse_key(&snapshot_key(&ns, ts), 7).expect("snapshot key parses");
         prop_assert_eq!(&n, &ns);
         prop_assert_eq!((o.ts, o.kind, o.size), (ts, Kind::Snapshot, 7));
@@ -259,9 +260,9 @@ proptest! {
         let _ = walsync::layout::parse_key(&s, 0);
         let _ = walsync::layout::parse_key(&format!("x/snapshots/{t}.db"), 0);
         let _ = walsync::layout::parse_key(&format!("x/wal/{t}-{t}.wal"), 0);
-        let _ = walsync::time::parse_iso(&t);
-        let _ = walsync::time::parse_iso(&s);
-        let _ = walsync::time::parse_key_ts(&t);
+        let _ = walsync::time::Stamp::parse_iso(&t);
+        let _ = walsync::time::Stamp::parse_iso(&s);
+        let _ = walsync::time::Stamp::parse_key(&t);
     }
 
     /// Metadata values of any text never panic the position reader.
@@ -280,7 +281,7 @@ proptest! {
 
 #[test]
 fn stray_non_ascii_keys_and_times_are_rejected() {
-    assert_eq!(walsync::time::parse_iso("2026-11-2é"), None);
+    assert_eq!(walsync::time::Stamp::parse_iso("2026-11-2é"), None);
     assert!(walsync::layout::parse_key("x/snapshots/20261é1220004051.db", 0).is_none());
     assert!(walsync::layout::parse_key("x/wal/+0000001-20261203085034464.wal", 0).is_none());
     let (ns, _) =

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
+pub use walsync::time::Stamp;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_walsync");
 
@@ -467,8 +468,8 @@ pub fn vm_hwm_kb(pid: u32) -> u64 {
 }
 
 /// Wait until the replica restores `name` to the source's current state; return that state
-/// and the time (ms since the epoch) it was reached: a point in time that must restore to it.
-pub fn wait_shipped(replica: &Replica, name: &str, src: &Path, scratch: &Path) -> (String, u64) {
+/// and the time it was reached: a point in time that must restore to it.
+pub fn wait_shipped(replica: &Replica, name: &str, src: &Path, scratch: &Path) -> (String, Stamp) {
     let want = content_hash(src);
     wait_until(
         "the source's state restorable",
@@ -478,7 +479,7 @@ pub fn wait_shipped(replica: &Replica, name: &str, src: &Path, scratch: &Path) -
             restore(replica, name, scratch, None).status.success() && content_hash(scratch) == want
         },
     );
-    let at = walsync::time::now_ms();
+    let at = Stamp::now();
     // The next commit's segment gets a later timestamp.
     std::thread::sleep(Duration::from_millis(3));
     (want, at)

@@ -59,7 +59,7 @@ fn assert_restores_all(replica: &Replica, t: &TestDir, db: &Path, states: &[(Str
 /// `wait_shipped`, with the time as ISO 8601.
 fn shipped(replica: &Replica, name: &str, src: &Path, scratch: &Path) -> (String, String) {
     let (want, at) = wait_shipped(replica, name, src, scratch);
-    (want, walsync::time::iso(at))
+    (want, at.iso())
 }
 
 /// Wait until walsync's last word (uploads finishing apart) is that it let the database go.

@@ -71,8 +71,7 @@ fn prune_window(backend: Backend) {
 
     // A window starting at the fifth recorded state.
     let start = states[4].1;
-    let keep_ms = walsync::time::now_ms() - start;
-    let keep = format!("{keep_ms}ms");
+    let keep = format!("{}ms", Stamp::now().since(start).as_millis());
     let (doomed, dry_out) = dry_run(&replica, &keep);
     assert_eq!(
         all_keys(&replica, "app"),
@@ -110,7 +109,7 @@ fn prune_window(backend: Backend) {
     let oldest = text
         .rsplit("restorable from ")
         .next()
-        .and_then(|t| walsync::time::parse_iso(t.trim()))
+        .and_then(|t| Stamp::parse_iso(t.trim()))
         .expect("the prune names the oldest restorable time");
     // Another namespace with the same leading letters is untouched.
     assert_eq!(all_keys(&replica, "app2"), other_keys);
@@ -126,7 +125,7 @@ fn prune_window(backend: Backend) {
     for &i in &inside {
         let (want, at) = &states[i];
         let out = t.join(&format!("pit-{i}.db"));
-        restore_ok(&replica, "app", &out, Some(&walsync::time::iso(*at)));
+        restore_ok(&replica, "app", &out, Some(&at.iso()));
         assert_eq!(&content_hash(&out), want, "state {i} inside the window");
     }
     let out = t.join("latest.db");
@@ -134,12 +133,7 @@ fn prune_window(backend: Backend) {
     assert_eq!(content_hash(&out), states[7].0);
     // A point before the oldest kept snapshot fails with one line naming it.
     let out = t.join("old.db");
-    let r = restore(
-        &replica,
-        "app",
-        &out,
-        Some(&walsync::time::iso(states[0].1)),
-    );
+    let r = restore(&replica, "app", &out, Some(&states[0].1.iso()));
     assert!(!r.status.success());
     let err = stderr(&r);
     let first = err.lines().next().unwrap_or("");
@@ -207,7 +201,12 @@ fn retention_errors() {
 
 /// A history with many objects: `rounds` recorded states, each after a burst of commits
 /// shipped one segment each, and a snapshot of the changed database every second.
-fn record_history(t: &TestDir, replica: &Replica, db: &Path, rounds: usize) -> Vec<(String, u64)> {
+fn record_history(
+    t: &TestDir,
+    replica: &Replica,
+    db: &Path,
+    rounds: usize,
+) -> Vec<(String, Stamp)> {
     make(db);
     let d = Daemon::start(
         &[db],
@@ -241,14 +240,14 @@ fn record_history(t: &TestDir, replica: &Replica, db: &Path, rounds: usize) -> V
 fn restores_exactly_or_fails(
     t: &TestDir,
     replica: &Replica,
-    states: &[(String, u64)],
-    window: u64,
+    states: &[(String, Stamp)],
+    window: Stamp,
     what: &str,
 ) {
     for (i, (want, at)) in states.iter().enumerate() {
         let out = t.join(&format!("check-{i}.db"));
         let _ = std::fs::remove_file(&out);
-        let r = restore(replica, "app", &out, Some(&walsync::time::iso(*at)));
+        let r = restore(replica, "app", &out, Some(&at.iso()));
         if r.status.success() {
             assert_eq!(
                 &content_hash(&out),
@@ -284,7 +283,10 @@ fn prune_interrupted(backend: Backend) {
     // The window is relative to each prune's own clock, so every prune is given one that
     // starts 1.5 s before state 9: that state and the later ones stay inside it.
     let window = states[9].1;
-    let keep_now = || format!("{}ms", walsync::time::now_ms() + 1500 - window);
+    let keep_now = || {
+        let start = window.before(Duration::from_millis(1500));
+        format!("{}ms", Stamp::now().since(start).as_millis())
+    };
     let keep = keep_now();
     let (doomed, _) = dry_run(&replica, &keep);
     let (snaps, segs): (Vec<&String>, Vec<&String>) =
@@ -373,12 +375,7 @@ fn prune_interrupted(backend: Backend) {
         .iter()
         .all(|k| !doomed.contains(k)));
     restores_exactly_or_fails(&t, &replica, &states, window, "after the prune");
-    let r = restore(
-        &replica,
-        "app",
-        &t.join("old.db"),
-        Some(&walsync::time::iso(states[0].1)),
-    );
+    let r = restore(&replica, "app", &t.join("old.db"), Some(&states[0].1.iso()));
     let first = stderr(&r).lines().next().unwrap_or("").to_string();
     assert!(first.contains("; the earliest is at "), "{first}");
     let v = walsync(&["verify", "app", "-b", &replica.url()]);

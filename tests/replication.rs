@@ -70,7 +70,7 @@ fn point_in_time_restores_each_recorded_state(backend: Backend) {
         let snap = t.join(&format!("state-{i}.db"));
         c.execute("VACUUM INTO ?1", [snap.to_str().unwrap()])
             .unwrap();
-        let at = walsync::time::iso(walsync::time::now_ms());
+        let at = Stamp::now().iso();
         states.push((at, content_hash(&snap)));
         sleep(Duration::from_millis(3));
     }

@@ -5,6 +5,7 @@
 //! case restores exactly.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::harness::*;
 
@@ -107,7 +108,7 @@ fn resume_from_state(backend: Backend) {
     // Naming an object that is gone, then not walsync's at all: the whole namespace is listed.
     let (_, prefix) = replica.storage();
     let ns = walsync::layout::join(&prefix, "app");
-    let later = walsync::time::now_ms() + 86_400_000;
+    let later = Stamp::now().after(Duration::from_secs(86_400));
     let gone = format!(
         "{{\"generation\":4000000000,\"last_object\":\"{}\"}}",
         walsync::layout::segment_key(&ns, 4_000_000_000, later)

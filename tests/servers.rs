@@ -171,7 +171,7 @@ fn replication_point_in_time_and_leases(srv: &Server, tag: &str) {
     }
     wait_restorable(srv, &url, &a, &out);
     let first = content_hash(&a);
-    let at = walsync::time::iso(walsync::time::now_ms());
+    let at = Stamp::now().iso();
     // The next commit's segment gets a later timestamp than `at` (ms resolution).
     std::thread::sleep(Duration::from_millis(5));
     for _ in 0..20 {

@@ -41,7 +41,7 @@ struct Counters {
 
 fn record(db: &Path, states: &States, counters: &Counters) {
     let h = content_hash(db);
-    let t = walsync::time::now_ms();
+    let t = Stamp::now().ms();
     states.lock().unwrap().push((t, h));
     counters.commits.fetch_add(1, Ordering::Relaxed);
 }
@@ -137,7 +137,7 @@ fn torture() {
     ensure_s3();
     let secs = env_u64("WALSYNC_TORTURE_SECS", 90);
     let ndb = env_u64("WALSYNC_TORTURE_DBS", 3) as usize;
-    let seed = env_u64("WALSYNC_TORTURE_SEED", walsync::time::now_ms());
+    let seed = env_u64("WALSYNC_TORTURE_SEED", Stamp::now().ms());
     let outage = Duration::from_secs(
         env_u64("WALSYNC_TORTURE_OUTAGE_SECS", secs.min(3600) / 3).clamp(5, 30),
     );
@@ -230,10 +230,7 @@ fn torture() {
             sleep(Duration::from_millis(rng.below(500)));
             proxy.set_fault(f);
             faults += 1;
-            eprintln!(
-                "{} torture: fault {f:?} for {dur:?}",
-                walsync::time::iso(walsync::time::now_ms())
-            );
+            eprintln!("{} torture: fault {f:?} for {dur:?}", Stamp::now().iso());
             let until = Instant::now() + dur;
             while Instant::now() < until {
                 peak_kb = peak_kb.max(vm_hwm_kb(pid));
@@ -287,7 +284,7 @@ fn torture() {
         let first_snapshot = replica
             .objects(&name, "snapshots")
             .iter()
-            .filter_map(|k| walsync::layout::parse_key(k, 0).map(|(_, o)| o.ts))
+            .filter_map(|k| walsync::layout::parse_key(k, 0).map(|(_, o)| o.ts.ms()))
             .min()
             .expect("a snapshot");
         let (first, last) = (states[0].0.max(first_snapshot), states.last().unwrap().0);
@@ -297,11 +294,11 @@ fn torture() {
             }
             let at = first + rng.below(last - first);
             let out = t.join(&format!("pit-{name}-{k}.db"));
-            let o = restore(&replica, &name, &out, Some(&walsync::time::iso(at)));
+            let o = restore(&replica, &name, &out, Some(&Stamp::from_ms(at).iso()));
             if !o.status.success() {
                 mismatches.push(format!(
                     "{name}: restore to {} failed: {}",
-                    walsync::time::iso(at),
+                    Stamp::from_ms(at).iso(),
                     stderr(&o)
                 ));
                 continue;
@@ -312,7 +309,7 @@ fn torture() {
             if !states.iter().any(|(ts, h)| *h == got && *ts <= at + 1000) {
                 mismatches.push(format!(
                     "{name}: restore to {} gave a state never committed before then",
-                    walsync::time::iso(at)
+                    Stamp::from_ms(at).iso()
                 ));
             }
         }

@@ -37,7 +37,7 @@ pub struct Args {
     pub sync_interval: Duration,
     pub snapshot_interval: Duration,
     pub output: Option<PathBuf>,
-    pub point_in_time: Option<u64>,
+    pub point_in_time: Option<time::Stamp>,
     pub force: bool,
     pub config: Option<PathBuf>,
     pub prefix: Option<String>,
@@ -143,7 +143,7 @@ fn set_value(args: &mut Args, long: &str, v: String) -> Result<()> {
             }
         }
         "point-in-time" => {
-            args.point_in_time = Some(time::parse_iso(&v).ok_or_else(|| {
+            args.point_in_time = Some(time::Stamp::parse_iso(&v).ok_or_else(|| {
                 bad(format!(
                     "invalid time '{v}' (use ISO 8601, e.g. 2026-11-22T10:00:00Z)"
                 ))

@@ -69,13 +69,7 @@ pub fn main_classified(args: impl IntoIterator<Item = OsString>) -> (u8, Option<
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format(|buf, r| {
             use std::io::Write;
-            writeln!(
-                buf,
-                "{} {:<5} {}",
-                time::iso(time::now_ms()),
-                r.level(),
-                r.args()
-            )
+            writeln!(buf, "{} {:<5} {}", time::Stamp::now(), r.level(), r.args())
         })
         .try_init();
     let res = run(args);

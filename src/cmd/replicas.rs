@@ -6,9 +6,9 @@ use crate::cli::Args;
 use crate::error::Result;
 use crate::layout;
 use crate::prune;
-use crate::replicate::status::json_str;
+use crate::replicate::status::{json_str, json_time};
 use crate::restore;
-use crate::time;
+use crate::time::Stamp;
 
 use super::watch::replica_to_read;
 
@@ -27,7 +27,7 @@ pub fn list(a: &Args) -> Result<()> {
             println!(
                 "{{\"name\":{},\"oldest_restorable\":{},\"latest_restorable\":{},\"snapshots\":{},\"segments\":{},\"generations\":[{},{}],\"bytes\":{}}}",
                 json_str(name),
-                json_time(oldest.unwrap_or(0)),
+                json_time(oldest),
                 json_time(s.latest),
                 s.snapshots.len(),
                 s.segments,
@@ -42,31 +42,20 @@ pub fn list(a: &Args) -> Result<()> {
         } else {
             format!("{}..{}", s.generations.0, s.generations.1)
         };
-        let at = |t: Option<u64>| {
-            t.filter(|&t| t > 0)
-                .map_or_else(|| "none".into(), time::iso)
-        };
+        let at = |t: Option<Stamp>| t.map_or_else(|| "none".into(), Stamp::iso);
         println!(
             "{name}\tsnapshots={} segments={} generations={gens} bytes={} oldest_restorable={} latest_restorable={}",
             s.snapshots.len(),
             s.segments,
             s.bytes,
             at(oldest),
-            at(Some(s.latest))
+            at(s.latest)
         );
         for (ts, size) in s.snapshots {
-            println!("  snapshot {} {size} bytes", time::iso(ts));
+            println!("  snapshot {ts} {size} bytes");
         }
     }
     Ok(())
-}
-
-fn json_time(ms: u64) -> String {
-    if ms == 0 {
-        "null".into()
-    } else {
-        json_str(&time::iso(ms))
-    }
 }
 
 /// Delete what the retention window no longer needs.
@@ -102,7 +91,7 @@ pub fn prune(a: &Args) -> Result<()> {
             r.deleted.len(),
             r.kept,
             r.oldest
-                .map_or_else(|| "the first snapshot".into(), time::iso)
+                .map_or_else(|| "the first snapshot".into(), Stamp::iso)
         );
     }
     Ok(())
@@ -140,7 +129,7 @@ pub fn verify(a: &Args) -> Result<()> {
         v.objects,
         v.snapshots,
         v.segments,
-        time::iso(v.latest)
+        v.latest.map_or_else(|| "none".into(), Stamp::iso)
     );
     Ok(())
 }

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use crate::cli::Args;
 use crate::error::{Error, Result};
 use crate::layout;
-use crate::time;
 
 use super::watch::replica_to_read;
 
@@ -145,6 +144,6 @@ fn print_restored(what: &str, out: &Path, r: &crate::restore::Restored) {
         r.snapshot,
         r.segments,
         r.frames,
-        time::iso(r.restored_to)
+        r.restored_to
     );
 }

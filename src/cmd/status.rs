@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::replicate::catalog;
 use crate::replicate::db::{process_is_walsync, spool_of};
 use crate::replicate::status::{self, DbStatus};
-use crate::time;
+use crate::time::Stamp;
 
 /// One database's line: how bad (for the order and the exit code) and what to show.
 struct Row {
@@ -24,7 +24,7 @@ struct Row {
 
 impl Row {
     /// Where `db` stands at `now`, from its spool's status file.
-    fn of(db: PathBuf, now: u64, max_lag: Duration, max_failing: Duration) -> Row {
+    fn of(db: PathBuf, now: Stamp, max_lag: Duration, max_failing: Duration) -> Row {
         let st = status::read(&spool_of(&db));
         let running = st
             .as_ref()
@@ -33,7 +33,7 @@ impl Row {
         let failing_for = st
             .as_ref()
             .and_then(|s| s.failing.as_ref())
-            .map(|f| now.saturating_sub(f.since_ms) as f64 / 1000.0);
+            .map(|f| now.since(f.since).as_secs_f64());
         let (rank, state) = match (&st, running) {
             (None, _) => (4, "never shipped"),
             (Some(_), false) => (3, "no daemon"),
@@ -76,7 +76,7 @@ pub fn status(a: &Args) -> Result<()> {
             (paths, DEFAULT_MAX_LAG, DEFAULT_MAX_FAILING)
         }
     };
-    let now = time::now_ms();
+    let now = Stamp::now();
     let mut rows: Vec<Row> = paths
         .into_iter()
         .map(|db| Row::of(db, now, max_lag, max_failing))
@@ -111,7 +111,7 @@ pub fn status(a: &Args) -> Result<()> {
     Ok(())
 }
 
-fn print_table(rows: &[Row], now: u64) {
+fn print_table(rows: &[Row], now: Stamp) {
     println!(
         "{:<40} {:<13} {:>8} {:>8} {:>10} {:<20} ERROR",
         "DATABASE", "STATE", "LAG", "PENDING", "BYTES", "LAST UPLOAD"
@@ -129,13 +129,10 @@ fn print_table(rows: &[Row], now: u64) {
                 format!("{:.1}s", r.lag),
                 s.pending_objects.to_string(),
                 s.pending_bytes.to_string(),
-                if s.last_upload_ms == 0 {
-                    "none".into()
-                } else {
-                    format!("{} ago", ago(now, s.last_upload_ms))
-                },
+                s.last_upload
+                    .map_or_else(|| "none".into(), |t| format!("{} ago", ago(now, t))),
                 s.failing.as_ref().map_or(String::new(), |f| {
-                    format!("{} since {}: {}", f.class, ago(now, f.since_ms), f.msg)
+                    format!("{} since {}: {}", f.class, ago(now, f.since), f.msg)
                 }),
             ),
         };
@@ -148,8 +145,8 @@ fn print_table(rows: &[Row], now: u64) {
 }
 
 /// `12s`, `3m`, `2h` before `now`.
-fn ago(now: u64, then: u64) -> String {
-    let s = now.saturating_sub(then) / 1000;
+fn ago(now: Stamp, then: Stamp) -> String {
+    let s = now.since(then).as_secs();
     match s {
         0..=119 => format!("{s}s"),
         120..=7199 => format!("{}m", s / 60),

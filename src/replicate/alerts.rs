@@ -14,7 +14,7 @@ use log::{debug, info, warn};
 use crate::config::Alerts;
 use crate::error::{Error, Result};
 use crate::storage::http::{Client, ReqBody, Target};
-use crate::time;
+use crate::time::Stamp;
 
 /// What the alerts thread is asked to do.
 pub enum Job {
@@ -24,7 +24,7 @@ pub enum Job {
         ns: String,
         class: String,
         msg: String,
-        since_ms: u64,
+        since: Stamp,
     },
     /// Everything is healthy: fetch the heartbeat URL.
     Beat,
@@ -69,20 +69,17 @@ impl Alerter {
                             ns,
                             class,
                             msg,
-                            since_ms,
+                            since,
                         } => {
                             let Some(cmd) = &cmd else { continue };
-                            info!(
-                                "db={db} failing since {}: running on_failure",
-                                time::iso(since_ms)
-                            );
+                            info!("db={db} failing since {since}: running on_failure");
                             let r = Command::new("sh")
                                 .args(["-c", cmd])
                                 .env("WALSYNC_DB", &db)
                                 .env("WALSYNC_NAMESPACE", &ns)
                                 .env("WALSYNC_ERROR_CLASS", &class)
                                 .env("WALSYNC_ERROR", &msg)
-                                .env("WALSYNC_FAILING_SINCE", time::iso(since_ms))
+                                .env("WALSYNC_FAILING_SINCE", since.iso())
                                 .status();
                             match r {
                                 Ok(s) if s.success() => {}

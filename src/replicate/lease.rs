@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use log::{info, warn};
 
@@ -30,18 +31,19 @@ use crate::digest;
 use crate::error::{Error, Result};
 use crate::layout::{self, Meta};
 use crate::storage::Storage;
-use crate::time;
+use crate::time::Stamp;
 
 /// The lease period, seconds (`WALSYNC_LEASE_SECONDS` overrides, at least 2).
 const LEASE_SECONDS: u64 = 600;
 
-fn period_ms() -> u64 {
-    std::env::var("WALSYNC_LEASE_SECONDS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(LEASE_SECONDS)
-        .max(2)
-        * 1000
+fn period() -> Duration {
+    Duration::from_secs(
+        std::env::var("WALSYNC_LEASE_SECONDS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(LEASE_SECONDS)
+            .max(2),
+    )
 }
 
 /// A namespace's lease as this process holds it.
@@ -52,8 +54,8 @@ pub struct Lease {
     db: String,
     /// Ours while held; None once released.
     etag: Option<String>,
-    renewed_ms: u64,
-    period_ms: u64,
+    renewed: Stamp,
+    period: Duration,
     /// Known after the first `keep`: true when the storage does not enforce conditional
     /// writes (no lease is kept).
     off: Option<bool>,
@@ -68,8 +70,8 @@ struct Holder {
     host: String,
     pid: u32,
     db: String,
-    renewed: u64,
-    expires: u64,
+    renewed: Stamp,
+    expires: Stamp,
 }
 
 fn hostname() -> String {
@@ -87,16 +89,26 @@ fn hostname() -> String {
 /// This process: host, pid and start time (a pid reused later is another holder).
 fn me() -> &'static str {
     static ME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ME.get_or_init(|| format!("{}:{}:{}", hostname(), std::process::id(), time::now_ms()))
+    ME.get_or_init(|| {
+        format!(
+            "{}:{}:{}",
+            hostname(),
+            std::process::id(),
+            Stamp::now().ms()
+        )
+    })
 }
 
-fn body(db: &str, now: u64, expires: u64) -> Vec<u8> {
+/// A lease object's body; its times are milliseconds since the epoch.
+fn body(db: &str, now: Stamp, expires: Stamp) -> Vec<u8> {
     format!(
-        "{{\"holder\":{},\"host\":{},\"pid\":{},\"db\":{},\"renewed\":{now},\"expires\":{expires}}}\n",
+        "{{\"holder\":{},\"host\":{},\"pid\":{},\"db\":{},\"renewed\":{},\"expires\":{}}}\n",
         json_str(me()),
         json_str(&hostname()),
         std::process::id(),
-        json_str(db)
+        json_str(db),
+        now.ms(),
+        expires.ms()
     )
     .into_bytes()
 }
@@ -126,8 +138,8 @@ fn parse(json: &str) -> Holder {
         host: field(json, "host").unwrap_or("?").to_string(),
         pid: num("pid") as u32,
         db: field(json, "db").unwrap_or("?").to_string(),
-        renewed: num("renewed"),
-        expires: num("expires"),
+        renewed: Stamp::from_ms(num("renewed")),
+        expires: Stamp::from_ms(num("expires")),
     }
 }
 
@@ -195,20 +207,20 @@ impl Lease {
             ns: ns.to_string(),
             db: db.display().to_string(),
             etag: None,
-            renewed_ms: 0,
-            period_ms: period_ms(),
+            renewed: Stamp::default(),
+            period: period(),
             off: None,
             lost: None,
         }
     }
 
     fn write(&mut self, storage: &dyn Storage, if_match: Option<&str>) -> Result<bool> {
-        let now = time::now_ms();
-        let b = body(&self.db, now, now + self.period_ms);
+        let now = Stamp::now();
+        let b = body(&self.db, now, now.after(self.period));
         match storage.put_if(&self.key, &b, &meta_of(&b), if_match)? {
             Some(tag) => {
                 self.etag = Some(tag);
-                self.renewed_ms = now;
+                self.renewed = now;
                 Ok(true)
             }
             None => Ok(false),
@@ -228,7 +240,7 @@ impl Lease {
                 Err(e) => return Err(e),
             };
             let h = parse(&String::from_utf8_lossy(&bytes));
-            let now = time::now_ms();
+            let now = Stamp::now();
             let ours_gone = h.host == hostname()
                 && h.db == json_str(&self.db).trim_matches('"')
                 && h.pid != std::process::id()
@@ -260,18 +272,18 @@ impl Lease {
         })
     }
 
-    fn held_by(&self, h: &Holder, now: u64) -> Error {
+    fn held_by(&self, h: &Holder, now: Stamp) -> Error {
         Error::other(format!(
             "namespace {} is leased by walsync on {} (pid {}, database {}), renewed {} s ago",
             self.ns,
             h.host,
             h.pid,
             h.db,
-            now.saturating_sub(h.renewed) / 1000
+            now.since(h.renewed).as_secs()
         ))
         .with_hint(format!(
             "one walsync per database: stop the other one (its lease is released at exit), or wait {} s for the lease to expire",
-            h.expires.saturating_sub(now).div_ceil(1000)
+            (h.expires.since(now).as_millis()).div_ceil(1000)
         ))
     }
 
@@ -294,11 +306,10 @@ impl Lease {
         if off {
             return Ok(());
         }
-        let now = time::now_ms();
         let Some(tag) = self.etag.clone() else {
             return self.take(storage);
         };
-        if now.saturating_sub(self.renewed_ms) < self.period_ms / 2 {
+        if Stamp::now().since(self.renewed) < self.period / 2 {
             return Ok(());
         }
         if self.write(storage, Some(&tag))? {
@@ -322,7 +333,7 @@ impl Lease {
         let Some(tag) = self.etag.take() else {
             return;
         };
-        let now = time::now_ms();
+        let now = Stamp::now();
         let b = body(&self.db, now, now);
         if let Err(e) = storage.put_if(&self.key, &b, &meta_of(&b), Some(&tag)) {
             warn!("namespace {}: releasing the lease: {e}", self.ns);
@@ -336,11 +347,12 @@ mod tests {
 
     #[test]
     fn lease_bodies_round_trip() {
-        let b = body("/srv/a \"x\".db", 1000, 601_000);
+        let (renewed, expires) = (Stamp::from_ms(1000), Stamp::from_ms(601_000));
+        let b = body("/srv/a \"x\".db", renewed, expires);
         let h = parse(std::str::from_utf8(&b).unwrap());
         assert_eq!(h.holder, me());
         assert_eq!(h.pid, std::process::id());
-        assert_eq!((h.renewed, h.expires), (1000, 601_000));
+        assert_eq!((h.renewed, h.expires), (renewed, expires));
         assert_eq!(h.db, "/srv/a \\\"x\\\".db");
         assert_eq!(h.host, hostname());
     }

@@ -20,34 +20,35 @@ use std::time::Duration;
 use log::{info, warn};
 
 use crate::error::{Error, Result};
-use crate::time;
+use crate::time::Stamp;
 
 /// The status file's name in a database's spool directory.
 pub const FILE: &str = "status";
 
-/// A failure still current: its class (`Error::class`), its message, since when (ms).
+/// A failure still current: its class (`Error::class`), its message, since when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failing {
     pub class: String,
     pub msg: String,
-    pub since_ms: u64,
+    pub since: Stamp,
 }
 
-/// One database's replication, as of `updated_ms`.
+/// One database's replication, as of `updated`. In the file form a time is its milliseconds
+/// since the epoch, 0 for none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DbStatus {
     pub db: PathBuf,
     pub ns: String,
     pub pid: u32,
-    pub updated_ms: u64,
+    pub updated: Stamp,
     pub generation: u32,
-    /// When the last new commit was captured (0: none since the start).
-    pub last_commit_ms: u64,
+    /// When the last new commit was captured (none since the start: `None`).
+    pub last_commit: Option<Stamp>,
     /// When the last object was uploaded, and its key.
-    pub last_upload_ms: u64,
+    pub last_upload: Option<Stamp>,
     pub last_key: String,
-    /// The oldest commit seen and not yet in storage (0: everything is shipped).
-    pub oldest_unshipped_ms: u64,
+    /// The oldest commit seen and not yet in storage (`None`: everything is shipped).
+    pub oldest_unshipped: Option<Stamp>,
     pub pending_objects: usize,
     pub pending_bytes: u64,
     pub snapshots: u64,
@@ -59,13 +60,10 @@ pub struct DbStatus {
 }
 
 impl DbStatus {
-    /// Seconds behind at `now_ms`.
-    pub fn lag(&self, now_ms: u64) -> f64 {
-        if self.oldest_unshipped_ms == 0 {
-            0.0
-        } else {
-            now_ms.saturating_sub(self.oldest_unshipped_ms) as f64 / 1000.0
-        }
+    /// Seconds behind at `now`.
+    pub fn lag(&self, now: Stamp) -> f64 {
+        self.oldest_unshipped
+            .map_or(0.0, |t| now.since(t).as_secs_f64())
     }
 
     /// The file form: one `key=value` per line (values never hold a newline).
@@ -78,12 +76,13 @@ impl DbStatus {
         kv("db", &self.db.display());
         kv("ns", &self.ns);
         kv("pid", &self.pid);
-        kv("updated", &self.updated_ms);
+        let ms = |t: Option<Stamp>| t.map_or(0, Stamp::ms);
+        kv("updated", &self.updated.ms());
         kv("generation", &self.generation);
-        kv("last_commit", &self.last_commit_ms);
-        kv("last_upload", &self.last_upload_ms);
+        kv("last_commit", &ms(self.last_commit));
+        kv("last_upload", &ms(self.last_upload));
         kv("last_key", &self.last_key);
-        kv("oldest_unshipped", &self.oldest_unshipped_ms);
+        kv("oldest_unshipped", &ms(self.oldest_unshipped));
         kv("pending_objects", &self.pending_objects);
         kv("pending_bytes", &self.pending_bytes);
         kv("snapshots", &self.snapshots);
@@ -92,7 +91,7 @@ impl DbStatus {
         kv("retries", &self.retries);
         if let Some(f) = &self.failing {
             kv("error_class", &f.class);
-            kv("error_since", &f.since_ms);
+            kv("error_since", &f.since.ms());
             kv("error", &f.msg);
         }
         s
@@ -101,20 +100,21 @@ impl DbStatus {
     /// Parse the file form; unknown keys are skipped (a newer walsync may add some).
     pub fn parse(text: &str) -> Option<DbStatus> {
         let mut s = DbStatus::default();
-        let (mut class, mut since, mut msg) = (None, 0, String::new());
+        let (mut class, mut since, mut msg) = (None, Stamp::default(), String::new());
         for line in text.lines() {
             let (k, v) = line.split_once('=')?;
             let n = || v.parse::<u64>().ok();
+            let t = || n().map(|ms| Some(Stamp::from_ms(ms)).filter(|_| ms != 0));
             match k {
                 "db" => s.db = PathBuf::from(v),
                 "ns" => s.ns = v.to_string(),
                 "pid" => s.pid = v.parse().ok()?,
-                "updated" => s.updated_ms = n()?,
+                "updated" => s.updated = Stamp::from_ms(n()?),
                 "generation" => s.generation = v.parse().ok()?,
-                "last_commit" => s.last_commit_ms = n()?,
-                "last_upload" => s.last_upload_ms = n()?,
+                "last_commit" => s.last_commit = t()?,
+                "last_upload" => s.last_upload = t()?,
                 "last_key" => s.last_key = v.to_string(),
-                "oldest_unshipped" => s.oldest_unshipped_ms = n()?,
+                "oldest_unshipped" => s.oldest_unshipped = t()?,
                 "pending_objects" => s.pending_objects = v.parse().ok()?,
                 "pending_bytes" => s.pending_bytes = n()?,
                 "snapshots" => s.snapshots = n()?,
@@ -122,33 +122,29 @@ impl DbStatus {
                 "bytes_up" => s.bytes_up = n()?,
                 "retries" => s.retries = n()?,
                 "error_class" => class = Some(v.to_string()),
-                "error_since" => since = n()?,
+                "error_since" => since = Stamp::from_ms(n()?),
                 "error" => msg = v.to_string(),
                 _ => {}
             }
         }
-        s.failing = class.map(|class| Failing {
-            class,
-            msg,
-            since_ms: since,
-        });
+        s.failing = class.map(|class| Failing { class, msg, since });
         Some(s)
     }
 
-    /// One JSON object (for `walsync status --json`), with the lag at `now_ms` and whether a
+    /// One JSON object (for `walsync status --json`), with the lag at `now` and whether a
     /// daemon runs.
-    pub fn to_json(&self, now_ms: u64, running: bool) -> String {
+    pub fn to_json(&self, now: Stamp, running: bool) -> String {
         let f = self.failing.as_ref();
         format!(
             "{{\"db\":{},\"namespace\":{},\"running\":{running},\"pid\":{},\"updated\":{},\"lag_seconds\":{:.3},\"generation\":{},\"last_commit\":{},\"last_upload\":{},\"last_key\":{},\"pending_objects\":{},\"pending_bytes\":{},\"snapshots\":{},\"segments\":{},\"bytes_up\":{},\"retries\":{},\"error_class\":{},\"error\":{},\"error_since\":{}}}",
             json_str(&self.db.display().to_string()),
             json_str(&self.ns),
             self.pid,
-            json_time(self.updated_ms),
-            self.lag(now_ms),
+            json_time(Some(self.updated)),
+            self.lag(now),
             self.generation,
-            json_time(self.last_commit_ms),
-            json_time(self.last_upload_ms),
+            json_time(self.last_commit),
+            json_time(self.last_upload),
             json_str(&self.last_key),
             self.pending_objects,
             self.pending_bytes,
@@ -158,7 +154,7 @@ impl DbStatus {
             self.retries,
             f.map_or("null".into(), |f| json_str(&f.class)),
             f.map_or("null".into(), |f| json_str(&f.msg)),
-            f.map_or("null".into(), |f| json_time(f.since_ms)),
+            f.map_or("null".into(), |f| json_time(Some(f.since))),
         )
     }
 }
@@ -193,12 +189,9 @@ pub fn json_str(s: &str) -> String {
     o
 }
 
-fn json_time(ms: u64) -> String {
-    if ms == 0 {
-        "null".into()
-    } else {
-        json_str(&time::iso(ms))
-    }
+/// A time as a JSON string (ISO 8601), or `null`.
+pub fn json_time(t: Option<Stamp>) -> String {
+    t.map_or_else(|| "null".into(), |t| json_str(&t.iso()))
 }
 
 /// When a database counts as unhealthy (`/healthz`).
@@ -211,10 +204,10 @@ pub struct Health {
 }
 
 /// `Ok(line)` when every database is healthy, else `Err(line)` naming the worst one.
-pub fn health(all: &[DbStatus], now_ms: u64, h: Health) -> std::result::Result<String, String> {
+pub fn health(all: &[DbStatus], now: Stamp, h: Health) -> std::result::Result<String, String> {
     let mut bad: Vec<(f64, String)> = Vec::new();
     for s in all {
-        let lag = s.lag(now_ms);
+        let lag = s.lag(now);
         if lag > h.max_lag.as_secs_f64() {
             bad.push((
                 lag,
@@ -226,7 +219,7 @@ pub fn health(all: &[DbStatus], now_ms: u64, h: Health) -> std::result::Result<S
             ));
         }
         if let Some(f) = &s.failing {
-            let for_s = now_ms.saturating_sub(f.since_ms) as f64 / 1000.0;
+            let for_s = now.since(f.since).as_secs_f64();
             if for_s > h.max_failing.as_secs_f64() {
                 bad.push((
                     for_s,
@@ -256,7 +249,7 @@ fn label(s: &str) -> String {
 }
 
 /// One metric per database: name, type, help text and its value (given the time now).
-type Get = fn(&DbStatus, u64) -> f64;
+type Get = fn(&DbStatus, Stamp) -> f64;
 
 /// The per-database metrics of `exposition`.
 const PER_DB: [(&str, &str, &str, Get); 10] = [
@@ -306,7 +299,7 @@ const PER_DB: [(&str, &str, &str, Get); 10] = [
         "walsync_last_upload_timestamp_seconds",
         "gauge",
         "When the last object was uploaded (0: none since the start).",
-        |s, _| s.last_upload_ms as f64 / 1000.0,
+        |s, _| s.last_upload.map_or(0.0, Stamp::secs_f64),
     ),
     (
         "walsync_generation",
@@ -324,7 +317,7 @@ const PER_DB: [(&str, &str, &str, Get); 10] = [
 
 /// The Prometheus text exposition of every database's figures, with `db` labels (one series
 /// per database and metric: the cardinality is the number of databases).
-pub fn exposition(all: &[DbStatus], now_ms: u64, rss_bytes: u64) -> String {
+pub fn exposition(all: &[DbStatus], now: Stamp, rss_bytes: u64) -> String {
     let mut o = String::new();
     for (name, kind, help, get) in PER_DB {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -333,7 +326,7 @@ pub fn exposition(all: &[DbStatus], now_ms: u64, rss_bytes: u64) -> String {
                 o,
                 "{name}{{db=\"{}\"}} {}",
                 label(&s.db.display().to_string()),
-                get(s, now_ms)
+                get(s, now)
             );
         }
     }
@@ -348,7 +341,7 @@ pub fn exposition(all: &[DbStatus], now_ms: u64, rss_bytes: u64) -> String {
                 "walsync_failing_since_seconds{{db=\"{}\",class=\"{}\"}} {}",
                 label(&s.db.display().to_string()),
                 label(&f.class),
-                f.since_ms as f64 / 1000.0
+                f.since.secs_f64()
             );
         }
     }
@@ -440,7 +433,7 @@ fn answer(c: TcpStream, board: &Board, h: Health) -> std::io::Result<()> {
         .flatten()
         .cloned()
         .collect();
-    let now = time::now_ms();
+    let now = Stamp::now();
     let (status, ctype, body) = match path {
         "/metrics" => (
             "200 OK",
@@ -482,17 +475,21 @@ fn rss_bytes() -> u64 {
 mod tests {
     use super::*;
 
+    fn at(ms: u64) -> Stamp {
+        Stamp::from_ms(ms)
+    }
+
     fn sample() -> DbStatus {
         DbStatus {
             db: "/srv/a b.db".into(),
             ns: "app/a b".into(),
             pid: 42,
-            updated_ms: 1_000_000,
+            updated: at(1_000_000),
             generation: 3,
-            last_commit_ms: 999_000,
-            last_upload_ms: 998_000,
+            last_commit: Some(at(999_000)),
+            last_upload: Some(at(998_000)),
             last_key: "app/a b/wal/00000003-1.wal".into(),
-            oldest_unshipped_ms: 990_000,
+            oldest_unshipped: Some(at(990_000)),
             pending_objects: 2,
             pending_bytes: 8_240,
             snapshots: 1,
@@ -502,7 +499,7 @@ mod tests {
             failing: Some(Failing {
                 class: "storage_unavailable".into(),
                 msg: "connect to s3: refused\nsecond line".into(),
-                since_ms: 995_000,
+                since: at(995_000),
             }),
         }
     }
@@ -514,14 +511,14 @@ mod tests {
         let mut want = s.clone();
         want.failing.as_mut().unwrap().msg = "connect to s3: refused second line".into();
         assert_eq!(back, want);
-        assert_eq!(back.lag(1_000_000), 10.0);
+        assert_eq!(back.lag(at(1_000_000)), 10.0);
         let idle = DbStatus {
             failing: None,
-            oldest_unshipped_ms: 0,
+            oldest_unshipped: None,
             ..s
         };
         assert_eq!(DbStatus::parse(&idle.to_text()).unwrap(), idle);
-        assert_eq!(idle.lag(5_000_000), 0.0);
+        assert_eq!(idle.lag(at(5_000_000)), 0.0);
         assert_eq!(DbStatus::parse("no equals sign"), None);
     }
 
@@ -533,20 +530,20 @@ mod tests {
         };
         let ok = DbStatus {
             failing: None,
-            oldest_unshipped_ms: 0,
+            oldest_unshipped: None,
             ..sample()
         };
         assert_eq!(
-            health(std::slice::from_ref(&ok), 1_000_000, h),
+            health(std::slice::from_ref(&ok), at(1_000_000), h),
             Ok("ok: 1 database(s) replicated".into())
         );
         let lagging = DbStatus {
             db: "/srv/b.db".into(),
-            oldest_unshipped_ms: 900_000,
+            oldest_unshipped: Some(at(900_000)),
             ..ok.clone()
         };
         assert_eq!(
-            health(&[ok.clone(), lagging.clone()], 1_000_000, h),
+            health(&[ok.clone(), lagging.clone()], at(1_000_000), h),
             Err("/srv/b.db lags 100 s (limit 60 s)".into())
         );
         let failing = DbStatus {
@@ -554,19 +551,19 @@ mod tests {
             failing: Some(Failing {
                 class: "storage_refused".into(),
                 msg: "access denied".into(),
-                since_ms: 800_000,
+                since: at(800_000),
             }),
             ..ok
         };
         assert_eq!(
-            health(&[lagging, failing], 1_000_000, h),
+            health(&[lagging, failing], at(1_000_000), h),
             Err("/srv/c.db failing for 200 s (storage_refused): access denied (and 1 more)".into())
         );
     }
 
     #[test]
     fn exposition_has_a_series_per_database() {
-        let text = exposition(&[sample()], 1_000_000, 5 << 20);
+        let text = exposition(&[sample()], at(1_000_000), 5 << 20);
         assert!(text.contains("walsync_replication_lag_seconds{db=\"/srv/a b.db\"} 10\n"));
         assert!(text.contains(
             "walsync_failing_since_seconds{db=\"/srv/a b.db\",class=\"storage_unavailable\"} 995\n"

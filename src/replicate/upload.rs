@@ -24,7 +24,7 @@ use crate::digest;
 use crate::error::{Error, Result};
 use crate::layout::{self, Meta};
 use crate::storage::Storage;
-use crate::time;
+use crate::time::Stamp;
 use crate::wal::WalHeader;
 
 /// A captured object waiting in the spool for upload.
@@ -36,9 +36,9 @@ pub struct Pending {
     pub len: u64,
     /// Set on a segment later captures may append to (see `capture`).
     pub append: Option<Appendable>,
-    /// When it was first queued (ms since the epoch; set by `Outbox::push`, kept by a merge):
-    /// the oldest commit it holds was captured then.
-    pub queued_ms: u64,
+    /// When it was first queued (set by `Outbox::push`, kept by a merge): the oldest commit
+    /// it holds was captured then.
+    pub queued: Option<Stamp>,
 }
 
 /// What a database's uploads shipped so far (since the daemon started).
@@ -47,8 +47,8 @@ pub struct Shipped {
     pub snapshots: u64,
     pub segments: u64,
     pub bytes: u64,
-    /// When the last object was uploaded (ms since the epoch; 0: none yet), and its key.
-    pub last_ms: u64,
+    /// When the last object was uploaded (none yet: `None`), and its key.
+    pub last_at: Option<Stamp>,
     pub last_key: String,
     pub generation: u32,
 }
@@ -133,9 +133,7 @@ impl Outbox {
     }
 
     pub fn push(&self, mut p: Pending) {
-        if p.queued_ms == 0 {
-            p.queued_ms = time::now_ms();
-        }
+        p.queued.get_or_insert_with(Stamp::now);
         self.lock().items.push_back(p);
     }
 
@@ -144,9 +142,9 @@ impl Outbox {
         self.lock().shipped.clone()
     }
 
-    /// When the oldest object waiting was queued (ms since the epoch), if any waits.
-    pub fn oldest_queued_ms(&self) -> Option<u64> {
-        self.lock().items.iter().map(|p| p.queued_ms).min()
+    /// When the oldest object waiting was queued, if any waits.
+    pub fn oldest_queued(&self) -> Option<Stamp> {
+        self.lock().items.iter().filter_map(|p| p.queued).min()
     }
 
     /// Take the newest pending segment if frames from `from_frame` on, in `gen` and WAL
@@ -242,7 +240,7 @@ impl Outbox {
                 s.segments += 1;
             }
             s.bytes += p.len;
-            s.last_ms = time::now_ms();
+            s.last_at = Some(Stamp::now());
             s.last_key.clone_from(&p.key);
             s.generation = gen;
             i.last = Some((p.key, gen, frame));
@@ -293,7 +291,7 @@ impl Outbox {
             "{{\"database\":{},\"generation\":{gen},\"last_object\":{},\"wal_frame\":{frame},\"updated\":\"{}\"}}\n",
             json_str(&self.path.display().to_string()),
             json_str(&last),
-            time::iso(time::now_ms())
+            Stamp::now()
         );
         let mut meta = Meta::new();
         meta.insert(

@@ -22,7 +22,7 @@ mod parts;
 mod read;
 mod verify;
 use crate::storage::retry::retrying;
-use crate::time;
+use crate::time::Stamp;
 use crate::wal::segment::read_segment;
 use read::{with_body, Checked};
 pub use verify::{verify, Verified};
@@ -66,9 +66,9 @@ pub struct Plan {
 }
 
 /// The latest snapshot at or before `pit` (or the latest), and the segments after it up to `pit`.
-pub fn plan(storage: &dyn Storage, ns: &str, pit: Option<u64>) -> Result<Plan> {
+pub fn plan(storage: &dyn Storage, ns: &str, pit: Option<Stamp>) -> Result<Plan> {
     let objs = objects_of_backup(storage, ns)?;
-    let limit = pit.unwrap_or(u64::MAX);
+    let limit = pit.unwrap_or(Stamp::from_ms(u64::MAX));
     let snap = objs
         .iter()
         .rfind(|o| o.kind == Kind::Snapshot && o.ts <= limit)
@@ -77,9 +77,8 @@ pub fn plan(storage: &dyn Storage, ns: &str, pit: Option<u64>) -> Result<Plan> {
         let first = objs.iter().find(|o| o.kind == Kind::Snapshot);
         let msg = match (pit, first) {
             (Some(t), Some(f)) => format!(
-                "no snapshot of '{ns}' at or before {}; the earliest is at {}",
-                time::iso(t),
-                time::iso(f.ts)
+                "no snapshot of '{ns}' at or before {t}; the earliest is at {}",
+                f.ts
             ),
             _ => format!("no snapshot of '{ns}' in {}", storage.describe()),
         };
@@ -228,7 +227,7 @@ pub struct Restored {
     pub segments: usize,
     pub frames: u64,
     pub bytes: u64,
-    pub restored_to: u64,
+    pub restored_to: Stamp,
 }
 
 fn temp_path(out: &Path) -> PathBuf {
@@ -248,7 +247,7 @@ pub fn restore(
     storage: &dyn Storage,
     ns: &str,
     out: &Path,
-    pit: Option<u64>,
+    pit: Option<Stamp>,
     force: bool,
 ) -> Result<Restored> {
     restore_with(storage, ns, out, pit, force, &mut |_| {})
@@ -268,7 +267,7 @@ pub fn restore_with(
     storage: &dyn Storage,
     ns: &str,
     out: &Path,
-    pit: Option<u64>,
+    pit: Option<Stamp>,
     force: bool,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Restored> {
@@ -481,7 +480,7 @@ fn restore_into(
         "restored {} + {} segments ({frames} frames), state as of {}, in {total:.2} s (snapshot {:.2} s, segments {:.2} s, then side by side fsync {:.2} s and integrity check {:.2} s)",
         skey,
         plan.segments.len(),
-        time::iso(restored_to),
+        restored_to,
         phases[0],
         phases[1] - phases[0],
         phases[2],
@@ -522,11 +521,13 @@ pub fn integrity_check(path: &Path) -> Result<()> {
 /// Summary of one database namespace for `list`.
 pub struct Summary {
     pub ns: String,
-    pub snapshots: Vec<(u64, u64)>,
+    /// Each snapshot's time and size.
+    pub snapshots: Vec<(Stamp, u64)>,
     pub segments: usize,
     pub generations: (u32, u32),
     pub bytes: u64,
-    pub latest: u64,
+    /// The newest object's time, once there is a snapshot to restore from.
+    pub latest: Option<Stamp>,
 }
 
 /// Every database under `prefix`, with its snapshots, segment count and newest restorable time.
@@ -549,7 +550,7 @@ pub fn list(storage: &dyn Storage, prefix: &str) -> Result<Vec<Summary>> {
                 segments: 0,
                 generations: (u32::MAX, 0),
                 bytes: 0,
-                latest: 0,
+                latest: None,
             });
             s.bytes += o.size;
             match o.kind {
@@ -560,7 +561,7 @@ pub fn list(storage: &dyn Storage, prefix: &str) -> Result<Vec<Summary>> {
                 }
             }
             if !s.snapshots.is_empty() {
-                s.latest = s.latest.max(o.ts);
+                s.latest = s.latest.max(Some(o.ts));
             }
         })
     })?;

@@ -9,6 +9,7 @@ use crate::dbfile;
 use crate::error::{Error, Result};
 use crate::layout::{self, Kind, Object};
 use crate::storage::Storage;
+use crate::time::Stamp;
 use crate::wal::segment::read_segment;
 
 /// Result of `verify`.
@@ -16,7 +17,7 @@ pub struct Verified {
     pub objects: usize,
     pub snapshots: usize,
     pub segments: usize,
-    pub latest: u64,
+    pub latest: Option<Stamp>,
 }
 
 /// Check every object's SHA-256 and format, and that the chain has no gap: each snapshot either
@@ -31,7 +32,7 @@ pub fn verify(storage: &dyn Storage, ns: &str) -> Result<Verified> {
         objects: objs.len(),
         snapshots: snaps,
         segments: segs,
-        latest: objs.last().map_or(0, |o| o.ts),
+        latest: objs.last().map(|o| o.ts),
     })
 }
 

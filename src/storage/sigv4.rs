@@ -5,6 +5,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::time::Stamp;
+
 pub const UNSIGNED: &str = "UNSIGNED-PAYLOAD";
 
 pub struct Keys {
@@ -49,9 +51,9 @@ pub fn encode(s: &str, keep_slash: bool) -> String {
     out
 }
 
-/// `20261122T030405Z` for a time in ms since the epoch.
-pub fn amz_date(ms: u64) -> String {
-    let k = crate::time::key_ts(ms); // YYYYMMDDHHMMSSmmm
+/// `20261122T030405Z`.
+fn amz_date(t: Stamp) -> String {
+    let k = t.key(); // YYYYMMDDHHMMSSmmm
     format!("{}T{}Z", &k[..8], &k[8..14])
 }
 
@@ -69,7 +71,7 @@ pub struct Request<'a> {
     pub payload_hash: &'a str,
 }
 
-pub fn sign(keys: &Keys, req: &Request, now_ms: u64) -> (String, Vec<(String, String)>) {
+pub fn sign(keys: &Keys, req: &Request, now: Stamp) -> (String, Vec<(String, String)>) {
     let Request {
         service,
         method,
@@ -79,7 +81,7 @@ pub fn sign(keys: &Keys, req: &Request, now_ms: u64) -> (String, Vec<(String, St
         headers,
         payload_hash,
     } = *req;
-    let date = amz_date(now_ms);
+    let date = amz_date(now);
     let mut q: Vec<(String, String)> = query
         .iter()
         .map(|(k, v)| (encode(k, false), encode(v, false)))
@@ -148,7 +150,7 @@ mod tests {
             token: None,
             region: "us-east-1".into(),
         };
-        let ms = crate::time::parse_iso("2013-05-24T00:00:00Z").unwrap();
+        let ms = Stamp::parse_iso("2013-05-24T00:00:00Z").unwrap();
         let empty = sha256_hex(b"");
         let req = Request {
             service: "s3",
@@ -180,7 +182,7 @@ mod tests {
             token: None,
             region: "us-east-1".into(),
         };
-        let ms = crate::time::parse_iso("2015-08-30T12:36:00Z").unwrap();
+        let ms = Stamp::parse_iso("2015-08-30T12:36:00Z").unwrap();
         let empty = sha256_hex(b"");
         let req = Request {
             service: "iam",

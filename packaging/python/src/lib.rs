@@ -18,9 +18,10 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
 use walsync::error::Error;
+use walsync::layout;
 use walsync::restore as chain;
 use walsync::storage::{self, Storage};
-use walsync::{layout, time};
+use walsync::time::Stamp;
 
 create_exception!(
     _walsync,
@@ -62,10 +63,11 @@ fn main(py: Python<'_>, args: Vec<OsString>) -> (u8, Option<&'static str>) {
     py.detach(|| walsync::cmd::main_classified(args))
 }
 
-/// Milliseconds since the epoch of an ISO 8601 time, as `--point-in-time` reads it.
+/// Milliseconds since the epoch of an ISO 8601 time, as `--point-in-time` reads it. Times
+/// cross into Python as milliseconds (0: none); `walsync/__init__.py` makes datetimes of them.
 #[pyfunction]
 fn parse_time(s: &str) -> PyResult<u64> {
-    time::parse_iso(s).ok_or_else(|| {
+    Stamp::parse_iso(s).map(Stamp::ms).ok_or_else(|| {
         raise(Error::usage(format!(
             "invalid time '{s}' (use ISO 8601, e.g. 2026-11-22T10:00:00Z)"
         )))
@@ -92,10 +94,16 @@ fn restore(
             st.as_ref(),
             &layout::join(&prefix, name),
             &out,
-            point_in_time,
+            point_in_time.map(Stamp::from_ms),
             force,
         )?;
-        Ok((r.snapshot, r.segments, r.frames, r.bytes, r.restored_to))
+        Ok((
+            r.snapshot,
+            r.segments,
+            r.frames,
+            r.bytes,
+            r.restored_to.ms(),
+        ))
     })
     .map_err(raise)
 }
@@ -128,15 +136,15 @@ fn list(
             .into_iter()
             .map(|s| {
                 let name = s.ns.strip_prefix(&under).unwrap_or(&s.ns).to_string();
-                let oldest = s.snapshots.iter().map(|x| x.0).min();
+                let oldest = s.snapshots.iter().map(|x| x.0.ms()).min();
                 let first_gen = if s.segments == 0 { 0 } else { s.generations.0 };
                 let (segs, last_gen, bytes, latest) =
-                    (s.segments, s.generations.1, s.bytes, s.latest);
+                    (s.segments, s.generations.1, s.bytes, ms(s.latest));
                 (
                     name,
                     oldest,
                     latest,
-                    s.snapshots,
+                    s.snapshots.iter().map(|&(t, n)| (t.ms(), n)).collect(),
                     segs,
                     first_gen,
                     last_gen,
@@ -160,9 +168,13 @@ fn verify(
     py.detach(|| {
         let (st, prefix) = open(url, endpoint, region)?;
         let v = chain::verify(st.as_ref(), &layout::join(&prefix, name))?;
-        Ok((v.objects, v.snapshots, v.segments, v.latest))
+        Ok((v.objects, v.snapshots, v.segments, ms(v.latest)))
     })
     .map_err(raise)
+}
+
+fn ms(t: Option<Stamp>) -> u64 {
+    t.map_or(0, Stamp::ms)
 }
 
 #[pymodule]

@@ -10,6 +10,7 @@ use super::super::alerts;
 use super::super::status::{self, Health};
 use super::slot::PUBLISH_EVERY;
 use super::Daemon;
+use crate::time::Stamp;
 
 impl Daemon {
     /// Write the status of each database that changed (at most once per `PUBLISH_EVERY`; all
@@ -59,7 +60,7 @@ impl Daemon {
             slot.report.alerted = None;
             return;
         };
-        let failing_for = Duration::from_millis(crate::time::now_ms().saturating_sub(f.since_ms));
+        let failing_for = Stamp::now().since(f.since);
         if cfg.on_failure.is_none()
             || failing_for < cfg.after
             || slot
@@ -75,7 +76,7 @@ impl Daemon {
             ns: slot.ns.clone(),
             class: f.class,
             msg: f.msg,
-            since_ms: f.since_ms,
+            since: f.since,
         });
     }
 
@@ -93,7 +94,7 @@ impl Daemon {
             max_lag: self.health.max_lag,
             max_failing: cfg.after,
         };
-        match status::health(&all, crate::time::now_ms(), h) {
+        match status::health(&all, Stamp::now(), h) {
             Ok(_) => alerter.send(alerts::Job::Beat),
             Err(why) => debug!("heartbeat skipped: {why}"),
         }

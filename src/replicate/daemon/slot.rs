@@ -17,6 +17,7 @@ use super::pool::StepPlan;
 use super::DbSpec;
 use crate::error::{Error, Result};
 use crate::storage::retry::backoff;
+use crate::time::Stamp;
 
 /// How long changes are batched while a database is hurried (its WAL near the checkpoint
 /// threshold, or just free to restart): a few commits per step, not one.
@@ -198,7 +199,7 @@ pub(super) struct Report {
     pub retries: u64,
     pub step_failing: Option<Failing>,
     pub upload_failing: Option<Failing>,
-    pub last_commit_ms: u64,
+    pub last_commit: Option<Stamp>,
     /// Something changed since the status was last published, and when that was.
     pub due: bool,
     pub published: Option<Instant>,
@@ -212,13 +213,10 @@ pub(super) const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// A failure, keeping the time of the first of a run of failures.
 fn failing(prev: &Option<Failing>, e: &Error) -> Option<Failing> {
     crate::replicate::status::count_error(e.class());
-    let since_ms = prev
-        .as_ref()
-        .map_or_else(crate::time::now_ms, |f| f.since_ms);
     Some(Failing {
         class: e.class().to_string(),
         msg: e.to_string(),
-        since_ms,
+        since: prev.as_ref().map_or_else(Stamp::now, |f| f.since),
     })
 }
 
@@ -290,8 +288,8 @@ impl Slot {
         }
         let mut due = s.up_wake_at.unwrap_or(now);
         if s.hurry {
-            if let Some(oldest) = self.outbox.oldest_queued_ms() {
-                let age = Duration::from_millis(crate::time::now_ms().saturating_sub(oldest));
+            if let Some(oldest) = self.outbox.oldest_queued() {
+                let age = Stamp::now().since(oldest);
                 due = due.max(now + self.sync.saturating_sub(age));
             }
         }
@@ -315,7 +313,7 @@ impl Slot {
             Ok(r) => {
                 self.report.step_failing = None;
                 if r.frames > 0 {
-                    self.report.last_commit_ms = crate::time::now_ms();
+                    self.report.last_commit = Some(Stamp::now());
                 }
             }
             Err(e) => {
@@ -364,7 +362,7 @@ impl Slot {
     /// The current failure, the older of a failing step and a failing upload.
     pub fn failing(&self) -> Option<Failing> {
         match (&self.report.step_failing, &self.report.upload_failing) {
-            (Some(a), Some(b)) if b.since_ms < a.since_ms => Some(b.clone()),
+            (Some(a), Some(b)) if b.since < a.since => Some(b.clone()),
             (a, b) => a.clone().or_else(|| b.clone()),
         }
     }
@@ -373,19 +371,17 @@ impl Slot {
     pub fn status(&self) -> DbStatus {
         let shipped = self.outbox.shipped();
         let (pending_objects, pending_bytes) = self.outbox.size();
-        let now_ms = crate::time::now_ms();
-        let oldest = self.outbox.oldest_queued_ms().unwrap_or(0);
         let failing = self.failing();
         DbStatus {
             db: self.path.clone(),
             ns: self.ns.clone(),
             pid: std::process::id(),
-            updated_ms: now_ms,
+            updated: Stamp::now(),
             generation: shipped.generation,
-            last_commit_ms: self.report.last_commit_ms,
-            last_upload_ms: shipped.last_ms,
+            last_commit: self.report.last_commit,
+            last_upload: shipped.last_at,
             last_key: shipped.last_key,
-            oldest_unshipped_ms: oldest,
+            oldest_unshipped: self.outbox.oldest_queued(),
             pending_objects,
             pending_bytes,
             snapshots: shipped.snapshots,

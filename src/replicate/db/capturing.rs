@@ -94,7 +94,7 @@ impl Shipper {
             gen,
             wal: Some((*hdr, c.end)),
         };
-        let queued_ms = tail.as_ref().map_or(0, |p| p.queued_ms);
+        let queued = tail.as_ref().and_then(|p| p.queued);
         let (file, mut meta, first) = match tail {
             // The merged object keeps the first one's links and takes the new end.
             Some(p) => {
@@ -102,9 +102,7 @@ impl Shipper {
                 (p.file, p.meta, first)
             }
             None => {
-                let dst = self
-                    .spool
-                    .join(format!("{gen:08x}-{}.wal", time::key_ts(ts)));
+                let dst = self.spool.join(format!("{gen:08x}-{}.wal", ts.key()));
                 fs::rename(&file, &dst).map_err(|e| Error::io("rename spool file", &dst, e))?;
                 let mut meta = Meta::new();
                 meta.insert(layout::PREV.into(), chain.last_sha.clone());
@@ -137,7 +135,7 @@ impl Shipper {
             meta,
             len: c.appendable.len,
             append: Some(c.appendable),
-            queued_ms,
+            queued,
         });
         self.chain = Some(Chain {
             pos,

@@ -106,12 +106,12 @@ impl Shipper {
         else {
             return Ok(());
         };
-        let age = time::now_ms().saturating_sub(newest.ts);
-        if age < NAMESPACE_BUSY_MS {
+        let age = Stamp::now().since(newest.ts);
+        if age < NAMESPACE_BUSY {
             return Err(Error::other(format!(
                 "namespace {} is being replicated from {other} (newest object {} s old)",
                 self.ns,
-                age / 1000
+                age.as_secs()
             ))
             .with_hint("give this database another name or prefix, or stop the other walsync"));
         }
@@ -201,8 +201,8 @@ impl Shipper {
         }
     }
 
-    pub(super) fn next_ts(&mut self) -> u64 {
-        self.last_ts = time::now_ms().max(self.last_ts + 1);
+    pub(super) fn next_ts(&mut self) -> Stamp {
+        self.last_ts = Stamp::now().max(self.last_ts.next());
         self.last_ts
     }
 
@@ -273,7 +273,7 @@ impl Shipper {
         fs::create_dir_all(&self.spool)
             .map_err(|e| Error::io("create spool directory", &self.spool, e))?;
         let ts = self.next_ts();
-        let file = self.spool.join(format!("{}.db", time::key_ts(ts)));
+        let file = self.spool.join(format!("{}.db", ts.key()));
         let started = Instant::now();
         let pin = self.pin.as_ref().expect("snapshot needs a pin");
         let len = snapshot::backup_to_file(&pin.reader, &self.path, &file)?;
@@ -302,7 +302,7 @@ impl Shipper {
             meta,
             len,
             append: None,
-            queued_ms: 0,
+            queued: None,
         });
         // A periodic snapshot keeps what the chain knew; a new generation's at an empty WAL
         // has the database file hold the chain's state.

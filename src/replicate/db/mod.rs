@@ -43,7 +43,7 @@ use crate::error::{is_busy, Error, Result};
 use crate::layout::{self, Kind, Meta, Position};
 use crate::snapshot;
 use crate::storage::Storage;
-use crate::time;
+use crate::time::Stamp;
 use crate::wal::reader;
 use crate::wal::shm::{self, WalIndex};
 use crate::wal::{WalEnd, WalHeader};
@@ -129,7 +129,7 @@ mod spool;
 pub use pin::{open_files_limit, reserve_uploads};
 use pin::{pin_budget, PINNED};
 pub use spool::{process_is_walsync, spool_of};
-use spool::{source_id, NAMESPACE_BUSY_MS};
+use spool::{source_id, NAMESPACE_BUSY};
 
 /// After a let-go (see `checkpoint::let_go`): the WAL's last frame then, and SQLite's change
 /// counter at the last look and when it last changed.
@@ -185,7 +185,7 @@ pub struct Shipper {
     pin: Option<Pin>,
     /// Captured objects waiting for upload (shared with the daemon's upload jobs).
     outbox: Arc<Outbox>,
-    last_ts: u64,
+    last_ts: Stamp,
     db_id: Option<(u64, u64)>,
     last_frames_at: Instant,
     changed_since_snapshot: bool,
@@ -252,7 +252,7 @@ impl Shipper {
             chain: None,
             loaded: false,
             pin: None,
-            last_ts: 0,
+            last_ts: Stamp::default(),
             db_id: None,
             // As if idle for long: a database with nothing to ship is released right after its
             // first step, so starting on a thousand databases does not pin them all at once.

@@ -143,9 +143,7 @@ impl Shipper {
         let gen = self.new_gen();
         let ts = self.next_ts();
         let key = layout::segment_key(&self.ns, gen, ts);
-        let dst = self
-            .spool
-            .join(format!("{gen:08x}-{}.wal", time::key_ts(ts)));
+        let dst = self.spool.join(format!("{gen:08x}-{}.wal", ts.key()));
         fs::rename(&tmp, &dst).map_err(|e| Error::io("rename spool file", &dst, e))?;
         map.finish(&b.sha)?;
         if let (Some(f), None) = (facts, live_frames) {
@@ -182,7 +180,7 @@ impl Shipper {
             meta,
             len: b.len,
             append: None,
-            queued_ms: 0,
+            queued: None,
         });
         self.chain = Some(Chain {
             pos,

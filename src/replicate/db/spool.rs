@@ -37,7 +37,7 @@ pub fn spool_of(db: &Path) -> PathBuf {
 
 /// A shipped object counts as another writer's when its source differs and it is younger than
 /// this (state is written at least once a minute while a database changes).
-pub(super) const NAMESPACE_BUSY_MS: u64 = 120_000;
+pub(super) const NAMESPACE_BUSY: Duration = Duration::from_secs(120);
 
 /// `host:/canonical/path` of a database, printable ASCII for object metadata.
 pub(super) fn source_id(path: &Path) -> String {

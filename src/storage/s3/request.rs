@@ -153,7 +153,7 @@ impl S3Storage {
             token: c.token,
             region: route.region.clone(),
         };
-        let (qs, head) = sigv4::sign(&keys, &req, crate::time::now_ms());
+        let (qs, head) = sigv4::sign(&keys, &req, crate::time::Stamp::now());
         let target = if qs.is_empty() {
             path
         } else {

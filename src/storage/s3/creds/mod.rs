@@ -10,6 +10,7 @@
 //! expire), and after S3 refuses them, so temporary credentials never expire into endless 403s.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 mod sources;
 
@@ -17,7 +18,7 @@ use super::super::http::Client;
 use super::super::sigv4::{self, Keys};
 use super::profile::Profile;
 use crate::error::{Error, Result};
-use crate::time;
+use crate::time::Stamp;
 use log::{info, warn};
 use sources::{
     assume_role, call, container_source, metadata_client, run_process, sts_keys,
@@ -72,12 +73,15 @@ enum Auth {
     File(String),
 }
 
+/// After a failed refresh, the old keys are kept and the source is asked again this much later.
+const RETRY: Duration = Duration::from_secs(10);
+
 struct Current {
     creds: Creds,
     /// When the keys expire (ms since the epoch; None: never).
-    expires: Option<u64>,
+    expires: Option<Stamp>,
     /// When to fetch again.
-    refresh_at: Option<u64>,
+    refresh_at: Option<Stamp>,
 }
 
 pub struct Provider {
@@ -186,7 +190,7 @@ impl Provider {
     pub fn get(&self) -> Creds {
         let mut cur = self.cur.lock().unwrap_or_else(|p| p.into_inner());
         if let (Some(src), Some(at)) = (&self.source, cur.refresh_at) {
-            if time::now_ms() >= at {
+            if Stamp::now() >= at {
                 match fetch(src) {
                     Ok(c) => {
                         info!(
@@ -199,7 +203,7 @@ impl Provider {
                     Err(e) => {
                         // Keep the old keys (they may still be valid) and try again in 10 s.
                         warn!("S3 credentials from {}: {e}; retrying in 10 s", self.what);
-                        cur.refresh_at = Some(time::now_ms() + 10_000);
+                        cur.refresh_at = Some(Stamp::now().after(RETRY));
                     }
                 }
             }
@@ -216,8 +220,8 @@ impl Provider {
     pub fn refused(&self) {
         if self.source.is_some() {
             let mut cur = self.cur.lock().unwrap_or_else(|p| p.into_inner());
-            let now = time::now_ms();
-            if cur.refresh_at.is_some_and(|t| t > now + 10_000) {
+            let now = Stamp::now();
+            if cur.refresh_at.is_some_and(|t| t > now.after(RETRY)) {
                 cur.refresh_at = Some(now);
             }
         }
@@ -244,7 +248,7 @@ fn no_creds(bucket: &str, why: &str) -> Error {
 
 fn expiry_note(c: &Current) -> String {
     c.expires
-        .map(|t| format!(", valid until {}", time::iso(t)))
+        .map(|t| format!(", valid until {t}"))
         .unwrap_or_default()
 }
 
@@ -277,7 +281,7 @@ fn assume_role_call(
         headers: &[("Accept".to_string(), "application/xml".to_string())],
         payload_hash: &empty,
     };
-    let (qs, head) = sigv4::sign(&keys, &req, time::now_ms());
+    let (qs, head) = sigv4::sign(&keys, &req, Stamp::now());
     let xml = call(client, "GET", &format!("{path}?{qs}"), &head);
     if xml.is_err() {
         // Refused keys of a refreshing source: fetch them again first next time.
@@ -357,11 +361,15 @@ fn parse(json: &str) -> Result<Current> {
             "the credentials endpoint answered without AccessKeyId and SecretAccessKey",
         ));
     };
-    let expires = field("Expiration").and_then(|e| time::parse_iso(&e));
-    let now = time::now_ms();
+    let expires = field("Expiration").and_then(|e| Stamp::parse_iso(&e));
+    let now = Stamp::now();
+    // Fetched again 5 minutes before the expiry, or after half of what is left if less.
     let refresh_at = expires.map(|e| {
-        let left = e.saturating_sub(now);
-        now + left.saturating_sub((left / 2).min(300_000)).max(1_000)
+        let left = e.since(now);
+        now.after(
+            left.saturating_sub((left / 2).min(Duration::from_secs(300)))
+                .max(Duration::from_secs(1)),
+        )
     });
     Ok(Current {
         creds: Creds {
@@ -390,10 +398,10 @@ mod tests {
 
     #[test]
     fn parses_container_and_imds_answers() {
-        let later = time::now_ms() + 3_600_000;
+        let later = Stamp::now().after(Duration::from_secs(3600));
         let json = format!(
             "{{\n  \"Code\" : \"Success\",\n  \"AccessKeyId\" : \"ASIA1\",\n  \"SecretAccessKey\" : \"s/2\",\n  \"Token\" : \"t+3\",\n  \"Expiration\" : \"{}\"\n}}",
-            time::iso(later)
+            later.iso()
         );
         let c = parse(&json).unwrap();
         assert_eq!(c.creds.access, "ASIA1");
@@ -401,12 +409,14 @@ mod tests {
         assert_eq!(c.creds.token.as_deref(), Some("t+3"));
         assert_eq!(c.expires, Some(later));
         // An hour left: fetched again 5 minutes before it expires.
-        let at = c.refresh_at.unwrap();
-        assert!(at.abs_diff(later - 300_000) < 2_000, "{at} vs {later}");
+        let at = c.refresh_at.unwrap().ms();
+        let want = later.before(Duration::from_secs(300)).ms();
+        assert!(at.abs_diff(want) < 2_000, "{at} vs {want}");
         // 20 s left: after half of it.
-        let soon = time::now_ms() + 20_000;
-        let c = parse(&json.replace(&time::iso(later), &time::iso(soon))).unwrap();
-        assert!(c.refresh_at.unwrap().abs_diff(soon - 10_000) < 2_000);
+        let soon = Stamp::now().after(Duration::from_secs(20));
+        let c = parse(&json.replace(&later.iso(), &soon.iso())).unwrap();
+        let want = soon.before(Duration::from_secs(10)).ms();
+        assert!(c.refresh_at.unwrap().ms().abs_diff(want) < 2_000);
         // No expiry: never.
         let c = parse("{\"AccessKeyId\":\"a\",\"SecretAccessKey\":\"b\"}").unwrap();
         assert_eq!((c.expires, c.refresh_at), (None, None));
