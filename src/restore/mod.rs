@@ -454,23 +454,9 @@ fn restore_into(
             progress(&p);
         }
         phases[1] = began.elapsed().as_secs_f64();
-        // The fsync and the integrity check (which reads through the page cache) run side by
-        // side; both must succeed before the file is renamed into place.
-        let (synced, checked) = std::thread::scope(|s| {
-            let sync = s.spawn(|| {
-                let r = out.sync_all().map_err(|e| Error::io("fsync", tmp, e));
-                (r, began.elapsed().as_secs_f64())
-            });
-            let checked = integrity_check(tmp).map(|()| began.elapsed().as_secs_f64());
-            let synced = sync
-                .join()
-                .unwrap_or_else(|_| (Err(Error::other("the fsync thread failed")), 0.0));
-            (synced, checked)
-        });
-        let (synced, at) = synced;
-        synced?;
-        phases[2] = at - phases[1];
-        phases[3] = checked? - phases[1];
+        let (synced, checked) = sync_and_check(&out, tmp, began)?;
+        phases[2] = synced - phases[1];
+        phases[3] = checked - phases[1];
         Ok((bytes, frames))
     })?;
     let skey = &plan.snapshot.key;
@@ -492,6 +478,23 @@ fn restore_into(
         frames,
         bytes,
         restored_to,
+    })
+}
+
+/// The fsync of the restored file and its integrity check (which reads through the page
+/// cache) side by side; both must succeed before the file is renamed into place. Returns
+/// when each finished, in seconds since `began`.
+fn sync_and_check(out: &File, tmp: &Path, began: std::time::Instant) -> Result<(f64, f64)> {
+    std::thread::scope(|s| {
+        let sync = s.spawn(|| {
+            out.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
+            Ok(began.elapsed().as_secs_f64())
+        });
+        let checked = integrity_check(tmp).map(|()| began.elapsed().as_secs_f64());
+        let synced = sync
+            .join()
+            .unwrap_or_else(|_| Err(Error::other("the fsync thread failed")));
+        Ok((synced?, checked?))
     })
 }
 
