@@ -54,7 +54,8 @@ pub fn state_key(ns: &str) -> String {
 }
 
 /// Split a key into (namespace, object) when it is a snapshot or segment key, structurally and
-/// from the right: `<ns>/snapshots/<17 digits>.db` or `<ns>/wal/<8 hex>-<17 digits>.wal`, so a
+/// from the right: `<ns>/snapshots/<17 digits>.db` or `<ns>/wal/<8 hex>-<17 digits>.wal` (with
+/// `.lz4` after it when compressed), so a
 /// namespace may itself contain `snapshots`, `wal`, dots, spaces or any other character.
 pub fn parse_key(key: &str, size: u64) -> Option<(String, Object)> {
     let (dir, file) = key.rsplit_once('/')?;
@@ -65,6 +66,9 @@ pub fn parse_key(key: &str, size: u64) -> Option<(String, Object)> {
     let (ts, kind) = match kind_dir {
         "snapshots" => (Stamp::parse_key(file.strip_suffix(".db")?)?, Kind::Snapshot),
         "wal" => {
+            let file = file
+                .strip_suffix(crate::compress::LZ4_SUFFIX)
+                .unwrap_or(file);
             let (g, t) = file.strip_suffix(".wal")?.split_once('-')?;
             if g.len() != 8 || !g.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return None;
@@ -109,8 +113,11 @@ pub struct Position {
     pub wal: Option<(WalHeader, WalEnd)>,
 }
 
-/// Metadata keys.
+/// Metadata keys. `sha256`: of the object's stored bytes.
 pub const SHA256: &str = "sha256";
+/// On a compressed segment (`compress`): the SHA-256 of the WAL inside it.
+pub const WAL_SHA256: &str = "wal-sha256";
+/// The chain hash of the object before (see `chain_sha`).
 pub const PREV: &str = "prev";
 /// First frame of a segment in its WAL cycle.
 pub const FIRST: &str = "first";
@@ -122,6 +129,12 @@ pub const BASE_DB: &str = "db";
 pub const BRIDGE: &str = "bridge";
 /// `host:/path` of the database an object came from (non-ASCII bytes percent-encoded).
 pub const SOURCE: &str = "source";
+
+/// The hash a segment's successor names as its `prev`: that of the WAL it holds, which is
+/// the stored bytes' for a plain segment.
+pub fn chain_sha(m: &Meta) -> Option<&String> {
+    m.get(WAL_SHA256).or_else(|| m.get(SHA256))
+}
 
 /// Write a position into metadata.
 pub fn put_position(m: &mut Meta, p: &Position) {
@@ -248,6 +261,10 @@ mod tests {
         assert_eq!(objs[2].kind, Kind::Segment { gen: 2 });
         assert!(parse_key("backups/app/state.json", 0).is_none());
         assert!(parse_key("x/wal/zz-20261122000405123.wal", 0).is_none());
+        let lz4 = format!("{}.lz4", keys[0]);
+        assert_eq!(parse_key(&lz4, 3).unwrap().1.ts, objs[2].ts);
+        assert!(parse_key("x/wal/00000001-20261122000405123.lz4", 0).is_none());
+        assert!(parse_key("x/snapshots/20261122000405123.db.lz4", 0).is_none());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod compress;
 pub mod config;
 pub mod dbfile;
 pub mod digest;

@@ -519,7 +519,20 @@ pub fn manual_restore(replica: &Replica, name: &str, out: &Path) {
         if seg.split('-').nth(1).unwrap() <= snap_ts.as_str() {
             continue;
         }
-        replica.fetch(&s, Path::new(&wal));
+        if s.ends_with(".lz4") {
+            // A compressed segment: `lz4 -d` gives the WAL file (README, manual recovery).
+            let z = out.with_extension("wal.lz4");
+            replica.fetch(&s, &z);
+            let o = Command::new("lz4")
+                .args(["-d", "-f", "-q"])
+                .arg(&z)
+                .arg(&wal)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "lz4 -d {s}: {}", stderr(&o));
+        } else {
+            replica.fetch(&s, Path::new(&wal));
+        }
         assert_eq!(
             sqlite3("PRAGMA wal_checkpoint(TRUNCATE);"),
             "0|0|0",

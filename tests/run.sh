@@ -11,7 +11,8 @@ log() { printf '[tests/run.sh] %s\n' "$*" >&2; }
 
 # Debian packages the tests use: the sqlite3 CLI (the manual-recovery test runs the README's
 # procedure with it), curl and flock (the S3 server script), script (restore's progress line
-# under a terminal), openssl (the HTTPS-through-a-proxy test makes its own CA).
+# under a terminal), openssl (the HTTPS-through-a-proxy test makes its own CA), lz4 (the
+# manual recovery of LZ4-compressed segments).
 missing=()
 command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
@@ -19,6 +20,7 @@ command -v flock >/dev/null 2>&1 || missing+=(util-linux)
 command -v script >/dev/null 2>&1 || missing+=(bsdutils)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v lz4 >/dev/null 2>&1 || missing+=(lz4)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]} (Debian packages)"

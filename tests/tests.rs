@@ -9,6 +9,7 @@ mod bench_restore;
 mod bench_retention;
 mod bench_startup;
 mod compact;
+mod compress;
 mod creds;
 mod cron;
 mod disturb;

@@ -137,6 +137,13 @@ pub const FLAGS: &[Flag] = &[
         doc: "Keep every point in time of this window restorable and delete what only older ones need (default 24h; 'forever' never deletes, e.g. to leave it to a bucket lifecycle rule).",
     },
     Flag {
+        long: "compression",
+        short: None,
+        value: Some("lz4|none"),
+        cmds: &["watch", "snapshot"],
+        doc: "Store WAL segments LZ4-compressed (key .wal.lz4; a manual recovery then needs 'lz4 -d') or plain (default none: sqlite3 alone replays them). Snapshots stay plain.",
+    },
+    Flag {
         long: "dry-run",
         short: None,
         value: None,

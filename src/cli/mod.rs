@@ -46,6 +46,7 @@ pub struct Args {
     pub uploads: usize,
     /// How long every point in time stays restorable (None: forever).
     pub retention: Option<Duration>,
+    pub compression: crate::compress::Compression,
     pub dry_run: bool,
     /// `status --json`.
     pub json: bool,
@@ -104,6 +105,7 @@ impl Default for Args {
             output_dir: None,
             uploads: DEFAULT_UPLOADS,
             retention: Some(DEFAULT_RETENTION),
+            compression: Default::default(),
             dry_run: false,
             json: false,
             metrics_addr: None,
@@ -131,6 +133,10 @@ fn set_value(args: &mut Args, long: &str, v: String) -> Result<()> {
             args.snapshot_interval = d;
         }
         "retention" => args.retention = parse_retention(&v).map_err(bad)?,
+        "compression" => {
+            args.compression = crate::compress::Compression::parse(&v)
+                .ok_or_else(|| bad(format!("'{v}' is not lz4 or none")))?
+        }
         "output" => args.output = Some(PathBuf::from(v)),
         "config" => args.config = Some(PathBuf::from(v)),
         "prefix" => args.prefix = Some(v),

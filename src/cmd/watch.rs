@@ -96,6 +96,7 @@ fn shippers(
             sync_interval: a.sync_interval,
             snapshot_interval: a.snapshot_interval,
             retention: a.retention,
+            compression: a.compression,
             ..Default::default()
         };
         for (path, n) in paths.into_iter().zip(names) {

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{Ctx, DbEntry, DirEntry, RawDb};
+use crate::compress::Compression;
 use crate::error::{Error, Result};
 use crate::layout;
 
@@ -14,6 +15,7 @@ pub(super) struct Defaults {
     pub sync: Duration,
     pub snap: Duration,
     pub keep: Option<Duration>,
+    pub compression: Compression,
 }
 
 /// What the `[[databases]]` entries add up to, and which entry took each namespace.
@@ -44,6 +46,7 @@ struct Common {
     sync: Duration,
     snap: Duration,
     keep: Option<Duration>,
+    compression: Compression,
     prefix: Option<String>,
     /// The entry's `path` or `dir` (else its table header).
     at: usize,
@@ -80,6 +83,7 @@ fn common(cx: &Ctx, d: &RawDb, def: &Defaults) -> Result<Common> {
     let sync = cx.duration(&d.sync_interval, "sync_interval", def.sync)?;
     let snap = cx.duration(&d.snapshot_interval, "snapshot_interval", def.snap)?;
     let keep = cx.retention(&d.retention, def.keep)?;
+    let compression = cx.compression(&d.compression, def.compression)?;
     let prefix = d
         .prefix
         .as_ref()
@@ -95,6 +99,7 @@ fn common(cx: &Ctx, d: &RawDb, def: &Defaults) -> Result<Common> {
         sync,
         snap,
         keep,
+        compression,
         prefix,
         at,
         key_at,
@@ -132,6 +137,7 @@ fn path_entry(
         sync_interval: c.sync,
         snapshot_interval: c.snap,
         retention: c.keep,
+        compression: c.compression,
     });
     Ok(())
 }
@@ -174,6 +180,7 @@ fn dir_entry(
         sync_interval: c.sync,
         snapshot_interval: c.snap,
         retention: c.keep,
+        compression: c.compression,
     });
     Ok(())
 }

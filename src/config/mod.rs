@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::compress::Compression;
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::time::parse_duration;
@@ -88,6 +89,7 @@ struct RawDefaults {
     snapshot_interval: Option<Spanned<String>>,
     sync_interval: Option<Spanned<String>>,
     retention: Option<Spanned<String>>,
+    compression: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -100,6 +102,7 @@ struct RawDb {
     snapshot_interval: Option<Spanned<String>>,
     sync_interval: Option<Spanned<String>>,
     retention: Option<Spanned<String>>,
+    compression: Option<Spanned<String>>,
 }
 
 /// One database to replicate.
@@ -114,6 +117,8 @@ pub struct DbEntry {
     pub snapshot_interval: Duration,
     /// How long every point in time stays restorable (None: forever).
     pub retention: Option<Duration>,
+    /// How its segments are stored.
+    pub compression: Compression,
 }
 
 /// A `dir` entry: databases matching `pattern` in `dir`, each under `<prefix>/<stem>`.
@@ -125,6 +130,7 @@ pub struct DirEntry {
     pub sync_interval: Duration,
     pub snapshot_interval: Duration,
     pub retention: Option<Duration>,
+    pub compression: Compression,
 }
 
 #[derive(Debug, Clone)]
@@ -204,6 +210,27 @@ impl Ctx<'_> {
         }
     }
 
+    /// A compression: `none` or `lz4`.
+    fn compression(
+        &self,
+        v: &Option<Spanned<String>>,
+        default: Compression,
+    ) -> Result<Compression> {
+        match v {
+            None => Ok(default),
+            Some(s) => {
+                let text = self.expand(s, "compression")?;
+                Compression::parse(&text).ok_or_else(|| {
+                    self.err_at(
+                        s.span().start,
+                        "compression",
+                        format!("'{text}' is not none or lz4"),
+                    )
+                })
+            }
+        }
+    }
+
     fn duration(
         &self,
         v: &Option<Spanned<String>>,
@@ -269,6 +296,7 @@ impl DirEntry {
                 sync_interval: self.sync_interval,
                 snapshot_interval: self.snapshot_interval,
                 retention: self.retention,
+                compression: self.compression,
             });
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -321,6 +349,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config> {
         sync: def_sync,
         snap: def_snap,
         keep: def_keep,
+        compression: cx.compression(&raw.defaults.compression, Compression::None)?,
     };
     let base = file.parent().unwrap_or(Path::new("."));
     let mut out = Entries::default();

@@ -16,6 +16,7 @@ impl From<&DbEntry> for DbOptions {
             sync_interval: d.sync_interval,
             snapshot_interval: d.snapshot_interval,
             retention: d.retention,
+            compression: d.compression,
             ..Default::default()
         }
     }

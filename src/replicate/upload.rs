@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use super::capture::Appendable;
 use super::lease::Lease;
 use super::status::json_str;
+use crate::compress::{self, Compression};
 use crate::digest;
 use crate::error::{Error, Result};
 use crate::layout::{self, Meta};
@@ -77,6 +78,21 @@ pub const MERGE_CAP: u64 = 16 << 20;
 /// PUTs cost money (LS#261).
 const STATE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// What a database's uploads follow, changed by a SIGHUP.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Policy {
+    /// Every point in time of this window stays restorable (None: forever).
+    pub retention: Option<Duration>,
+    pub compression: Compression,
+}
+
+/// The temporary compressed copy of a spool file, beside it.
+fn compressed_file(file: &Path) -> PathBuf {
+    let mut z = file.as_os_str().to_owned();
+    z.push(compress::LZ4_SUFFIX);
+    PathBuf::from(z)
+}
+
 pub struct Outbox {
     /// The database, for the logs and `state.json`.
     path: PathBuf,
@@ -85,20 +101,16 @@ pub struct Outbox {
     inner: Mutex<Inner>,
     /// Held by the upload running now: a second one for the same database waits.
     uploading: Mutex<()>,
-    /// Retention, applied after each snapshot upload (see `prune`).
-    retention: Mutex<Option<Duration>>,
+    /// Retention (applied after each snapshot upload, see `prune`) and how segments are
+    /// stored.
+    policy: Mutex<Policy>,
     /// The namespace's lease (`lease.rs`): taken before the chain is loaded, kept before
     /// each upload.
     lease: Mutex<Lease>,
 }
 
 impl Outbox {
-    pub fn new(
-        path: PathBuf,
-        ns: String,
-        storage: Arc<dyn Storage>,
-        retention: Option<Duration>,
-    ) -> Outbox {
+    pub fn new(path: PathBuf, ns: String, storage: Arc<dyn Storage>, policy: Policy) -> Outbox {
         Outbox {
             lease: Mutex::new(Lease::new(&ns, &path)),
             path,
@@ -106,7 +118,7 @@ impl Outbox {
             storage,
             inner: Mutex::new(Inner::default()),
             uploading: Mutex::new(()),
-            retention: Mutex::new(retention),
+            policy: Mutex::new(policy),
         }
     }
 
@@ -123,9 +135,13 @@ impl Outbox {
         l.keep(self.storage.as_ref())
     }
 
-    /// A new retention (SIGHUP), from the next snapshot upload on.
-    pub fn set_retention(&self, keep: Option<Duration>) {
-        *self.retention.lock().unwrap_or_else(|p| p.into_inner()) = keep;
+    /// A new retention and compression (SIGHUP), from the next upload on.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+
+    fn policy(&self) -> Policy {
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -213,19 +229,16 @@ impl Outbox {
                 self.lock().in_flight = false;
                 return Err(e);
             }
-            let put = File::open(&p.file)
-                .map_err(|e| Error::io("open spool file", &p.file, e))
-                .and_then(|f| self.storage.put_file(&p.key, &f, p.len, &p.meta));
-            if let Err(e) = put {
-                self.lock().in_flight = false;
-                return Err(e);
-            }
-            debug!(
-                "db={} uploaded {} ({} bytes)",
-                self.path.display(),
-                p.key,
-                p.len
-            );
+            let put = self.put(&p);
+            let _ = fs::remove_file(compressed_file(&p.file));
+            let (key, len) = match put {
+                Ok(stored) => stored,
+                Err(e) => {
+                    self.lock().in_flight = false;
+                    return Err(e);
+                }
+            };
+            debug!("db={} uploaded {key} ({len} bytes)", self.path.display());
             let _ = fs::remove_file(&p.file);
             let (gen, frame) = layout::get_position(&p.meta)
                 .map_or((0, 0), |pos| (pos.gen, pos.wal.map_or(0, |(_, e)| e.frame)));
@@ -239,11 +252,11 @@ impl Outbox {
             } else {
                 s.segments += 1;
             }
-            s.bytes += p.len;
+            s.bytes += len;
             s.last_at = Some(Stamp::now());
-            s.last_key.clone_from(&p.key);
+            s.last_key.clone_from(&key);
             s.generation = gen;
-            i.last = Some((p.key, gen, frame));
+            i.last = Some((key, gen, frame));
             done += 1;
             drop(i);
             if snapshot {
@@ -253,12 +266,34 @@ impl Outbox {
         Ok(done)
     }
 
+    /// Store one pending object: a segment compressed first when the policy says so (see
+    /// `compress`), into a file beside its spool file. Returns the key and bytes stored.
+    fn put(&self, p: &Pending) -> Result<(String, u64)> {
+        let compress = self.policy().compression == Compression::Lz4
+            && !p.key.contains("/snapshots/")
+            && !compress::is_compressed(&p.key);
+        if !compress {
+            let f = File::open(&p.file).map_err(|e| Error::io("open spool file", &p.file, e))?;
+            self.storage.put_file(&p.key, &f, p.len, &p.meta)?;
+            return Ok((p.key.clone(), p.len));
+        }
+        let z = compressed_file(&p.file);
+        let (len, sha) = compress::compress_file(&p.file, &z)?;
+        let mut meta = p.meta.clone();
+        if let Some(wal_sha) = meta.insert(layout::SHA256.into(), sha) {
+            meta.insert(layout::WAL_SHA256.into(), wal_sha);
+        }
+        let key = format!("{}{}", p.key, compress::LZ4_SUFFIX);
+        let f = File::open(&z).map_err(|e| Error::io("open spool file", &z, e))?;
+        self.storage.put_file(&key, &f, len, &meta)?;
+        Ok((key, len))
+    }
+
     /// Retention after a snapshot upload, still as this namespace's only upload: nothing of
     /// it is being written meanwhile. A failure is logged and retried after the next one;
     /// it never fails the upload.
     fn prune(&self) {
-        let keep = *self.retention.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(keep) = keep {
+        if let Some(keep) = self.policy().retention {
             if let Err(e) = crate::prune::prune(self.storage.as_ref(), &self.ns, keep, false) {
                 warn!(
                     "db={} retention: {e}; retried after the next snapshot",

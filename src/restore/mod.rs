@@ -23,8 +23,8 @@ mod read;
 mod verify;
 use crate::storage::retry::retrying;
 use crate::time::Stamp;
-use crate::wal::segment::read_segment;
-use read::{with_body, Checked};
+
+use read::{need, read_segment_body, with_body};
 pub use verify::{verify, Verified};
 
 /// Every object of one namespace, in replay order.
@@ -90,11 +90,6 @@ pub fn plan(storage: &dyn Storage, ns: &str, pit: Option<Stamp>) -> Result<Plan>
         .filter(|o| matches!(o.kind, Kind::Segment { .. }) && o.ts > snapshot.ts && o.ts <= limit)
         .collect();
     Ok(Plan { snapshot, segments })
-}
-
-fn need<'a>(m: &'a Meta, key: &str, field: &str) -> Result<&'a String> {
-    m.get(field)
-        .ok_or_else(|| Error::integrity(key, format!("has no {field} metadata")))
 }
 
 /// Walks a chain object by object, checking hashes, links and positions.
@@ -184,13 +179,11 @@ fn apply_segment(
     chain: &mut ChainCheck,
     (out, path): (&File, &Path),
 ) -> Result<u32> {
-    let want = need(&body.meta, key, layout::SHA256)?.clone();
     let pos = chain.check_links(key, &body.meta)?;
     let ps = chain.page_size as u64;
-    let mut r = Checked::new(body.reader, body.size);
     // A failed write is the local disk's, reported as such, not as a bad segment.
     let mut written = Ok(());
-    let res = read_segment(&mut r, |fh, page| {
+    let res = read_segment_body(body, backend, key, |fh, page| {
         let w = out
             .write_all_at(page, (fh.pgno as u64 - 1) * ps)
             .and_then(|()| match fh {
@@ -208,9 +201,7 @@ fn apply_segment(
         Ok(())
     });
     written?;
-    let got = r.finish(backend, key, &want)?;
-    let (hdr, frames) =
-        res.map_err(|why| Error::integrity(key, format!("invalid segment: {why}")))?;
+    let (hdr, frames, got) = res?;
     let (mh, _) = pos.wal.expect("checked by check_links");
     if !hdr.same_wal(&mh) {
         return Err(Error::integrity(

@@ -5,10 +5,14 @@
 
 use std::io::{self, Read};
 
+use crate::compress;
 use crate::digest::HashingReader;
 use crate::error::{Error, Result, StorageKind};
+use crate::layout::{self, Meta};
 use crate::storage::retry::retrying;
 use crate::storage::{Body, Storage};
+use crate::wal::segment::read_segment;
+use crate::wal::{FrameHeader, WalHeader};
 
 /// A body being read: hashed, counted, and its first transfer failure remembered (the parser
 /// reading through it only sees an io error and cannot tell).
@@ -50,6 +54,52 @@ impl<R: Read> Read for Checked<R> {
                 Err(e)
             }
             r => r,
+        }
+    }
+}
+
+/// Metadata `field` of the object at `key`, which it must have.
+pub(super) fn need<'a>(m: &'a Meta, key: &str, field: &str) -> Result<&'a String> {
+    m.get(field)
+        .ok_or_else(|| Error::integrity(key, format!("has no {field} metadata")))
+}
+
+/// Read the segment `key` from its body, each frame through `apply`: the stored bytes are
+/// checked against the object's `sha256` and, when the segment is compressed, the WAL inside
+/// against its `wal-sha256`. Returns the WAL header, the frames and the chain hash
+/// (`layout::chain_sha`). A transfer that broke off is reported first (it is retried), then
+/// a stored object that is not what its hash says, then a WAL that is not valid.
+pub fn read_segment_body(
+    body: Body,
+    backend: &str,
+    key: &str,
+    apply: impl FnMut(&FrameHeader, &[u8]) -> io::Result<()>,
+) -> Result<(WalHeader, u32, String)> {
+    let want = need(&body.meta, key, layout::SHA256)?.clone();
+    let mut r = Checked::new(body.reader, body.size);
+    let (res, inside) = if compress::is_compressed(key) {
+        let want_wal = need(&body.meta, key, layout::WAL_SHA256)?.clone();
+        let mut wal = HashingReader::new(compress::decoder(&mut r));
+        let res = read_segment(&mut wal, apply);
+        (res, Some((want_wal, wal.hex())))
+    } else {
+        (read_segment(&mut r, apply), None)
+    };
+    let got = r.finish(backend, key, &want)?;
+    let (hdr, frames) =
+        res.map_err(|why| Error::integrity(key, format!("invalid segment: {why}")))?;
+    match inside {
+        None => Ok((hdr, frames, got)),
+        Some((want_wal, got_wal)) => {
+            if want_wal != got_wal {
+                return Err(Error::integrity(
+                    key,
+                    format!(
+                        "SHA-256 mismatch of the WAL inside: stored {want_wal}, computed {got_wal}"
+                    ),
+                ));
+            }
+            Ok((hdr, frames, got_wal))
         }
     }
 }

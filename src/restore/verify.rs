@@ -3,14 +3,13 @@
 
 use std::io;
 
-use super::read::{with_body, Checked};
-use super::{ahead, need, objects_of_backup, ChainCheck};
+use super::read::{need, read_segment_body, with_body, Checked};
+use super::{ahead, objects_of_backup, ChainCheck};
 use crate::dbfile;
 use crate::error::{Error, Result};
 use crate::layout::{self, Kind, Object};
 use crate::storage::Storage;
 use crate::time::Stamp;
-use crate::wal::segment::read_segment;
 
 /// Result of `verify`.
 pub struct Verified {
@@ -50,10 +49,10 @@ fn verify_chain(
             .next()
             .ok_or_else(|| Error::integrity(&o.key, "was not fetched"))?;
         with_body(storage, &o.key, first, |body| {
-            let want = need(&body.meta, &o.key, layout::SHA256)?.clone();
-            let mut r = Checked::new(body.reader, body.size);
             match o.kind {
                 Kind::Snapshot => {
+                    let want = need(&body.meta, &o.key, layout::SHA256)?.clone();
+                    let mut r = Checked::new(body.reader, body.size);
                     let mut head = [0u8; 100];
                     let n = read_up_to(&mut r, &mut head).unwrap_or(0);
                     let got = r.finish(&backend, &o.key, &want)?;
@@ -76,9 +75,7 @@ fn verify_chain(
                         return Err(Error::integrity(&o.key, "comes before any snapshot"));
                     };
                     let pos = c.check_links(&o.key, &body.meta)?;
-                    let res = read_segment(&mut r, |_, _| Ok(()));
-                    let got = r.finish(&backend, &o.key, &want)?;
-                    res.map_err(|why| Error::integrity(&o.key, format!("invalid segment: {why}")))?;
+                    let (_, _, got) = read_segment_body(body, &backend, &o.key, |_, _| Ok(()))?;
                     c.advance(got, pos);
                     segs += 1;
                 }

@@ -261,7 +261,7 @@ impl Slot {
             );
             self.snap = spec.opts.snapshot_interval;
         }
-        self.outbox.set_retention(spec.opts.retention);
+        self.outbox.set_policy(spec.opts.policy());
         if spec.ns != self.ns {
             warn!(
                 "db={path} its prefix changed in the config (namespace {} -> {}); restart walsync to apply it (until then it ships into {})",

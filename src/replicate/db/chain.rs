@@ -48,9 +48,10 @@ impl Shipper {
             match (meta.get(layout::SHA256), layout::get_position(&meta)) {
                 (Some(sha), Some(pos)) => {
                     let last_sha = match o.kind {
-                        Kind::Snapshot => meta.get(layout::PREV).unwrap_or(sha).clone(),
-                        Kind::Segment { .. } => sha.clone(),
-                    };
+                        Kind::Snapshot => meta.get(layout::PREV).unwrap_or(sha),
+                        Kind::Segment { .. } => layout::chain_sha(&meta).unwrap_or(sha),
+                    }
+                    .clone();
                     self.max_gen = self.max_gen.max(pos.gen);
                     info!(
                         "db={} found chain ending at {} (generation {}; {how})",

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use rusqlite::{Connection, OpenFlags};
 
+use crate::compress::Compression;
 use crate::dbfile;
 use crate::digest;
 use crate::error::{is_busy, Error, Result};
@@ -51,7 +52,7 @@ use crate::wal::{WalEnd, WalHeader};
 use super::bridge::{self, Live, Outcome};
 use super::capture;
 use super::pagemap::{FileFacts, PageMap};
-use super::upload::{Outbox, Pending};
+use super::upload::{Outbox, Pending, Policy};
 
 /// How long a database must see no new frames before its pin is released.
 pub const IDLE_RELEASE: Duration = Duration::from_secs(3);
@@ -78,6 +79,18 @@ pub struct DbOptions {
     /// Every point in time of this window stays restorable; older objects are deleted after
     /// each snapshot upload (None: never; see `prune`).
     pub retention: Option<Duration>,
+    /// How segments are stored (see `compress`).
+    pub compression: Compression,
+}
+
+impl DbOptions {
+    /// What its uploads follow.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            retention: self.retention,
+            compression: self.compression,
+        }
+    }
 }
 
 impl Default for DbOptions {
@@ -87,6 +100,7 @@ impl Default for DbOptions {
             sync_interval: Duration::from_secs(1),
             snapshot_interval: Duration::from_secs(3600),
             retention: Some(crate::cli::DEFAULT_RETENTION),
+            compression: Compression::None,
         }
     }
 }
@@ -239,7 +253,7 @@ impl Shipper {
                 path.to_path_buf(),
                 ns.clone(),
                 Arc::clone(&storage),
-                opts.retention,
+                opts.policy(),
             )),
             source: source_id(path),
             path: path.to_path_buf(),
