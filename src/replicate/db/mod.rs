@@ -380,6 +380,7 @@ impl Shipper {
             if let Ok(Some(i)) = shm::read(&pin.shm, &self.shm_path) {
                 self.seen_change = i.change;
             }
+            pin::unmap_shm(&pin.reader);
         }
         // The checkpoint threshold is a bound only if walsync acts as the WAL reaches it: a
         // WAL growing fast enough to reach it before the sync interval is over is looked at

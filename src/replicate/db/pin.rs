@@ -60,6 +60,61 @@ pub(super) fn pin_budget() -> usize {
         .max(8)
 }
 
+/// Give back this process's view of a pinned database's wal-index pages (Linux). SQLite maps
+/// the `-shm` file and touches it as a read transaction begins; the kernel then maps the whole
+/// 32 KiB region (fault-around), counted in our RSS although the pages are the application's
+/// page cache: 3.2 MB of 13.4 MB for 100 databases under writes. Between steps a pinned
+/// connection touches none of it (walsync reads the header through its own descriptor,
+/// `wal::shm::read`), so the mapping's pages are dropped from our page tables: for a shared
+/// file mapping `MADV_DONTNEED` discards nothing, the next access maps the same page-cache
+/// pages again. `xShmMap` with `bExtend = 0` only returns regions the connection has mapped
+/// already; the step's thread is the only one using `c`.
+pub(super) fn unmap_shm(c: &Connection) {
+    #[cfg(target_os = "linux")]
+    {
+        use rusqlite::ffi;
+        const REGION: usize = 32 * 1024;
+        let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+        // SAFETY: a valid open handle; SQLITE_FCNTL_FILE_POINTER writes the main database's
+        // sqlite3_file pointer (owned by the connection) into `file`.
+        let rc = unsafe {
+            ffi::sqlite3_file_control(
+                c.handle(),
+                c"main".as_ptr(),
+                ffi::SQLITE_FCNTL_FILE_POINTER,
+                (&mut file as *mut *mut ffi::sqlite3_file).cast(),
+            )
+        };
+        // SAFETY: `file` came from SQLite for this open connection; its methods table lives as
+        // long as the file is open (it is: the connection holds a read transaction).
+        let map = unsafe {
+            if rc != ffi::SQLITE_OK || file.is_null() || (*file).pMethods.is_null() {
+                return;
+            }
+            let m = &*(*file).pMethods;
+            if m.iVersion < 2 {
+                return;
+            }
+            m.xShmMap
+        };
+        let Some(map) = map else { return };
+        for i in 0..64 {
+            let mut p: *mut std::ffi::c_void = std::ptr::null_mut();
+            // SAFETY: xShmMap of the connection's own file, region `i`, never extending the
+            // file (bExtend = 0): it returns a region mapped already, or NULL past the end.
+            let rc = unsafe { map(file, i, REGION as i32, 0, &mut p) };
+            if rc != ffi::SQLITE_OK || p.is_null() {
+                break;
+            }
+            // SAFETY: `p` is the start of a REGION-byte shared file mapping SQLite made;
+            // MADV_DONTNEED on a shared file mapping only drops page-table entries.
+            unsafe { libc::madvise(p, REGION, libc::MADV_DONTNEED) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = c;
+}
+
 impl Shipper {
     pub(super) fn open_conn(&self) -> Result<Connection> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
