@@ -9,14 +9,28 @@ use log::debug;
 use super::super::alerts;
 use super::super::status::{self, Health};
 use super::slot::PUBLISH_EVERY;
+
+/// Status files written a second at most, over all databases (see `publish_every`).
+const PUBLISH_MAX_RATE: f64 = 200.0;
 use super::Daemon;
 use crate::time::Stamp;
 
 impl Daemon {
-    /// Write the status of each database that changed (at most once per `PUBLISH_EVERY`; all
+    /// How often one database's status file may be rewritten: `PUBLISH_EVERY`, longer with
+    /// many databases, so that the daemon writes at most `PUBLISH_MAX_RATE` status files a
+    /// second (each a new file renamed over the old: with 1,000 databases writing, a rewrite
+    /// of each every second was a tenth of the daemon's CPU, most of it in the filesystem).
+    pub(super) fn publish_every(&self) -> Duration {
+        PUBLISH_EVERY.max(Duration::from_secs_f64(
+            self.slots.len() as f64 / PUBLISH_MAX_RATE,
+        ))
+    }
+
+    /// Write the status of each database that changed (at most once per `publish_every`; all
     /// of them when `all`) to its spool, and to the metrics board.
     pub(super) fn publish(&mut self, all: bool) {
         let now = Instant::now();
+        let every = self.publish_every();
         let mut board = self
             .board
             .as_ref()
@@ -32,7 +46,7 @@ impl Daemon {
                 continue;
             };
             let r = &mut slot.report;
-            let soon = r.published.is_some_and(|t| now < t + PUBLISH_EVERY);
+            let soon = r.published.is_some_and(|t| now < t + every);
             if !all && (!r.due || soon) {
                 continue;
             }
