@@ -241,11 +241,14 @@ pub fn command_help(c: &Command) -> String {
     s.push_str(&wrap(c.doc, 0, 80));
     s.push_str("\n\nOptions:\n");
     for f in FLAGS.iter().filter(|f| f.cmds.contains(&c.name)) {
-        s.push_str(&format!(
-            "  {:<28}{}\n",
-            flag_label(f),
-            wrap(f.doc, 30, 100)
-        ));
+        let label = flag_label(f);
+        // A label too long for its column gets the text on the next line.
+        let gap = if label.len() < 28 {
+            String::new()
+        } else {
+            format!("\n{:30}", "")
+        };
+        s.push_str(&format!("  {label:<28}{gap}{}\n", wrap(f.doc, 30, 100)));
     }
     s
 }
@@ -281,7 +284,18 @@ mod tests {
                     assert!(shorts.insert(s), "duplicate -{s} in {}", c.name);
                 }
             }
-            assert!(command_help(c).contains(c.doc.split_whitespace().next().unwrap()));
+            let help = command_help(c);
+            assert!(help.contains(c.doc.split_whitespace().next().unwrap()));
+            // Every flag's text starts after its label, never glued to it.
+            for f in FLAGS.iter().filter(|f| f.cmds.contains(&c.name)) {
+                let label = flag_label(f);
+                let line = help.lines().find(|l| l.contains(&label)).unwrap();
+                assert!(
+                    line.trim_end() == format!("  {label}")
+                        || line[2 + label.len()..].starts_with(' '),
+                    "{line}"
+                );
+            }
         }
         for f in FLAGS {
             for c in f.cmds {
