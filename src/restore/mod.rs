@@ -6,7 +6,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use log::info;
@@ -18,12 +17,14 @@ use crate::layout::{self, Kind, Meta, Object, Position};
 use crate::storage::{Body, Storage};
 
 mod ahead;
+mod pages;
 mod parts;
 mod read;
 mod verify;
 use crate::storage::retry::retrying;
 use crate::time::Stamp;
 
+use pages::Pages;
 use read::{need, read_segment_body, with_body};
 pub use verify::{verify, Verified};
 
@@ -170,26 +171,24 @@ fn db_page_size(path: &Path) -> Result<u32> {
     dbfile::page_size(&f, path)
 }
 
-/// Verify and apply one fetched segment onto the database file `out` (at `path`). Repeatable:
-/// a segment cut off mid-way is applied again whole from a fresh GET.
+/// Verify and apply one fetched segment onto the database file's `pages` (at `path`).
+/// Repeatable: a segment cut off mid-way is applied again whole from a fresh GET (its page
+/// writes and sizes are absolute, so the second pass ends where one whole pass would).
 fn apply_segment(
     body: Body,
     backend: &str,
     key: &str,
     chain: &mut ChainCheck,
-    (out, path): (&File, &Path),
+    (pages, path): (&mut Pages, &Path),
 ) -> Result<u32> {
     let pos = chain.check_links(key, &body.meta)?;
-    let ps = chain.page_size as u64;
     // A failed write is the local disk's, reported as such, not as a bad segment.
     let mut written = Ok(());
     let res = read_segment_body(body, backend, key, |fh, page| {
-        let w = out
-            .write_all_at(page, (fh.pgno as u64 - 1) * ps)
-            .and_then(|()| match fh {
-                _ if fh.is_commit() => out.set_len(fh.commit as u64 * ps),
-                _ => Ok(()),
-            });
+        let w = pages.put(fh.pgno, page).and_then(|()| match fh {
+            _ if fh.is_commit() => pages.commit(fh.commit),
+            _ => Ok(()),
+        });
         if let Err(e) = w {
             written = Err(Error::io(
                 "write",
@@ -418,6 +417,7 @@ fn restore_into(
     // Where the time goes, for the log: snapshot, segments, fsync, integrity check.
     let began = std::time::Instant::now();
     let mut phases = [0f64; 4];
+    let mut saved = 0u64;
     // The segments are fetched ahead while the snapshot downloads.
     let (bytes, frames) = ahead::with_ahead(storage, &keys, Some(dir), |next| {
         let skey = &plan.snapshot.key;
@@ -433,17 +433,20 @@ fn restore_into(
             .open(tmp)
             .map_err(|e| Error::io("open", tmp, e))?;
         let mut frames = 0u64;
+        let mut pages = Pages::new(&out, page_size).map_err(|e| Error::io("open", tmp, e))?;
         for seg in &plan.segments {
             let first = next
                 .next()
                 .ok_or_else(|| Error::integrity(&seg.key, "was not fetched"))?;
             frames += with_body(storage, &seg.key, first, |body| {
-                apply_segment(body, &backend, &seg.key, &mut chain, (&out, tmp))
+                apply_segment(body, &backend, &seg.key, &mut chain, (&mut pages, tmp))
             })? as u64;
             p.objects += 1;
             p.bytes += seg.size;
             progress(&p);
         }
+        pages.flush().map_err(|e| Error::io("write", tmp, e))?;
+        saved = pages.rewrites;
         phases[1] = began.elapsed().as_secs_f64();
         let (synced, checked) = sync_and_check(&out, tmp, began)?;
         phases[2] = synced - phases[1];
@@ -454,7 +457,7 @@ fn restore_into(
     let restored_to = plan.segments.last().map_or(plan.snapshot.ts, |s| s.ts);
     let total = began.elapsed().as_secs_f64();
     info!(
-        "restored {} + {} segments ({frames} frames), state as of {}, in {total:.2} s (snapshot {:.2} s, segments {:.2} s, then side by side fsync {:.2} s and integrity check {:.2} s)",
+        "restored {} + {} segments ({frames} frames, {saved} of them written over by later ones before reaching the disk), state as of {}, in {total:.2} s (snapshot {:.2} s, segments {:.2} s, then side by side fsync {:.2} s and integrity check {:.2} s)",
         skey,
         plan.segments.len(),
         restored_to,
