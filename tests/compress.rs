@@ -4,23 +4,7 @@
 //! between compressed and plain segments across restarts, and a damaged compressed object fails
 //! the restore naming it.
 
-use std::path::Path;
-use std::process::Command;
-
 use crate::harness::*;
-
-/// One `sqlite3` CLI process per write: open, write, close (its close checkpoints and deletes
-/// the WAL), as cron jobs and scripts write.
-fn cli(db: &Path, sql: &str) {
-    let o = Command::new("sqlite3")
-        .arg("-cmd")
-        .arg(".timeout 5000")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("run sqlite3");
-    assert!(o.status.success(), "sqlite3 {sql}: {}", stderr(&o));
-}
 
 /// Rows of text as an application writes them: compressible, but not one repeated byte.
 fn write_rows(c: &rusqlite::Connection, from: u32, n: u32) {
@@ -38,6 +22,16 @@ fn write_rows(c: &rusqlite::Connection, from: u32, n: u32) {
     }
 }
 
+/// walsync on `db`, every commit shipped at once, segments compressed.
+fn start_lz4(db: &std::path::Path, replica: &Replica, log: &std::path::Path) -> Daemon {
+    Daemon::start(
+        &[db],
+        replica,
+        &["--sync-interval", "0", "--compression", "lz4"],
+        log,
+    )
+}
+
 fn segment_keys(replica: &Replica) -> Vec<String> {
     replica.objects("app", "wal")
 }
@@ -49,12 +43,7 @@ fn compressed_segments_restore_exactly(backend: Backend) {
     let c = open_app(&db);
     c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
         .unwrap();
-    let d = Daemon::start(
-        &[&db],
-        &replica,
-        &["--sync-interval", "0", "--compression", "lz4"],
-        &t.join("log"),
-    );
+    let d = start_lz4(&db, &replica, &t.join("log"));
     let scratch = t.join("scratch.db");
     let mut states = Vec::new();
     for round in 0..4 {
@@ -63,7 +52,7 @@ fn compressed_segments_restore_exactly(backend: Backend) {
         states.push((want, at.iso()));
     }
     // A short-lived writer's commit, which SQLite checkpoints away at once.
-    cli(&db, "INSERT INTO t(v) VALUES ('from the sqlite3 CLI')");
+    sqlite3_cli(&db, "INSERT INTO t(v) VALUES ('from the sqlite3 CLI')");
     let (latest, _) = wait_shipped(&replica, "app", &db, &scratch);
     drop(c);
     d.stop();
@@ -160,12 +149,7 @@ fn damaged_compressed_segment_is_named() {
     let c = open_app(&db);
     c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
         .unwrap();
-    let d = Daemon::start(
-        &[&db],
-        &replica,
-        &["--sync-interval", "0", "--compression", "lz4"],
-        &t.join("log"),
-    );
+    let d = start_lz4(&db, &replica, &t.join("log"));
     for round in 0..3 {
         write_rows(&c, round * 20, 20);
         wait_shipped(&replica, "app", &db, &t.join("scratch.db"));

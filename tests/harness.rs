@@ -495,6 +495,19 @@ pub fn wal_len(db: &Path) -> u64 {
 /// The README's manual recovery with the `sqlite3` CLI alone: copy the latest snapshot to
 /// `out`, then for each later segment in key order save it as `<out>-wal` and run
 /// `PRAGMA wal_checkpoint(TRUNCATE)`; each must apply whole. Ends with an integrity check.
+/// `sqlite3 DB SQL`: the system CLI as a one-shot writer (open, write, close: the last close
+/// checkpoints the WAL into the database file and deletes it), as cron jobs and scripts write.
+pub fn sqlite3_cli(db: &Path, sql: &str) {
+    let o = Command::new("sqlite3")
+        .arg("-cmd")
+        .arg(".timeout 5000")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("run sqlite3");
+    assert!(o.status.success(), "sqlite3 {sql}: {}", stderr(&o));
+}
+
 pub fn manual_restore(replica: &Replica, name: &str, out: &Path) {
     let stem = |k: &str| {
         let file = k.rsplit('/').next().unwrap();

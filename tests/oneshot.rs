@@ -13,19 +13,6 @@ use rusqlite::Connection;
 
 use crate::harness::*;
 
-/// `sqlite3 DB SQL`: the system CLI as a one-shot writer (open, write, close: the last close
-/// checkpoints the WAL into the database file and deletes it).
-fn cli(db: &Path, sql: &str) {
-    let o = Command::new("sqlite3")
-        .arg("-cmd")
-        .arg(".timeout 5000")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("run sqlite3");
-    assert!(o.status.success(), "sqlite3 {sql}: {}", stderr(&o));
-}
-
 /// The same with a current SQLite (3.54.1, rusqlite): open, one statement, close.
 fn oneshot(db: &Path, sql: &str) {
     let c = Connection::open(db).unwrap();
@@ -72,7 +59,7 @@ fn wait_released(d: &Daemon) {
 }
 
 fn created_by_cli(db: &Path) {
-    cli(
+    sqlite3_cli(
         db,
         "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);",
     );
@@ -92,14 +79,14 @@ fn one_shot_writers_are_never_lost(backend: Backend) {
     let mut states = Vec::new();
     for i in 0..12 {
         match i % 4 {
-            0 => cli(&db, &format!("INSERT INTO t(v) VALUES ('cli {i}')")),
+            0 => sqlite3_cli(&db, &format!("INSERT INTO t(v) VALUES ('cli {i}')")),
             1 => oneshot(&db, &format!("INSERT INTO t(v) VALUES ('current {i}')")),
             2 => {
-                cli(
+                sqlite3_cli(
                     &db,
                     &format!("UPDATE t SET v = v || '+' WHERE id % 2 = {}", i % 2),
                 );
-                cli(&db, "PRAGMA wal_checkpoint(TRUNCATE);");
+                sqlite3_cli(&db, "PRAGMA wal_checkpoint(TRUNCATE);");
             }
             _ => oneshot(
                 &db,
@@ -115,7 +102,7 @@ fn one_shot_writers_are_never_lost(backend: Backend) {
     d.stop();
     // Stopped: three one-shot writes, then start again.
     for i in 0..3 {
-        cli(
+        sqlite3_cli(
             &db,
             &format!("INSERT INTO t(v) VALUES ('while stopped {i}')"),
         );
@@ -266,12 +253,12 @@ fn replaced_database_is_not_the_old_one(backend: Backend) {
     let db = t.join("app.db");
     let scratch = t.join("scratch.db");
     created_by_cli(&db);
-    cli(&db, "INSERT INTO t(v) VALUES ('old 1'), ('old 2')");
+    sqlite3_cli(&db, "INSERT INTO t(v) VALUES ('old 1'), ('old 2')");
     let d = Daemon::start(&[&db], &replica, &["--sync-interval", "0"], &t.join("log"));
     let (old, old_at) = shipped(&replica, "app", &db, &scratch);
     d.stop();
     let new = t.join("new.db");
-    cli(
+    sqlite3_cli(
         &new,
         "PRAGMA journal_mode=WAL; CREATE TABLE other(y); INSERT INTO other VALUES (42);",
     );
@@ -281,13 +268,13 @@ fn replaced_database_is_not_the_old_one(backend: Backend) {
     // Deleted and recreated with the same name while walsync runs.
     std::fs::remove_file(&db).unwrap();
     created_by_cli(&db);
-    cli(&db, "INSERT INTO t(v) VALUES ('recreated')");
+    sqlite3_cli(&db, "INSERT INTO t(v) VALUES ('recreated')");
     let (_, _) = shipped(&replica, "app", &db, &scratch);
     // Once proven, the new file is the database: a later write after walsync let it go is
     // not "replaced" again.
     wait_released(&d);
     let replaced = d.log_text().matches("was replaced").count();
-    cli(
+    sqlite3_cli(
         &db,
         "INSERT INTO t(v) VALUES ('after the new file was proven')",
     );
@@ -323,16 +310,16 @@ fn recreated_while_pinned_is_shipped(backend: Backend) {
     let db = t.join("app.db");
     let scratch = t.join("scratch.db");
     created_by_cli(&db);
-    cli(&db, "INSERT INTO t(v) VALUES ('old')");
+    sqlite3_cli(&db, "INSERT INTO t(v) VALUES ('old')");
     let d = Daemon::start(&[&db], &replica, &["--sync-interval", "1s"], &t.join("log"));
     let (old, old_at) = shipped(&replica, "app", &db, &scratch);
-    cli(&db, "INSERT INTO t(v) VALUES ('old 2')");
+    sqlite3_cli(&db, "INSERT INTO t(v) VALUES ('old 2')");
     let (old2, _) = shipped(&replica, "app", &db, &scratch);
     // Still pinned (released 3 s after the last change): delete and create it again.
     assert!(!d.released(), "{}", d.log_text());
     std::fs::remove_file(&db).unwrap();
     created_by_cli(&db);
-    cli(&db, "INSERT INTO t(v) VALUES ('recreated')");
+    sqlite3_cli(&db, "INSERT INTO t(v) VALUES ('recreated')");
     let (recreated, _) = shipped(&replica, "app", &db, &scratch);
     d.stop();
     assert_ne!(old2, recreated);
