@@ -229,9 +229,7 @@ impl Outbox {
                 self.lock().in_flight = false;
                 return Err(e);
             }
-            let put = self.put(&p);
-            let _ = fs::remove_file(compressed_file(&p.file));
-            let (key, len) = match put {
+            let (key, len) = match self.put(&p) {
                 Ok(stored) => stored,
                 Err(e) => {
                     self.lock().in_flight = false;
@@ -278,15 +276,19 @@ impl Outbox {
             return Ok((p.key.clone(), p.len));
         }
         let z = compressed_file(&p.file);
-        let (len, sha) = compress::compress_file(&p.file, &z)?;
-        let mut meta = p.meta.clone();
-        if let Some(wal_sha) = meta.insert(layout::SHA256.into(), sha) {
-            meta.insert(layout::WAL_SHA256.into(), wal_sha);
-        }
-        let key = format!("{}{}", p.key, compress::LZ4_SUFFIX);
-        let f = File::open(&z).map_err(|e| Error::io("open spool file", &z, e))?;
-        self.storage.put_file(&key, &f, len, &meta)?;
-        Ok((key, len))
+        let put = compress::compress_file(&p.file, &z).and_then(|(len, sha)| {
+            let mut meta = p.meta.clone();
+            if let Some(wal_sha) = meta.insert(layout::SHA256.into(), sha) {
+                meta.insert(layout::WAL_SHA256.into(), wal_sha);
+            }
+            let key = format!("{}{}", p.key, compress::LZ4_SUFFIX);
+            let f = File::open(&z).map_err(|e| Error::io("open spool file", &z, e))?;
+            self.storage.put_file(&key, &f, len, &meta)?;
+            Ok((key, len))
+        });
+        // Made again from the spool file if the upload is tried again.
+        let _ = fs::remove_file(&z);
+        put
     }
 
     /// Retention after a snapshot upload, still as this namespace's only upload: nothing of
