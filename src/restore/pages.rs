@@ -6,7 +6,10 @@
 //! The result is the file that writing every frame in order would give: a commit that shrinks
 //! the database writes out the batch first (its pages past the new end dropped) and cuts the
 //! file there at once, so that a later commit growing it again finds zeros past the cut, as
-//! before; growth and the last size are applied when a batch is written out.
+//! before; growth and the last size are applied when a batch is written out at a commit. A
+//! batch that fills up in the middle of a transaction is written without touching the file's
+//! length: the transaction's pages may lie past the last commit's end, and its own commit
+//! sets the length.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -19,10 +22,12 @@ const BATCH_BYTES: usize = 32 << 20;
 pub struct Pages<'a> {
     out: &'a File,
     page_size: u64,
+    /// Bytes of pages held before the batch is written out.
+    cap: usize,
     batch: BTreeMap<u32, Vec<u8>>,
     bytes: usize,
     /// The database size in pages after the last commit seen, and the file's length in pages
-    /// as last set.
+    /// (as last set, or as pages written past it made it).
     size: Option<u32>,
     file_pages: u64,
     /// Page writes saved by the batching, for the log.
@@ -31,10 +36,15 @@ pub struct Pages<'a> {
 
 impl<'a> Pages<'a> {
     pub fn new(out: &'a File, page_size: u32) -> io::Result<Self> {
+        Self::with_cap(out, page_size, BATCH_BYTES)
+    }
+
+    fn with_cap(out: &'a File, page_size: u32, cap: usize) -> io::Result<Self> {
         let ps = page_size as u64;
         Ok(Pages {
             out,
             page_size: ps,
+            cap,
             batch: BTreeMap::new(),
             bytes: 0,
             size: None,
@@ -55,8 +65,8 @@ impl<'a> Pages<'a> {
                 self.bytes += page.len();
             }
         }
-        if self.bytes >= BATCH_BYTES {
-            self.flush()?;
+        if self.bytes >= self.cap {
+            self.write_batch()?;
         }
         Ok(())
     }
@@ -73,13 +83,21 @@ impl<'a> Pages<'a> {
         Ok(())
     }
 
-    /// Write the batch out, in page order, and give the file the last commit's size.
-    pub fn flush(&mut self) -> io::Result<()> {
+    /// Write the batch out, in page order, leaving the file's length to the next commit.
+    fn write_batch(&mut self) -> io::Result<()> {
         for (pgno, page) in std::mem::take(&mut self.batch) {
             self.out
                 .write_all_at(&page, (pgno as u64 - 1) * self.page_size)?;
+            self.file_pages = self.file_pages.max(pgno as u64);
         }
         self.bytes = 0;
+        Ok(())
+    }
+
+    /// At a commit (or after the last one): write the batch out and give the file the last
+    /// commit's size.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.write_batch()?;
         if let Some(n) = self.size {
             self.out.set_len(n as u64 * self.page_size)?;
             self.file_pages = n as u64;
@@ -106,8 +124,26 @@ mod tests {
             // A page written, dropped by a shrink in the same batch, written again.
             &[(5, 1), (0, 5), (0, 3), (5, 2), (0, 5)],
             &[(2, 7), (2, 8), (2, 9), (0, 6)],
+            // A transaction growing the database past the last commit's end.
+            &[
+                (1, 1),
+                (0, 8),
+                (9, 2),
+                (10, 3),
+                (0, 10),
+                (11, 4),
+                (12, 5),
+                (0, 12),
+            ],
+            // Grown, then pages past the end written and cut by the same transaction.
+            &[(0, 8), (9, 1), (10, 2), (11, 3), (0, 9), (10, 4), (0, 10)],
         ];
-        for (i, case) in cases.iter().enumerate() {
+        // Each case also with a batch of one page: written out in the middle of transactions.
+        for (i, (case, cap)) in cases
+            .iter()
+            .flat_map(|c| [(c, BATCH_BYTES), (c, 16)])
+            .enumerate()
+        {
             let ps = 16u32;
             let start: Vec<u8> = (0..8 * ps).map(|b| (b % 251) as u8).collect();
             let (a, b) = (dir.join(format!("a{i}")), dir.join(format!("b{i}")));
@@ -115,7 +151,7 @@ mod tests {
             std::fs::write(&b, &start).unwrap();
             let fa = File::options().write(true).open(&a).unwrap();
             let fb = File::options().write(true).open(&b).unwrap();
-            let mut pages = Pages::new(&fb, ps).unwrap();
+            let mut pages = Pages::with_cap(&fb, ps, cap).unwrap();
             for &(pg, fill) in case.iter() {
                 if pg == 0 {
                     fa.set_len(fill as u64 * ps as u64).unwrap();
